@@ -1,0 +1,1 @@
+"""vlmrl: Qwen3-VL reinforcement learning in JAX, watched live in a terminal."""

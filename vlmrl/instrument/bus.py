@@ -1,0 +1,110 @@
+"""A bounded, drop-oldest event bus that never blocks the producer.
+
+Taps run inside XLA's host callbacks: a producer that waits stalls the device stream.
+So `publish` only appends to each subscriber's bounded deque (dropping the oldest event
+when full, counted per kind) and returns. Each consumer (dashboard, recorder, plain log)
+has its own queue, so a slow one never starves another.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Iterable, Optional
+
+DEFAULT_CAPACITY = 100
+
+
+class Subscription:
+    """One consumer's view of the bus: a bounded queue it drains at its own pace."""
+
+    def __init__(self, name: str, capacity: int):
+        if capacity < 1:
+            raise ValueError(f"subscription {name!r}: capacity must be >= 1, got {capacity}")
+        self.name = name
+        self.capacity = capacity
+        self._items: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.dropped: collections.Counter = collections.Counter()
+        self.received = 0
+        self.closed = False
+
+    def _offer(self, event) -> None:
+        with self._lock:
+            if len(self._items) >= self.capacity:
+                old = self._items.popleft()
+                self.dropped[getattr(old, "kind", type(old).__name__)] += 1
+            self._items.append(event)
+            self.received += 1
+        self._ready.set()
+
+    def drain(self, limit: Optional[int] = None) -> list:
+        """Take every queued event (or at most `limit`), oldest first, without waiting."""
+        with self._lock:
+            if limit is None or limit >= len(self._items):
+                out = list(self._items)
+                self._items.clear()
+            else:
+                out = [self._items.popleft() for _ in range(limit)]
+            if not self._items:
+                self._ready.clear()
+        return out
+
+    def wait(self, timeout: float) -> bool:
+        """Block the consumer (never the producer) until an event is queued or timeout."""
+        return self._ready.wait(timeout)
+
+    @property
+    def total_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Bus:
+    """Fan-out of events to any number of bounded subscriptions."""
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY):
+        self.capacity = capacity
+        self._subs: tuple = ()
+        self._lock = threading.Lock()
+        self.published = 0
+
+    def subscribe(self, name: str, capacity: Optional[int] = None) -> Subscription:
+        sub = Subscription(name, capacity or self.capacity)
+        with self._lock:
+            self._subs = self._subs + (sub,)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            self._subs = tuple(s for s in self._subs if s is not sub)
+        sub.closed = True
+
+    def publish(self, event) -> None:
+        """Hand `event` to every subscriber; never blocks, never raises for a full queue."""
+        self.published += 1
+        for sub in self._subs:  # the tuple is replaced, never mutated: safe to iterate
+            sub._offer(event)
+
+    def publish_many(self, events: Iterable) -> None:
+        for event in events:
+            self.publish(event)
+
+    @property
+    def subscriptions(self) -> tuple:
+        return self._subs
+
+
+_default_bus: Optional[Bus] = None
+_default_lock = threading.Lock()
+
+
+def default_bus() -> Bus:
+    """The process-wide bus that taps publish to unless given another."""
+    global _default_bus
+    with _default_lock:
+        if _default_bus is None:
+            _default_bus = Bus()
+        return _default_bus

@@ -1,0 +1,185 @@
+"""Typed events that travel from taps and trainers to the dashboard and the recorder.
+
+Plain dataclasses of Python scalars and small numpy arrays. No JAX here: the dashboard
+and `--attach` must run on a machine without it. Every event has a stable `kind` and
+round-trips through `to_dict` / `event_from_dict` (JSON-safe dicts).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, ClassVar, Optional
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+# Names of the per layer x head attention statistics, in the order taps emit them.
+# focus = 1 - H(row)/log(K) of the newest query row; max = largest weight; vision = share
+# of the row on image tokens; sink = share on the first (sink) token.
+ATTN_STATS = ("focus", "max", "vision", "sink")
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return {"__nd__": value.tolist(), "dtype": str(value.dtype), "shape": list(value.shape)}
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "__nd__" in value:
+            arr = np.asarray(value["__nd__"], dtype=value.get("dtype", "float32"))
+            return arr.reshape(value.get("shape", arr.shape))
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+@dataclasses.dataclass
+class Event:
+    kind: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict:
+        out = {"kind": self.kind}
+        for f in dataclasses.fields(self):
+            out[f.name] = _encode(getattr(self, f.name))
+        return out
+
+
+@dataclasses.dataclass
+class RunInfo(Event):
+    kind: ClassVar[str] = "run_info"
+    model_name: str = "qwen3vl"
+    num_layers: int = 28
+    num_heads: int = 16
+    num_kv_heads: int = 8
+    head_dim: int = 128
+    dtype: str = "bfloat16"
+    max_cache: int = 2048
+    batch: int = 1
+    vision_depth: int = 0
+    deepstack_layers: tuple = ()
+    device_kind: str = "cpu"
+    device_memory_in_use: Optional[int] = None
+    device_memory_limit: Optional[int] = None
+    process_index: int = 0
+    process_count: int = 1
+    wall_time: float = dataclasses.field(default_factory=time.time)
+
+    def kv_bytes_per_token(self, batch: Optional[int] = None) -> int:
+        """Bytes of K and V one cached token costs across all layers (whole batch)."""
+        itemsize = np.dtype(_np_dtype_name(self.dtype)).itemsize
+        b = self.batch if batch is None else batch
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * itemsize * b
+
+
+def _np_dtype_name(name: str) -> str:
+    # numpy has no bfloat16; it has the same size as float16.
+    return "float16" if name in ("bfloat16", "bf16") else name
+
+
+@dataclasses.dataclass
+class DecodeState(Event):
+    kind: ClassVar[str] = "decode"
+    step: int = 0
+    token_id: int = 0
+    token_text: str = ""
+    token_prob: float = 0.0
+    cache_len: int = 0
+    cache_max: int = 0
+    active_layer: int = 0
+    active_head: int = 0
+    mrope_t: int = 0
+    mrope_h: int = 0
+    mrope_w: int = 0
+    # float32 [num_layers, num_heads] in [0, 1]: the focus statistic (see ATTN_STATS).
+    attention_pattern: Optional[np.ndarray] = None
+    seq_index: int = 0
+    batch_size: int = 1
+    logprob: float = 0.0
+    entropy: float = 0.0
+    # [(token_id, token_text, prob), ...] best first, the sampled token possibly among them.
+    top_k: list = dataclasses.field(default_factory=list)
+    # {stat name: float32 [num_layers, num_heads]} for every name in ATTN_STATS that was taken.
+    attn_stats: dict = dataclasses.field(default_factory=dict)
+    # (start, end) of the image tokens in the sequence, end exclusive; None when text only.
+    vision_span: Optional[tuple] = None
+    # grid (t, h, w) of the image in vision_span, in patches before merging.
+    vision_grid: Optional[tuple] = None
+    kv_bytes: Optional[int] = None
+    # float32 [K]: the newest query's attention over the K key slots, mean over layers and
+    # heads (only when the tap asks for it; feeds the token attention explorer).
+    attention_row: Optional[np.ndarray] = None
+    phase: str = "decode"  # "prefill" | "decode"
+    wall_time: float = dataclasses.field(default_factory=time.time)
+
+
+@dataclasses.dataclass
+class TrainingState(Event):
+    kind: ClassVar[str] = "training"
+    step: int = 0
+    reward_mean: float = 0.0
+    reward_std: float = 0.0
+    kl: float = 0.0
+    loss: float = 0.0
+    tokens_per_sec: float = 0.0
+    gpu_util: Optional[float] = None
+    policy_entropy: Optional[float] = None
+    clip_fraction: Optional[float] = None
+    grad_norm: Optional[float] = None
+    learning_rate: Optional[float] = None
+    update_tokens_per_sec: Optional[float] = None
+    wall_time: float = dataclasses.field(default_factory=time.time)
+
+
+@dataclasses.dataclass
+class CreditState(Event):
+    kind: ClassVar[str] = "credit"
+    tokens: list = dataclasses.field(default_factory=list)
+    credits: list = dataclasses.field(default_factory=list)
+    step: int = 0
+    wall_time: float = dataclasses.field(default_factory=time.time)
+
+
+@dataclasses.dataclass
+class AttentionMatrix(Event):
+    kind: ClassVar[str] = "attention_matrix"
+    layer: Optional[int] = 0  # None: mean over layers
+    head: Optional[int] = None  # None: mean over heads
+    query_tokens: list = dataclasses.field(default_factory=list)
+    key_tokens: list = dataclasses.field(default_factory=list)
+    # per key token: "text" | "vision" | "special"
+    token_types: list = dataclasses.field(default_factory=list)
+    matrix: Optional[np.ndarray] = None  # float16/32 [q, k]
+    # query/key token index range each pooled row/column covers, when pooled on device.
+    pool: int = 1
+    sliding_window: Optional[int] = None
+    step: int = 0
+    wall_time: float = dataclasses.field(default_factory=time.time)
+
+
+EVENT_TYPES = {cls.kind: cls for cls in (RunInfo, DecodeState, TrainingState, CreditState, AttentionMatrix)}
+
+
+def event_from_dict(data: dict) -> Event:
+    """Rebuild an event from `to_dict` output; raises ValueError naming an unknown kind."""
+    kind = data.get("kind")
+    cls = EVENT_TYPES.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown event kind {kind!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: _decode(v) for k, v in data.items() if k in names}
+    for key in ("vision_span", "vision_grid", "deepstack_layers"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    if "top_k" in kwargs:
+        kwargs["top_k"] = [tuple(t) for t in kwargs["top_k"]]
+    return cls(**kwargs)
