@@ -1,0 +1,133 @@
+"""`--replay` and `--attach` in a real pseudo-terminal, read back through pyte."""
+import fcntl
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+import pyte
+import pytest
+
+from vlmrl.instrument.bus import Bus
+from vlmrl.instrument.record import Recorder
+from vlmrl.utils.tui.synthetic import SyntheticRun
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+W, H = 120, 40
+
+
+class Pty:
+    """A child process on a pty of W x H whose output is fed to a pyte screen."""
+
+    def __init__(self, args):
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", H, W, 0, 0))
+        env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(W), LINES=str(H))
+        env.pop("NO_COLOR", None)
+        self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env,
+                                     start_new_session=True)
+        os.close(slave)
+        self.screen = pyte.Screen(W, H)
+        self.stream = pyte.ByteStream(self.screen)
+
+    def pump(self, seconds):
+        end = time.time() + seconds
+        while time.time() < end:
+            r, _, _ = select.select([self.master], [], [], 0.05)
+            if r:
+                try:
+                    data = os.read(self.master, 65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                self.stream.feed(data)
+
+    def wait_for(self, text, timeout=30.0):
+        end = time.time() + timeout
+        while time.time() < end:
+            self.pump(0.1)
+            if text in self.text():
+                return True
+        return False
+
+    def send(self, data: bytes):
+        os.write(self.master, data)
+
+    def text(self):
+        return "\n".join(self.screen.display)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        os.close(self.master)
+
+
+def record_run(path, n=400):
+    run = SyntheticRun(num_layers=6, num_heads=4, batch=1, gen_tokens=8, image_grid=(1, 4, 4))
+    bus = Bus(capacity=10_000)
+    with Recorder(bus, str(path), run_info=run.info):
+        for ev in run.take(n):
+            bus.publish(ev)
+
+
+@pytest.mark.slow
+def test_replay_in_a_terminal_steps_and_opens_the_deep_views(tmp_path):
+    path = tmp_path / "run.jsonl"
+    record_run(path)
+    t = Pty([sys.executable, "-m", "vlmrl.utils.tui_live", "--replay", str(path), "--seconds", "60"])
+    try:
+        assert t.wait_for("REPLAY"), t.text()
+        total = t.text().split("REPLAY ")[1].split()[0]  # "N/N" at the end of the log
+        n = int(total.split("/")[1])
+        assert total == f"{n}/{n}"
+        t.send(b"\x1b[H")  # Home
+        assert t.wait_for(f"REPLAY 0/{n}"), t.text()
+        t.send(b"\x1b[C\x1b[C\x1b[C")  # three steps forward
+        assert t.wait_for(f"REPLAY 3/{n}"), t.text()
+        t.send(b"\x1b[D")
+        assert t.wait_for(f"REPLAY 2/{n}"), t.text()
+        t.send(b"\x1b[F")  # End
+        assert t.wait_for(f"REPLAY {n}/{n}"), t.text()
+        t.send(b"m")
+        assert t.wait_for("ATTENTION MATRIX"), t.text()
+        t.send(b"\x1b[B\x1b[B")  # arrows now move the matrix cursor, not the replay
+        assert t.wait_for("[2,0]"), t.text()
+        t.send(b"e")
+        assert t.wait_for("TOKEN ATTENTION EXPLORER"), t.text()
+        t.send(b"++")
+        assert t.wait_for("threshold 0.052"), t.text()
+        t.send(b"q")
+        t.proc.wait(20)
+        assert t.proc.returncode == 0
+    finally:
+        t.close()
+
+
+@pytest.mark.slow
+def test_attach_in_a_terminal_shows_events_written_after_it_started(tmp_path):
+    path = tmp_path / "growing.jsonl"
+    run = SyntheticRun(num_layers=6, num_heads=4, batch=1, gen_tokens=8, image_grid=(1, 4, 4))
+    bus = Bus(capacity=10_000)
+    rec = Recorder(bus, str(path), run_info=run.info)
+    t = Pty([sys.executable, "-m", "vlmrl.utils.tui_live", "--attach", str(path), "--seconds", "60"])
+    try:
+        assert t.wait_for("qwen3vl-synthetic"), t.text()
+        assert "step n/a" in t.text()  # no training step yet
+        events = run.take(200)
+        for ev in events:
+            bus.publish(ev)
+        training = [e for e in events if e.kind == "training"]
+        last = training[-1]
+        # the header shows the training step that was appended after attach started
+        assert t.wait_for(f"step {last.step}"), t.text()
+        t.send(b"q")
+        t.proc.wait(20)
+    finally:
+        rec.close()
+        t.close()

@@ -1,0 +1,365 @@
+"""The event log: a bus consumer that appends every event as one JSON line, and its reader.
+
+Format (JSON Lines, one object per line, readable by jq):
+  line 1  {"vlmrl_log": SCHEMA_VERSION, "kind": "header", "run_info": {...}|null, ...}
+  then    {"kind": "decode", "step": 3, ...}   one line per event, fields as in events.py
+
+Arrays are written compactly and exactly: small finite ones as a flat list of the
+shortest decimals that round-trip in their own dtype (float32 0.1 is `0.1`, not
+`0.10000000149011612`), larger ones as base64 of their little-endian bytes:
+  {"nd": "float32", "shape": [28, 16], "v": [...]}  or  {"nd": ..., "shape": ..., "b64": "..."}
+Non-finite scalars (jq rejects NaN) are written as {"nf": "nan" | "inf" | "-inf"}.
+
+A batch of lines goes out in one write followed by a flush, so a reader (`--attach`) sees
+whole batches and a process killed mid-write leaves at most one partial last line, which
+`read_log` skips and counts. No JAX here: logs are read on machines without it.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import os
+import sys
+import threading
+from typing import Any, Optional
+
+import numpy as np
+
+from vlmrl.instrument.events import EVENT_TYPES, SCHEMA_VERSION, Event, RunInfo, event_from_dict
+
+HEADER_KEY = "vlmrl_log"
+# Arrays up to this many elements stay human-readable decimals; larger ones go base64
+# (C-speed to encode, 4 bytes -> 5.3 chars, exact).
+INLINE_MAX = 64
+_DTYPES = {
+    "float16", "float32", "float64", "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64", "bool",
+}
+
+
+class LogFormatError(ValueError):
+    """The file is not a vlmrl event log (or one from a newer, unknown schema)."""
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def _encode_array(arr: np.ndarray) -> dict:
+    name = arr.dtype.name
+    if name not in _DTYPES:
+        raise TypeError(f"cannot record an array of dtype {name}")
+    out: dict = {"nd": name, "shape": list(arr.shape)}
+    flat = arr.ravel()
+    if flat.size <= INLINE_MAX and (arr.dtype.kind in "iub" or np.isfinite(flat).all()):
+        if arr.dtype.kind == "f":
+            # str() of a numpy float is its shortest round-tripping decimal in that dtype.
+            out["v"] = [float(str(x)) for x in flat]
+        else:
+            out["v"] = flat.tolist()
+    else:
+        out["b64"] = base64.b64encode(np.ascontiguousarray(flat, dtype=arr.dtype.newbyteorder("<")).tobytes()).decode("ascii")
+    return out
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return _encode_array(value)
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"nf": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if "nd" in value and "shape" in value:
+            return _decode_array(value)
+        if len(value) == 1 and "nf" in value:
+            return {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}[value["nf"]]
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def _decode_array(spec: dict) -> np.ndarray:
+    name, shape = spec["nd"], spec["shape"]
+    if name not in _DTYPES:
+        raise ValueError(f"array dtype {name!r} is not allowed")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"bad array shape {shape!r}")
+    dtype = np.dtype(name)
+    if "b64" in spec:
+        raw = base64.b64decode(spec["b64"], validate=True)
+        flat = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
+    else:
+        flat = np.asarray(spec["v"], dtype=dtype)
+        if flat.ndim != 1:
+            raise ValueError("inline array values must be a flat list")
+    return flat.reshape(shape)
+
+
+# Taps send the focus statistic twice (attention_pattern is attn_stats["focus"]): the log
+# stores it once and a reference, a fifth of a decode line at 28 layers x 16 heads.
+_FOCUS_REF = {"ref": "attn_stats.focus"}
+
+
+def _same_as_focus(event: Event) -> bool:
+    pat = getattr(event, "attention_pattern", None)
+    focus = (getattr(event, "attn_stats", None) or {}).get("focus")
+    return (isinstance(pat, np.ndarray) and isinstance(focus, np.ndarray) and pat.dtype == focus.dtype
+            and pat.shape == focus.shape and (pat is focus or np.array_equal(pat, focus, equal_nan=True)))
+
+
+def encode_event(event: Event) -> str:
+    """One compact JSON line (no newline) for an event."""
+    data = {"kind": event.kind}
+    for f in dataclasses.fields(event):
+        data[f.name] = _encode(getattr(event, f.name))
+    if _same_as_focus(event):
+        data["attention_pattern"] = _FOCUS_REF
+    # ensure_ascii keeps the line pure ASCII: no raw control or lone-surrogate bytes.
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def header_line(run_info: Optional[RunInfo] = None, process_index: int = 0) -> str:
+    head = {
+        HEADER_KEY: SCHEMA_VERSION,
+        "kind": "header",
+        "run_info": json.loads(encode_event(run_info)) if run_info is not None else None,
+        "process_index": process_index,
+        "pid": os.getpid(),
+    }
+    return json.dumps(head, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+# ---------------------------------------------------------------- field validation
+
+# Files are untrusted: a field of the wrong type would make a panel raise later, far from
+# the cause. So each line is checked against the dataclass annotations here.
+_CHECKS = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "list": lambda v: isinstance(v, list),
+    "dict": lambda v: isinstance(v, dict),
+    "tuple": lambda v: isinstance(v, (tuple, list)),
+    "np.ndarray": lambda v: isinstance(v, np.ndarray),
+}
+
+
+def _type_ok(annotation: str, value: Any) -> bool:
+    ann = annotation.replace(" ", "")
+    if ann.startswith("Optional[") and ann.endswith("]"):
+        if value is None:
+            return True
+        ann = ann[len("Optional["):-1]
+    check = _CHECKS.get(ann)
+    return True if check is None else check(value)
+
+
+def decode_event(data: Any) -> Event:
+    """Rebuild an event from one parsed log line; ValueError when it is not a valid event."""
+    if not isinstance(data, dict):
+        raise ValueError("line is not a JSON object")
+    cls = EVENT_TYPES.get(data.get("kind"))
+    if cls is None:
+        raise ValueError(f"unknown event kind {data.get('kind')!r}")
+    decoded = {k: _decode(v) for k, v in data.items()}
+    if decoded.get("attention_pattern") == _FOCUS_REF:
+        stats = decoded.get("attn_stats")
+        if not isinstance(stats, dict) or not isinstance(stats.get("focus"), np.ndarray):
+            raise ValueError("attention_pattern refers to a missing attn_stats.focus")
+        decoded["attention_pattern"] = stats["focus"]
+    for f in dataclasses.fields(cls):
+        if f.name in decoded and not _type_ok(str(f.type), decoded[f.name]):
+            raise ValueError(f"{cls.kind}.{f.name}: unexpected value type {type(decoded[f.name]).__name__}")
+    try:
+        return event_from_dict(decoded)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
+
+
+def parse_header(line: bytes | str, path: str = "log") -> dict:
+    """The header dict (run_info rebuilt as a RunInfo) or LogFormatError naming the file."""
+    try:
+        head = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        head = None
+    if not isinstance(head, dict) or HEADER_KEY not in head:
+        raise LogFormatError(f"{path}: not a vlmrl event log (first line is not a vlmrl log header)")
+    version = head[HEADER_KEY]
+    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+        raise LogFormatError(f"{path}: log schema version {version!r} is not supported (this vlmrl reads up to {SCHEMA_VERSION})")
+    info = head.get("run_info")
+    try:
+        head["run_info"] = decode_event(info) if info is not None else None
+    except ValueError as exc:
+        raise LogFormatError(f"{path}: bad run_info in the log header: {exc}") from exc
+    if head["run_info"] is not None and not isinstance(head["run_info"], RunInfo):
+        raise LogFormatError(f"{path}: header run_info is not a run_info event")
+    return head
+
+
+@dataclasses.dataclass
+class ReadStats:
+    """What reading a log found: events kept, lines skipped and why."""
+
+    events: int = 0
+    garbage: int = 0  # complete lines that are not valid events
+    truncated: int = 0  # a last line cut short (writer killed mid-write)
+    first_error: str = ""
+
+    def note_garbage(self, lineno: int, why: str) -> None:
+        self.garbage += 1
+        if not self.first_error:
+            self.first_error = f"line {lineno}: {why}"
+
+    def summary(self) -> str:
+        return f"{self.events} events, {self.garbage} garbage lines skipped, {self.truncated} truncated line skipped"
+
+
+def parse_line(line: bytes, lineno: int, stats: ReadStats) -> Optional[Event]:
+    """One complete event line -> Event, or None (counted in stats) when it is garbage."""
+    if not line.strip():
+        return None
+    try:
+        data = json.loads(line)
+        if isinstance(data, dict) and data.get("kind") == "header":
+            return None  # a repeated header (appended run) carries no event
+        event = decode_event(data)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
+        stats.note_garbage(lineno, str(exc)[:200])
+        return None
+    stats.events += 1
+    return event
+
+
+def read_log(path: str) -> tuple:
+    """Read a finished (or killed) log: (header dict, [events], ReadStats).
+
+    A cut-off last line and lines that are not valid events are skipped and counted;
+    a file whose first line is not a vlmrl header raises LogFormatError.
+    """
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if not raw.strip():
+        raise LogFormatError(f"{path}: empty file, not a vlmrl event log")
+    lines = raw.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    header = parse_header(lines[0] if lines else tail, path)
+    stats = ReadStats()
+    events = []
+    body = lines[1:] if lines else []
+    for i, line in enumerate(body, start=2):
+        ev = parse_line(line, i, stats)
+        if ev is not None:
+            events.append(ev)
+    if lines and tail.strip():
+        # No newline after it: the writer died inside this line. Keep it only if it is
+        # whole (a strict prefix of a JSON object never parses as one).
+        try:
+            json.loads(tail)
+        except (ValueError, UnicodeDecodeError):
+            stats.truncated += 1
+        else:
+            ev = parse_line(tail, len(lines) + 1, stats)
+            if ev is not None:
+                events.append(ev)
+    return header, events, stats
+
+
+# ---------------------------------------------------------------- writer
+
+
+class Recorder:
+    """Writes every event published on `bus` to `path`, from its own thread.
+
+    Only process 0 writes (other processes get an inert recorder), so a multi-host run
+    gives one log. The bus never blocks the producer; this thread drains its own large
+    queue in batches, writes each batch with one write() and flushes it.
+    """
+
+    def __init__(self, bus, path: str, process_index: int = 0, run_info: Optional[RunInfo] = None,
+                 capacity: int = 100_000, poll: float = 0.05):
+        self.path = path
+        self.process_index = process_index
+        self.active = process_index == 0
+        self.written = 0
+        self.errors = 0
+        self.first_error = ""
+        self.failed = ""  # why writing stopped (an OSError), "" while it works
+        self._bus = bus
+        self._poll = poll
+        self._stop = threading.Event()
+        self._sub = None
+        self._fh = None
+        self._thread = None
+        if not self.active:
+            return
+        self._fh = open(path, "w", encoding="ascii", newline="\n")
+        self._fh.write(header_line(run_info, process_index) + "\n")
+        self._fh.flush()
+        self._sub = bus.subscribe("recorder", capacity=capacity)
+        self._thread = threading.Thread(target=self._run, name="vlmrl-recorder", daemon=True)
+        self._thread.start()
+
+    @property
+    def dropped(self) -> int:
+        """Events the bus dropped before this recorder could write them."""
+        return self._sub.total_dropped if self._sub is not None else 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sub.wait(self._poll)
+            self._write(self._sub.drain())
+        self._write(self._sub.drain())
+
+    def _write(self, batch: list) -> None:
+        if not batch:
+            return
+        lines = []
+        for event in batch:
+            try:
+                lines.append(encode_event(event))
+            except Exception as exc:  # an unencodable event must not end the recording
+                self.errors += 1
+                if not self.first_error:
+                    self.first_error = f"{type(event).__name__}: {exc}"
+                    print(f"vlmrl recorder: skipped an event it could not encode ({self.first_error})", file=sys.stderr)
+        if lines and not self.failed:
+            try:
+                self._fh.write("\n".join(lines) + "\n")
+                self._fh.flush()
+            except OSError as exc:  # disk full, file system gone: the run goes on unrecorded
+                self.failed = f"{self.path}: {exc}"
+                print(f"vlmrl recorder: writing stopped ({self.failed}); the run goes on", file=sys.stderr)
+                return
+            self.written += len(lines)
+
+    def close(self) -> None:
+        """Write everything still queued, then stop and close the file (idempotent)."""
+        if not self.active or self._thread is None:
+            return
+        # Unsubscribe first so nothing arrives after the final drain and is silently lost.
+        self._bus.unsubscribe(self._sub)
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        try:
+            self._fh.close()
+        except OSError:
+            pass  # already reported by _write; the buffered tail is lost either way
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
