@@ -1,0 +1,322 @@
+"""Qwen3-VL input side: image preprocessing, chat prompts, and the tokenizer.
+
+Images follow HF's `Qwen2VLImageProcessorPil` with the Qwen3-VL preprocessor values
+(QWEN3VL.md §6): smart_resize to multiples of patch*merge, PIL bicubic, x/255, (x-0.5)/0.5,
+then patches flattened in merge-window order, each frame repeated over the temporal patch.
+Prompts follow the Instruct chat format (§7) with one <|image_pad|> per merged 2x2 window.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image
+
+IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
+MAX_ASPECT_RATIO = 200
+
+# PIL modes HF's convert("RGB") handles faithfully; 16-bit / float modes would be clipped to 8 bits.
+_OK_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageProcessorConfig:
+    """Qwen3-VL preprocessor values (HF class defaults are Qwen2-VL's: do not rely on them)."""
+    patch_size: int = 16
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    min_pixels: int = 65536          # size.shortest_edge in preprocessor_config.json (256²)
+    max_pixels: int = 16777216       # size.longest_edge (4096²)
+    image_mean: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+    image_std: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+    rescale_factor: float = 1 / 255
+    resample: int = 3                # PIL BICUBIC
+
+    def __post_init__(self):
+        if self.min_pixels < 1 or self.max_pixels < self.min_pixels:
+            raise ValueError(f"need 1 <= min_pixels <= max_pixels, got {self.min_pixels}, {self.max_pixels}")
+        if min(self.patch_size, self.temporal_patch_size, self.merge_size) < 1:
+            raise ValueError("patch_size, temporal_patch_size and merge_size must be positive")
+
+    @property
+    def factor(self) -> int:
+        return self.patch_size * self.merge_size
+
+    def replace(self, **changes) -> "ImageProcessorConfig":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_pretrained(cls, path: str, min_pixels: Optional[int] = None,
+                        max_pixels: Optional[int] = None) -> "ImageProcessorConfig":
+        """Read `preprocessor_config.json` from a checkpoint dir (Qwen3-VL defaults if absent)."""
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
+        cfg = cls()
+        file = os.path.join(path, "preprocessor_config.json")
+        if os.path.isfile(file):
+            cfg = cls.from_json_file(file)
+        return cfg.replace(min_pixels=min_pixels, max_pixels=max_pixels)
+
+    @classmethod
+    def from_json_file(cls, file: str) -> "ImageProcessorConfig":
+        try:
+            with open(file, encoding="utf-8") as fh:
+                raw = json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{file} is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{file} must hold a JSON object")
+        size = raw.get("size") or {}
+        fields = dict(
+            patch_size=raw.get("patch_size"), temporal_patch_size=raw.get("temporal_patch_size"),
+            merge_size=raw.get("merge_size"),
+            # Both encodings exist in the wild: size{shortest,longest}_edge and min/max_pixels.
+            min_pixels=size.get("shortest_edge", raw.get("min_pixels")),
+            max_pixels=size.get("longest_edge", raw.get("max_pixels")),
+            image_mean=tuple(raw["image_mean"]) if "image_mean" in raw else None,
+            image_std=tuple(raw["image_std"]) if "image_std" in raw else None,
+            rescale_factor=raw.get("rescale_factor"), resample=raw.get("resample"))
+        try:
+            return cls().replace(**fields)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{file}: unusable preprocessor values ({exc})") from None
+
+
+def smart_resize(height: int, width: int, factor: int = 32, min_pixels: int = 65536,
+                 max_pixels: int = 16777216) -> Tuple[int, int]:
+    """(h, w) that are multiples of `factor`, near the input aspect, with min <= h*w <= max pixels."""
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise ValueError(f"aspect ratio {max(height, width) / min(height, width):.1f} of a {height}x{width} image "
+                         f"exceeds {MAX_ASPECT_RATIO}")
+    h_bar = round(height / factor) * factor   # Python round: half to even, as HF
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+# ---- images -------------------------------------------------------------------------------
+
+ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike]
+
+
+def _to_rgb(image: ImageLike, index: int) -> Image.Image:
+    if isinstance(image, (str, os.PathLike)):
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"image {index}: no file at {os.fspath(image)!r}")
+        try:
+            with Image.open(image) as im:
+                im.load()
+                image = im.copy()
+        except (OSError, Image.DecompressionBombError) as exc:
+            raise ValueError(f"image {index}: cannot read {os.fspath(image)!r} as an image ({exc})") from None
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"image {index}: numpy images must be uint8 [H, W] or [H, W, 1|3|4], "
+                             f"got dtype {image.dtype}")
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (3, 4))):
+            raise ValueError(f"image {index}: numpy images must be [H, W] or [H, W, 1|3|4], got shape {image.shape}")
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image {index}: expected a PIL image, uint8 array or path, got {type(image).__name__}")
+    if image.mode not in _OK_MODES:
+        raise ValueError(f"image {index}: PIL mode {image.mode!r} is not supported (16-bit/float data would be "
+                         "clipped); convert it to 8-bit RGB first")
+    if image.width < 1 or image.height < 1:
+        raise ValueError(f"image {index}: empty image ({image.width}x{image.height})")
+    # As HF: transparency is composited onto white, everything else converted to RGB.
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _patchify(chw: np.ndarray, cfg: ImageProcessorConfig) -> np.ndarray:
+    """[C, H, W] -> [gh*gw, C*T*P*P] rows in merge-window order (block-row, block-col, in-row, in-col)."""
+    c, h, w = chw.shape
+    p, m, t = cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size
+    gh, gw = h // p, w // p
+    x = chw.reshape(c, gh // m, m, p, gw // m, m, p)
+    x = x.transpose(1, 4, 2, 5, 0, 3, 6)                     # (BR, BC, ir, ic, C, py, px)
+    x = np.broadcast_to(x[:, :, :, :, :, None], x.shape[:5] + (t,) + x.shape[5:])  # frame repeated over T
+    return x.reshape(gh * gw, c * t * p * p)
+
+
+def preprocess_images(images: Union[ImageLike, Sequence[ImageLike]], config: Optional[ImageProcessorConfig] = None,
+                      *, min_pixels: Optional[int] = None, max_pixels: Optional[int] = None
+                      ) -> Tuple[np.ndarray, np.ndarray]:
+    """Images -> (pixel_values float32 [N, C*T*P*P], image_grid_thw int64 [n, 3]).
+
+    Args:
+        images: one image or a list; PIL images, uint8 arrays ([H,W] or [H,W,1|3|4]) or file paths.
+        config: preprocessing values (default: Qwen3-VL's); min_pixels/max_pixels override it.
+    """
+    cfg = (config or ImageProcessorConfig()).replace(min_pixels=min_pixels, max_pixels=max_pixels)
+    if isinstance(images, (Image.Image, np.ndarray, str, os.PathLike)):
+        images = [images]
+    images = list(images)
+    if not images:
+        raise ValueError("preprocess_images needs at least one image")
+    mean = np.asarray(cfg.image_mean, np.float32)
+    std = np.asarray(cfg.image_std, np.float32)
+    rows, grids = [], []
+    for i, image in enumerate(images):
+        rgb = _to_rgb(image, i)
+        try:
+            h, w = smart_resize(rgb.height, rgb.width, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+        except ValueError as exc:
+            raise ValueError(f"image {i}: {exc}") from None
+        resized = np.asarray(rgb.resize((w, h), resample=cfg.resample))       # uint8 [H, W, 3]
+        # Same arithmetic as HF: rescale in float64, cast to float32, normalise in float32.
+        x = (resized.astype(np.float64) * cfg.rescale_factor).astype(np.float32)
+        x = (x - mean) / std
+        rows.append(_patchify(np.ascontiguousarray(x.transpose(2, 0, 1)), cfg))
+        grids.append([1, h // cfg.patch_size, w // cfg.patch_size])
+    return np.concatenate(rows).astype(np.float32), np.asarray(grids, np.int64)
+
+
+# ---- prompts ------------------------------------------------------------------------------
+
+def num_image_tokens(grid_thw, merge_size: int = 2) -> int:
+    t, h, w = (int(v) for v in grid_thw)
+    return t * h * w // (merge_size * merge_size)
+
+
+def render_chat(text: str, num_images: int = 0, system: Optional[str] = None,
+                add_generation_prompt: bool = True) -> str:
+    """One user turn (images first, then text) before pad expansion: one <|image_pad|> per image."""
+    if num_images < 0:
+        raise ValueError(f"num_images must be >= 0, got {num_images}")
+    out = f"{IM_START}system\n{system}{IM_END}\n" if system else ""
+    content = (VISION_START + IMAGE_PAD + VISION_END) * num_images + text
+    out += f"{IM_START}user\n{content}{IM_END}\n"
+    return out + (f"{IM_START}assistant\n" if add_generation_prompt else "")
+
+
+def expand_image_pads(prompt: str, image_grid_thw, merge_size: int = 2) -> str:
+    """Replace the k-th single <|image_pad|> with t*h*w/merge² copies for image k (as HF's processor)."""
+    grids = np.asarray(image_grid_thw).reshape(-1, 3)
+    parts = prompt.split(IMAGE_PAD)
+    if len(parts) - 1 != len(grids):
+        raise ValueError(f"prompt has {len(parts) - 1} {IMAGE_PAD} placeholders but {len(grids)} images were given")
+    out = [parts[0]]
+    for grid, rest in zip(grids, parts[1:]):
+        out.append(IMAGE_PAD * num_image_tokens(grid, merge_size) + rest)
+    return "".join(out)
+
+
+def build_prompt(text: str, image_grid_thw=None, *, system: Optional[str] = None, merge_size: int = 2,
+                 add_generation_prompt: bool = True) -> str:
+    """Chat prompt for `text` with the given images, pads already expanded per image grid."""
+    grids = np.zeros((0, 3), np.int64) if image_grid_thw is None else np.asarray(image_grid_thw).reshape(-1, 3)
+    prompt = render_chat(text, len(grids), system, add_generation_prompt)
+    return expand_image_pads(prompt, grids, merge_size)
+
+
+# ---- tokenizer ----------------------------------------------------------------------------
+
+class QwenTokenizer:
+    """A thin wrapper over a `tokenizers.Tokenizer`; special ids are looked up by name."""
+
+    def __init__(self, tokenizer, source: str = "<memory>"):
+        self.tokenizer = tokenizer  # the underlying `tokenizers.Tokenizer`
+        self._tok = tokenizer
+        self.source = source
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def token_id(self, token: str) -> int:
+        tid = self._tok.token_to_id(token)
+        if tid is None:
+            raise KeyError(f"tokenizer {self.source} has no token {token!r}")
+        return int(tid)
+
+    def maybe_token_id(self, token: str) -> Optional[int]:
+        tid = self._tok.token_to_id(token)
+        return None if tid is None else int(tid)
+
+    @property
+    def image_pad_id(self) -> int:
+        return self.token_id(IMAGE_PAD)
+
+    @property
+    def vision_start_id(self) -> int:
+        return self.token_id(VISION_START)
+
+    @property
+    def vision_end_id(self) -> int:
+        return self.token_id(VISION_END)
+
+    @property
+    def im_end_id(self) -> int:
+        return self.token_id(IM_END)
+
+    @property
+    def stop_ids(self) -> Tuple[int, ...]:
+        """Tokens that end a reply: <|im_end|> and <|endoftext|> (those the vocab has)."""
+        return tuple(t for t in (self.maybe_token_id(IM_END), self.maybe_token_id(ENDOFTEXT)) if t is not None)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> List[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects str, got {type(text).__name__}")
+        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
+
+    def encode_batch(self, texts: Iterable[str], add_special_tokens: bool = True) -> List[List[int]]:
+        return [list(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"token ids out of range [0, {self.vocab_size}): {bad[:5]}")
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+def load_tokenizer(path: str) -> QwenTokenizer:
+    """Load `tokenizer.json` from a checkpoint dir (or the file itself)."""
+    from tokenizers import Tokenizer
+
+    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no tokenizer.json at {file!r}")
+    try:
+        tok = Tokenizer.from_file(file)
+    except Exception as exc:  # the tokenizers library raises a bare Exception on bad JSON
+        raise ValueError(f"{file} is not a usable tokenizer.json ({exc})") from None
+    return QwenTokenizer(tok, source=file)
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Token lists -> (ids int32 [B, S], attention_mask int32 [B, S]), padded on the LEFT.
+
+    Left padding puts every row's last prompt token in the same slot, so one cache write
+    index serves the whole batch (TEAM.md, Model API).
+    """
+    seqs = [list(map(int, s)) for s in sequences]
+    if not seqs or any(len(s) == 0 for s in seqs):
+        raise ValueError("left_pad needs at least one sequence and no empty ones")
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), int(pad_id), np.int32)
+    mask = np.zeros((len(seqs), width), np.int32)
+    for row, s in enumerate(seqs):
+        ids[row, width - len(s):] = s
+        mask[row, width - len(s):] = 1
+    return ids, mask
