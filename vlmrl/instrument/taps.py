@@ -3,14 +3,29 @@
 The config is static at trace time: with `TapConfig(enabled=False)` (or None) the model and
 sampler trace exactly the uninstrumented program. This module is the only one under
 `vlmrl.instrument` that imports JAX.
+
+Device side (called while tracing): `decode_payload` / `prefill_payload` reduce what one step
+shows to a few KB, and `gated_emit` wraps ONE `jax.debug.callback` per emitted step in a
+`lax.cond` on an unbatched step counter and a traced stride (changing the stride never
+recompiles). Host side: `TapHost` turns payloads into `DecodeState` / `AttentionMatrix` events
+on a `Bus`, never raises, never blocks, never calls JAX, and adapts the stride between calls
+so that emits stay near a target rate.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
+import threading
+import time
+from typing import Callable, Optional
 
+import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
-from vlmrl.instrument.events import ATTN_STATS
+from vlmrl.instrument.events import ATTN_STATS, AttentionMatrix, DecodeState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,10 +39,25 @@ class TapConfig:
     matrix_layer: int | None = None
     matrix_head: int | None = None
     matrix_max: int = 4096
+    # Send the watched sequence's newest attention row (mean over layers and heads, float16)
+    # with every emit; it feeds the token explorer and costs 2 bytes per cached slot.
+    attention_row: bool = True
+    # Sequences published per emit: the payload is bounded by this, not by the batch size.
+    max_rows: int = 4
+    # The sequence whose attention row and prefill matrix are sent.
+    watch_row: int = 0
 
     @property
     def stats_on(self) -> bool:
         return self.enabled and self.attention_stats
+
+    def __post_init__(self):
+        if self.top_k < 1 or self.max_rows < 1 or self.matrix_max < 1 or self.watch_row < 0:
+            raise ValueError(f"TapConfig: top_k, max_rows, matrix_max must be >= 1 and watch_row >= 0, got {self}")
+
+
+def is_on(tap: Optional[TapConfig]) -> bool:
+    return tap is not None and tap.enabled
 
 
 def attention_row_stats(probs_bhk, key_valid_bk, vision_bk):
@@ -52,3 +82,241 @@ def attention_row_stats(probs_bhk, key_valid_bk, vision_bk):
     out = jnp.stack([jnp.clip(focus, 0.0, 1.0), mx, vis, sink], axis=-1)
     assert out.shape[-1] == len(ATTN_STATS)
     return out
+
+
+# ---- device side ---------------------------------------------------------------------------
+
+def _rows(tap: TapConfig, batch: int) -> int:
+    return min(batch, tap.max_rows)
+
+
+def decode_payload(tap: TapConfig, aux: dict, logp_bv, token_b, logprob_b, entropy_b, alive_b, step, cache_len):
+    """The reduced arrays one emitted decode step sends to the host (built inside the cond).
+
+    logp_bv: float32 [B, V] log-probabilities the token was drawn from; alive_b: bool [B]
+    rows that had not finished before this step. Only the first `tap.max_rows` rows travel.
+    """
+    r = _rows(tap, token_b.shape[0])
+    top_lp, top_ids = lax.top_k(logp_bv[:r], tap.top_k)
+    out = dict(step=jnp.asarray(step, jnp.int32), cache_len=jnp.asarray(cache_len, jnp.int32),
+               token=token_b[:r].astype(jnp.int32), logprob=logprob_b[:r].astype(jnp.float32),
+               entropy=entropy_b[:r].astype(jnp.float32), alive=alive_b[:r],
+               top_ids=top_ids.astype(jnp.int32), top_p=jnp.exp(top_lp).astype(jnp.float32))
+    if "attn_stats" in aux:
+        out["stats"] = aux["attn_stats"][:, :r].astype(jnp.float32)  # [L, R, H, 4]
+    if tap.attention_row and "attn_row" in aux:
+        w = min(tap.watch_row, token_b.shape[0] - 1)
+        out["attn_row"] = aux["attn_row"][w].astype(jnp.float16)  # [T]
+    return out
+
+
+def pool_factor(n: int, max_side: int) -> int:
+    """The integer pooling factor that brings a side of n cells to at most max_side."""
+    return max(1, math.ceil(n / max_side))
+
+
+def pool_matrix(m_qk, max_side: int):
+    """Mean-pool a [Q, K] matrix by one integer factor so both sides are <= max_side."""
+    q, k = m_qk.shape
+    f = pool_factor(max(q, k), max_side)
+    if f == 1:
+        return m_qk, 1
+    qp, kp = -(-q // f) * f, -(-k // f) * f
+    # pad at the start: with left padding the real tokens sit at the end of both axes
+    m = jnp.pad(m_qk, ((qp - q, 0), (kp - k, 0)))
+    return m.reshape(qp // f, f, kp // f, f).mean(axis=(1, 3)), f
+
+
+def prefill_payload(tap: TapConfig, aux: dict, logp_bv, token_b, logprob_b, entropy_b, cache_len):
+    """Payload of the prefill emit: the decode fields for token 0, plus the pooled matrix."""
+    alive = jnp.ones(token_b.shape, bool)
+    out = decode_payload(tap, aux, logp_bv, token_b, logprob_b, entropy_b, alive, 0, cache_len)
+    if "attn_matrix" in aux:
+        w = min(tap.watch_row, token_b.shape[0] - 1)
+        pooled, _ = pool_matrix(aux["attn_matrix"][w].astype(jnp.float32), tap.matrix_max)
+        out["matrix"] = pooled.astype(jnp.float16)
+    return out
+
+
+def emit(callback: Callable, payload: dict) -> None:
+    """One unordered host callback (ordered ones fail once a jit spans several devices)."""
+    jax.debug.callback(callback, payload, ordered=False)
+
+
+def gated_emit(callback: Callable, step, stride, make_payload: Callable[[], dict]) -> None:
+    """Emit when step % stride == 0; `step` must be unbatched (a batched predicate under vmap
+    runs both branches, i.e. emits every step). The payload is built only in the taken branch."""
+    lax.cond(step % jnp.maximum(stride, 1) == 0, lambda: emit(callback, make_payload()), lambda: None)
+
+
+# ---- host side -----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class CallContext:
+    """What the host knows about the running generate call (never sent through the device)."""
+
+    batch: int = 1
+    cache_max: int = 0
+    rope_deltas: Optional[np.ndarray] = None  # int [B]
+    last_positions: Optional[np.ndarray] = None  # int [B, 3]: (t,h,w) of each prompt's last token
+    vision_spans: Optional[list] = None  # per row (start, end) or None
+    vision_grids: Optional[list] = None  # per row (t, h, w) or None
+    prompt_ids: Optional[np.ndarray] = None  # [B, S] as fed (left padded)
+    prompt_mask: Optional[np.ndarray] = None
+    kv_bytes_per_slot: int = 0  # K+V bytes of one cache slot, all layers, whole batch
+    image_token_id: int = -1
+    stride: int = 1
+
+
+class TapHost:
+    """Receives tap payloads on XLA's callback threads and publishes events.
+
+    Args:
+      tap: the TapConfig the device side was traced with (watched row, matrix layer/head).
+      bus: where events go (`vlmrl.instrument.bus.Bus`); None means the process default bus.
+      detok: host callable token_id -> str for token texts (never called inside jit).
+      target_rate: emits per second the stride adaptation aims for.
+      special_ids: ids shown as "special" in matrix token types.
+    """
+
+    def __init__(self, tap: TapConfig, bus=None, detok: Optional[Callable[[int], str]] = None, target_rate: float = 30.0,
+                 initial_stride: int = 8, special_ids=(), log=None):
+        if bus is None:
+            from vlmrl.instrument.bus import default_bus
+            bus = default_bus()
+        if not target_rate > 0:
+            raise ValueError(f"target_rate must be > 0 emits per second, got {target_rate}")
+        self.tap = tap
+        self.bus = bus
+        self.detok = detok
+        self.target_rate = float(target_rate)
+        self.stride = max(1, int(initial_stride))
+        self.special_ids = frozenset(int(s) for s in special_ids)
+        self.ctx = CallContext()
+        self.callbacks = 0  # every callback that arrived (prefill + decode)
+        self.decode_callbacks = 0
+        self.errors = 0
+        self.last_bytes = 0  # bytes the last decode callback carried from the device
+        self._log = log or (lambda msg: print(msg, file=sys.stderr))
+        self._times: list = []
+        self._lock = threading.Lock()
+
+    # ---- call bracketing (sampler thread) ----
+    def begin_call(self, ctx: CallContext) -> None:
+        ctx.stride = self.stride
+        self.ctx = ctx
+        with self._lock:
+            self._times = []
+
+    def end_call(self, decode_steps: int, wall_s: float) -> int:
+        """Adapt the stride from this call's emit timing; returns the stride for the next call."""
+        with self._lock:
+            times = list(self._times)
+        used = self.ctx.stride
+        if len(times) >= 3 and times[-1] > times[0]:
+            # steps/s measured between emits excludes compile and prefill time
+            steps_per_s = (len(times) - 1) * used / (times[-1] - times[0])
+        elif wall_s > 0 and decode_steps > 0:
+            steps_per_s = decode_steps / wall_s
+        else:
+            return self.stride
+        want = max(1, int(round(steps_per_s / self.target_rate)))
+        # move at most 4x per call so one noisy call cannot swing the rate wildly
+        self.stride = int(min(max(want, used // 4, 1), used * 4))
+        return self.stride
+
+    # ---- callbacks (XLA threads): numpy copies + non-blocking publish only ----
+    def on_decode(self, payload) -> None:
+        try:
+            self.callbacks += 1
+            self.decode_callbacks += 1
+            with self._lock:
+                self._times.append(time.perf_counter())
+            p = {k: np.array(v, copy=True) for k, v in payload.items()}  # CPU buffers are borrowed
+            self.last_bytes = sum(a.nbytes for a in p.values())
+            self._publish_rows(p, phase="decode")
+        except Exception as exc:  # a raising callback would fail the jitted step
+            self._report(exc)
+
+    def on_prefill(self, payload) -> None:
+        try:
+            self.callbacks += 1
+            p = {k: np.array(v, copy=True) for k, v in payload.items()}
+            self._publish_rows(p, phase="prefill")
+            if "matrix" in p:
+                self.bus.publish(self._matrix_event(p["matrix"], p))
+        except Exception as exc:
+            self._report(exc)
+
+    def _report(self, exc: BaseException) -> None:
+        self.errors += 1
+        if self.errors == 1:
+            self._log(f"vlmrl taps: event callback failed, further errors counted silently: {exc!r}")
+
+    def _text(self, token_id: int) -> str:
+        if self.detok is None:
+            return f"<{token_id}>"
+        try:
+            return str(self.detok(int(token_id)))
+        except Exception:
+            return f"<{token_id}>"
+
+    def _publish_rows(self, p: dict, phase: str) -> None:
+        ctx = self.ctx
+        step, cache_len = int(p["step"]), int(p["cache_len"])
+        stats = p.get("stats")  # [L, R, H, 4]
+        for r in range(p["token"].shape[0]):
+            if not p["alive"][r]:
+                continue
+            tok = int(p["token"][r])
+            ev = DecodeState(step=step, token_id=tok, token_text=self._text(tok),
+                             token_prob=float(np.exp(p["logprob"][r])), cache_len=cache_len, cache_max=ctx.cache_max,
+                             seq_index=r, batch_size=ctx.batch, logprob=float(p["logprob"][r]),
+                             entropy=float(p["entropy"][r]), phase=phase)
+            ev.top_k = [(int(i), self._text(i), float(q)) for i, q in zip(p["top_ids"][r], p["top_p"][r])]
+            if phase == "prefill" and ctx.last_positions is not None:
+                ev.mrope_t, ev.mrope_h, ev.mrope_w = (int(x) for x in ctx.last_positions[r])
+            elif ctx.rope_deltas is not None:
+                # the query of this step sat in slot cache_len-1; decode positions share one value
+                pos = cache_len - 1 + int(ctx.rope_deltas[r])
+                ev.mrope_t = ev.mrope_h = ev.mrope_w = pos
+            if stats is not None:
+                s = stats[:, r]  # [L, H, 4]
+                ev.attn_stats = {name: s[..., j] for j, name in enumerate(ATTN_STATS)}
+                ev.attention_pattern = s[..., 0]
+                ev.active_layer, ev.active_head = (int(x) for x in np.unravel_index(np.argmax(s[..., 0]), s.shape[:2]))
+            if ctx.vision_spans is not None and r < len(ctx.vision_spans):
+                ev.vision_span, ev.vision_grid = ctx.vision_spans[r], ctx.vision_grids[r]
+            if ctx.kv_bytes_per_slot:
+                ev.kv_bytes = int(ctx.kv_bytes_per_slot * cache_len)
+            if "attn_row" in p and r == min(self.tap.watch_row, p["token"].shape[0] - 1):
+                ev.attention_row = p["attn_row"][:cache_len].astype(np.float32)
+            self.bus.publish(ev)
+
+    def _matrix_event(self, m: np.ndarray, p: dict) -> AttentionMatrix:
+        ctx = self.ctx
+        w = min(self.tap.watch_row, ctx.batch - 1)
+        ids = ctx.prompt_ids[w] if ctx.prompt_ids is not None else np.zeros(m.shape[0], np.int64)
+        mask = ctx.prompt_mask[w] if ctx.prompt_mask is not None else np.ones(len(ids), bool)
+        S = len(ids)
+        f = pool_factor(S, self.tap.matrix_max)
+        pad = (-S) % f  # pooling padded at the start
+        ids_p = np.concatenate([np.full(pad, -1), ids])
+        mask_p = np.concatenate([np.zeros(pad, bool), mask.astype(bool)])
+        keep = mask_p.reshape(-1, f).any(axis=1)  # drop cells made only of left padding
+        groups = ids_p.reshape(-1, f)[keep]
+        texts = [self._text(next(int(t) for t, v in zip(g, mk) if v)) for g, mk in
+                 zip(groups, mask_p.reshape(-1, f)[keep])]
+        types = []
+        for g in groups:
+            if (g == ctx.image_token_id).any():
+                types.append("vision")
+            elif any(int(t) in self.special_ids for t in g if t >= 0):
+                types.append("special")
+            else:
+                types.append("text")
+        mat = m[np.ix_(keep, keep)]
+        layer = self.tap.matrix_layer
+        return AttentionMatrix(layer=None if layer == -1 else layer, head=self.tap.matrix_head,
+                               query_tokens=texts, key_tokens=list(texts), token_types=types, matrix=mat,
+                               pool=f, step=int(p["step"]))
