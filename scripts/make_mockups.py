@@ -1,0 +1,144 @@
+"""Write mockups/tui_live_mockup.txt: three dashboard frames rendered by the real layout.
+
+The frames come from a fixed event sequence (a tiny Qwen3-VL-shaped run answering a
+question about an image) at a fixed clock, so the file changes only when the renderer
+does; tests/test_mockups.py fails when it is stale. Frames:
+  1. a token being sampled   2. attention firing   3. a cache write completing
+Usage: python scripts/make_mockups.py [--check]   (--check: exit 1 if the file is stale)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from typing import List, Tuple
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from vlmrl.instrument.events import CreditState, DecodeState, RunInfo, TrainingState  # noqa: E402
+from vlmrl.utils.tui import layout  # noqa: E402
+from vlmrl.utils.tui.palette import MONO  # noqa: E402
+from vlmrl.utils.tui.panels import flow, kvcache  # noqa: E402
+from vlmrl.utils.tui.store import Store  # noqa: E402
+from vlmrl.utils.tui.view import ViewState  # noqa: E402
+
+PATH = os.path.join(ROOT, "mockups", "tui_live_mockup.txt")
+WIDTH, HEIGHT = 120, 40
+LAYERS, HEADS = 28, 16
+GAP = 0.1  # seconds between decode events in the fixed sequence
+PROMPT_LEN = 96  # 14 text + 64 image + 18 text tokens
+SPAN = (14, 78)
+ANSWER = [" The", " image", " shows", " three", " blue", " circles", " and", " one", " red", " square", "."]
+
+
+class FixedClock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _stats(step: int) -> dict:
+    """Deterministic [layers, heads] stats (no RNG: the file must not depend on numpy's streams)."""
+    l = np.arange(LAYERS, dtype=np.float64)[:, None]
+    h = np.arange(HEADS, dtype=np.float64)[None, :]
+    focus = 0.5 + 0.48 * np.sin(0.7 * l + 1.3 * h + 0.9 * step)
+    mx = np.clip(0.1 + 0.85 * focus, 0, 1)
+    vision = np.clip(np.sin(math.pi * l / (LAYERS - 1)) * (0.8 - 0.05 * step) * (0.6 + 0.4 * np.cos(h)), 0, 1)
+    sink = np.clip(0.15 + 0.1 * np.cos(l + h), 0, 1 - vision)
+    return {k: v.astype(np.float32) for k, v in zip(("focus", "max", "vision", "sink"), (focus, mx, vision, sink))}
+
+
+def _decode(step: int, text: str, prob: float) -> DecodeState:
+    pos = PROMPT_LEN + step - 1 - 56  # image tokens compress positions: 64 tokens span 8 positions
+    alts = [(1000 + step, text, prob), (7, " a", round((1 - prob) * 0.6, 3)), (9, " two", round((1 - prob) * 0.3, 3))]
+    return DecodeState(step=step, token_id=1000 + step, token_text=text, token_prob=prob,
+                       cache_len=PROMPT_LEN + step, cache_max=2048, active_layer=LAYERS - 1,
+                       active_head=(3 * step) % HEADS, mrope_t=pos, mrope_h=pos, mrope_w=pos,
+                       batch_size=1, entropy=round(1.2 - 0.08 * step, 3), top_k=alts,
+                       attn_stats=_stats(step), vision_span=SPAN, vision_grid=(1, 16, 16),
+                       phase="decode", wall_time=1_700_000_000.0 + step)
+
+
+def scenario(upto: int) -> Tuple[Store, float]:
+    """A store fed the fixed sequence through decode step `upto`; returns it and the arrival time."""
+    clock = FixedClock()
+    store = Store(clock=clock, started_at=0.0)
+    clock.t = 60.0
+    store.apply(RunInfo(model_name="qwen3vl-2b", num_layers=LAYERS, num_heads=HEADS, num_kv_heads=8,
+                        head_dim=128, dtype="bfloat16", max_cache=2048, batch=1, vision_depth=24,
+                        deepstack_layers=(5, 11, 17), device_kind="cuda", device_memory_in_use=5_368_709_120,
+                        device_memory_limit=85_899_345_920, wall_time=1_700_000_000.0))
+    for s in range(1, 6):
+        store.apply(TrainingState(step=s, reward_mean=0.2 + 0.1 * s, reward_std=0.3 - 0.02 * s, kl=0.004 * s,
+                                  loss=0.6 - 0.05 * s, tokens_per_sec=850.0 + 10 * s, policy_entropy=1.5 - 0.1 * s,
+                                  clip_fraction=0.12 - 0.01 * s, wall_time=1_700_000_000.0))
+    store.apply(CreditState(tokens=ANSWER, credits=[0.05, 0.42, 0.11, 0.93, 0.38, 0.61, -0.04, -0.27, -0.55, 0.19, 0.02],
+                            step=5))
+    for step in range(1, upto + 1):
+        clock.t += GAP
+        store.apply(_decode(step, ANSWER[(step - 1) % len(ANSWER)], round(0.55 + 0.04 * (step % 9), 3)))
+    return store, clock.t
+
+
+# (title, decode steps applied, seconds after the newest event): the flow sweeps a fifth
+# of the event gap per stage, so these ages light Attention, KV Cache Write and Sampling.
+FRAMES = (
+    ("token being sampled", 6, 0.09),
+    ("attention firing", 7, 0.045),
+    ("cache write completing", 8, 0.065),
+)
+
+
+def build() -> Tuple[str, List[Tuple[str, str, str]]]:
+    """The mockup text and, per frame, (title, stage lit, KV status)."""
+    rows: List[Tuple[str, str, str]] = []
+    out: List[str] = [
+        "vlmrl live dashboard: three frames written by scripts/make_mockups.py with the real renderer",
+        f"({WIDTH}x{HEIGHT}, no colour: in a terminal the lit stage and ⚡ indicators are yellow/green/cyan and",
+        "flash at 5 Hz, heat cells are coloured, heads above 0.75 flash). Do not edit by hand.",
+        "",
+    ]
+    for i, (title, upto, age) in enumerate(FRAMES, 1):
+        store, arrived = scenario(upto)
+        now = arrived + age
+        state = store.snapshot()
+        canvas = layout.render_screen(state, ViewState(), WIDTH, HEIGHT, now, MONO, meta={"dropped": 0, "fps": 20.0})
+        stage = flow.stage_at(state, 0, now)
+        lit = "idle" if stage is None else (flow.STAGES + ("Sampling",))[stage]
+        kv = kvcache.status(state, 0, now)
+        rows.append((title, lit, kv))
+        out.append(f"=== Frame {i}: {title} · t={now:.3f}s · stage lit: {lit} · KV: {kv} ===")
+        out.extend(canvas.row_text(y).rstrip() for y in range(canvas.height))
+        out.append("")
+    return "\n".join(out), rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if the mockup file is stale; write nothing")
+    args = ap.parse_args(argv)
+    text, rows = build()
+    old = open(PATH, encoding="utf-8").read() if os.path.exists(PATH) else None
+    stale = old != text
+    if not args.check and stale:
+        os.makedirs(os.path.dirname(PATH), exist_ok=True)
+        with open(PATH, "w", encoding="utf-8") as f:
+            f.write(text)
+    print(f"{'frame':<26} {'stage lit':<16} {'KV status':<10}")
+    for title, lit, kv in rows:
+        print(f"{title:<26} {lit:<16} {kv:<10}")
+    print(json.dumps({"path": os.path.relpath(PATH, ROOT), "frames": len(FRAMES), "stale": stale,
+                      "written": bool(stale and not args.check)}))
+    return 1 if (args.check and stale) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

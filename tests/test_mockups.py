@@ -1,0 +1,40 @@
+"""mockups/tui_live_mockup.txt is what the real renderer draws now (fails when stale)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("make_mockups", os.path.join(ROOT, "scripts", "make_mockups.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_mockup_file_is_current():
+    mod = _script()
+    text, rows = mod.build()
+    with open(mod.PATH, encoding="utf-8") as f:
+        on_disk = f.read()
+    assert on_disk == text, "mockups/tui_live_mockup.txt is stale: run python scripts/make_mockups.py"
+
+
+def test_mockup_frames_show_the_three_moments():
+    mod = _script()
+    text, rows = mod.build()
+    assert [(t, lit) for t, lit, _ in rows] == [("token being sampled", "Sampling"),
+                                               ("attention firing", "Attention"),
+                                               ("cache write completing", "KV Cache Write")]
+    frames = text.split("=== Frame ")[1:]
+    assert len(frames) == 3
+    assert "⚡ SAMPLING" in frames[0] and "⚡ ACTIVE" in frames[1] and "⚡ WRITE slot" in frames[2]
+    assert "⚡ WRITE" in frames[2].split("KV CACHE MEMORY")[1].splitlines()[0]
+    for frame in frames:
+        for title in ("DECODE LIVE", "COMPUTATION FLOW", "ATTENTION FLOW", "VISION INJECTION @ Token[14]",
+                      "mRoPE", "TOKEN CREDIT", "KV CACHE MEMORY", "reset"):
+            assert title in frame
+        body = frame.splitlines()[1:41]
+        assert len(body) == 40 and all(len(line) <= 120 for line in body)

@@ -1,0 +1,362 @@
+"""Panels through the real layout: titles and values on screen at the three reference
+sizes, exact row widths, sanitised text, the heatmap ramp, flashing, paging and stats."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vlmrl.instrument.events import ATTN_STATS, CreditState, DecodeState, RunInfo, TrainingState
+from vlmrl.utils.tui import layout, palette
+from vlmrl.utils.tui.canvas import char_width
+from vlmrl.utils.tui.palette import COLOR, MONO
+from vlmrl.utils.tui.panels import attention, credit, decode, flow, footer, header, kvcache, mrope, vision
+from vlmrl.utils.tui.store import Store
+from vlmrl.utils.tui.view import ViewState, handle_key
+
+L, H = 28, 16
+SIZES = [(80, 24), (120, 40), (200, 60)]
+T0 = 100.0  # store clock when the last event arrives
+
+
+class Clock:
+    def __init__(self, t: float = 0.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def run_info(**kw) -> RunInfo:
+    base = dict(model_name="qwen3vl-2b", num_layers=L, num_heads=H, num_kv_heads=8, head_dim=128,
+                dtype="bfloat16", max_cache=2048, batch=2, deepstack_layers=(5, 11, 17),
+                device_memory_in_use=3 << 30, device_memory_limit=16 << 30, wall_time=1.0)
+    base.update(kw)
+    return RunInfo(**base)
+
+
+def stats_for(step: int) -> dict:
+    """Deterministic per-layer/head stats; layer l head h of `focus` = ((l*16+h) % 20)/20."""
+    grid = (np.arange(L)[:, None] * H + np.arange(H)[None, :]).astype(np.float32)
+    focus = (grid % 20) / 20.0
+    return {"focus": focus, "max": np.full((L, H), 0.9, np.float32),
+            "vision": np.tile(np.linspace(0, 1, L, dtype=np.float32)[:, None], (1, H)),
+            "sink": np.full((L, H), 0.1, np.float32)}
+
+
+def decode_event(step: int, text: str = "tok", seq: int = 0, **kw) -> DecodeState:
+    base = dict(step=step, token_id=4000 + step, token_text=text, token_prob=0.875, cache_len=100 + step,
+                cache_max=2048, active_layer=27, active_head=3, mrope_t=60 + step, mrope_h=60 + step,
+                mrope_w=60 + step, seq_index=seq, batch_size=2, entropy=1.5,
+                top_k=[(4000 + step, text, 0.875), (7, " maybe", 0.05)], attn_stats=stats_for(step),
+                vision_span=(13, 77), vision_grid=(1, 16, 16), phase="decode", wall_time=1000.0 + step)
+    base.update(kw)
+    return DecodeState(**base)
+
+
+def scenario(clock: Clock = None, steps: int = 12):
+    clock = clock or Clock(T0 - steps * 0.05)
+    store = Store(clock=clock, started_at=0.0)
+    store.apply(run_info())
+    for s in range(1, steps + 1):
+        clock.t += 0.05
+        store.apply(decode_event(s, text=f" w{s}"))
+    store.apply(TrainingState(step=7, reward_mean=0.5312, reward_std=0.1204, kl=0.0123, loss=0.3101,
+                              tokens_per_sec=1234.4, policy_entropy=1.234, clip_fraction=0.05))
+    store.apply(CreditState(tokens=[" a", " big", " cat", " sat"], credits=[0.25, -1.5, 0.75, -0.1], step=7))
+    return store
+
+
+META = {"dropped": 3, "fps": 20.0}
+
+
+def screen_text(store, view=ViewState(), size=(120, 40), now=T0 + 0.5, theme=COLOR, meta=META) -> str:
+    c = layout.render_screen(store.snapshot(), view, size[0], size[1], now, theme, meta=meta)
+    return c.text()
+
+
+def row_cells(chars) -> int:
+    """Columns a canvas row occupies on a terminal ("" is the right half of a wide char)."""
+    return sum(0 if ch == "" else char_width(ch[0]) for ch in chars)
+
+
+EXPECTED = {
+    "header": ["VLMRL qwen3vl-2b", "step 7", "reward +0.531±0.120", "KL 0.0123", "loss 0.3101", "tok/s 1234",
+               "entropy 1.234", "clip 0.050", "dropped 3", "fps 20.0", "up 0:01:40"],
+    "decode": ["DECODE LIVE", "Cache: 112/2048", '" w12"', "id 4012", "p 0.875", "alts"],
+    "flow": ["COMPUTATION FLOW", "mRoPE", "ACTIVE", "WRITE", "SAMPLING"],
+    "attention": ["ATTENTION FLOW · focus", "L27 "],
+    "vision": ["VISION INJECTION @ Token[13]", "1×16×16", "merged 64", "DeepStack → L5 L11 L17", "share/layer"],
+    "mrope": ["mRoPE", "T 72 H 72 W 72"],
+    "credit": ["TOKEN CREDIT", '" big"', "-1.500", "+0.750"],
+    # 2 (K,V) * 28 layers * 8 kv heads * 128 dim * 2 bytes * batch 2 = 229376 B per token
+    "kv": ["KV CACHE MEMORY", f"KV {229376 * 112 / 2**20:.1f}/{229376 * 2048 / 2**20:.1f} MiB", "pages 7/128",
+           "3.0/16.0 GiB", "112/2048"],
+    "footer": ["dashboard", "dropped 3"],
+}
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_every_panel_title_and_values_on_screen(size):
+    text = screen_text(scenario(), size=size)
+    for panel, needles in EXPECTED.items():
+        for needle in needles:
+            assert needle in text, f"{panel}: {needle!r} missing at {size}:\n{text}"
+
+
+@pytest.mark.parametrize("size", SIZES + [(40, 10), (41, 13), (59, 17), (99, 31), (149, 45), (300, 90)])
+def test_screen_rows_exactly_terminal_width(size):
+    c = layout.render_screen(scenario().snapshot(), ViewState(), size[0], size[1], T0, COLOR, meta=META)
+    assert (c.width, c.height) == size
+    for y in range(c.height):
+        assert row_cells(c.chars[y]) == size[0], f"row {y} at {size}: {c.row_text(y)!r}"
+
+
+PANEL_MODULES = [header, footer, decode, flow, attention, vision, mrope, credit, kvcache]
+
+
+@pytest.mark.parametrize("mod", PANEL_MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
+@pytest.mark.parametrize("size", [(1, 1), (7, 2), (25, 3), (39, 9), (66, 30)])
+def test_panel_canvas_is_exactly_its_size_empty_and_full(mod, size):
+    for store in (Store(clock=Clock()), scenario()):
+        c = mod.render(store.snapshot(), ViewState(), size[0], size[1], T0, COLOR)
+        assert (c.width, c.height) == size
+        for y in range(c.height):
+            assert row_cells(c.chars[y]) == size[0]
+
+
+def test_unmeasured_values_show_na_not_placeholders():
+    store = Store(clock=Clock(1.0))
+    store.apply(decode_event(1, attn_stats={}, vision_span=None, vision_grid=None, top_k=[]))
+    text = screen_text(store, size=(120, 40), now=1.5)
+    assert "reward n/a" in text and "KL n/a" in text and "loss n/a" in text  # no TrainingState yet
+    assert "TOKEN CREDIT" in text and "no credit assigned yet" in text
+    assert "focus: n/a" in text  # no attention stats in the event
+    assert "KV n/a" in text  # no RunInfo: bytes unknown
+    assert "alts n/a" in text
+    assert "Token[n/a]" in text and "text only" in text
+
+
+def test_hostile_token_text_is_sanitised_and_layout_holds():
+    evil = "\x1b[2J\x1b]52;c;ZXZpbA==\x07\u202eevil\x9b31m猫\u0301"
+    store = scenario()
+    store.apply(decode_event(13, text=evil, top_k=[(1, evil, 0.5)]))
+    store.apply(CreditState(tokens=[evil, "ok"], credits=[2.0, 1.0], step=8))
+    for size in SIZES:
+        c = layout.render_screen(store.snapshot(), ViewState(), size[0], size[1], T0, COLOR, meta=META)
+        flat = "".join("".join(r) for r in c.chars)
+        assert "\x1b" not in flat and "\x07" not in flat and "\x9b" not in flat and "\u202e" not in flat
+        assert "␛[2J" in flat  # the escape is made visible, not executed
+        for y in range(c.height):
+            assert row_cells(c.chars[y]) == size[0]
+
+
+def test_heatmap_ramp_thresholds():
+    values = [0.0, 0.2499, 0.25, 0.4999, 0.5, 0.7499, 0.75, 1.0, float("nan"), -0.5, 1.7]
+    expect = "░░▒▒▓▓██·░█"
+    assert "".join(attention.glyph_rows(attention.ramp_indices(np.array([values])))) == expect
+    assert "".join(palette.ramp_glyph(v) for v in values) == expect
+    focus = np.zeros((2, len(values)), np.float32)
+    focus[1] = values
+    store = Store(clock=Clock())
+    store.apply(decode_event(1, attn_stats={"focus": focus}))
+    c = attention.render(store.snapshot(), ViewState(), 40, 8, 0.0, MONO)
+    assert expect in c.text()
+
+
+def test_hot_heads_flash_while_their_glyph_stays():
+    store = scenario()
+    view = ViewState(flash_hz=5.0)
+    on, off = 0.0, 0.1  # half a period apart at 5 Hz
+    assert view.flash_on(on) and not view.flash_on(off)
+    a = attention.render(store.snapshot(), view, 40, 9, on, COLOR)
+    b = attention.render(store.snapshot(), view, 40, 9, off, COLOR)
+    assert a.text() == b.text()
+    hot = [(y, x) for y in range(1, 8) for x in range(40) if a.chars[y][x] == "█"]
+    cool = [(y, x) for y in range(1, 8) for x in range(40) if a.chars[y][x] == "░"]
+    assert hot and cool
+    assert all(a.styles[y][x] != b.styles[y][x] for y, x in hot)
+    assert all(a.styles[y][x] == b.styles[y][x] for y, x in cool)
+
+
+def _layer_labels(text: str):
+    return [line.split()[0] for line in text.splitlines()[1:] if line.startswith("L") or line.startswith(" L")]
+
+
+def test_layer_paging_with_keys_wraps():
+    store = scenario()
+    state = store.snapshot()
+    view = ViewState(display_layers=6)
+    render = lambda v: attention.render(state, v, 40, 7, T0, MONO).text()  # 6 layer rows, no legend
+    assert _layer_labels(render(view)) == [f"L{i}" for i in range(22, 28)]
+    view = handle_key(view, "[", state)
+    assert _layer_labels(render(view)) == [f"L{i}" for i in range(16, 22)]
+    assert "p2/5" in render(view)
+    for _ in range(3):
+        view = handle_key(view, "[", state)
+    assert _layer_labels(render(view)) == ["L0", "L1", "L2", "L3"]  # the partial first page
+    view = handle_key(view, "[", state)
+    assert _layer_labels(render(view)) == [f"L{i}" for i in range(22, 28)]  # wrapped
+    view = handle_key(view, "]", state)
+    assert _layer_labels(render(view)) == ["L0", "L1", "L2", "L3"]
+
+
+def test_stat_cycles_with_s_and_changes_cells():
+    store = scenario()
+    state = store.snapshot()
+    view = ViewState()
+    seen = []
+    for _ in ATTN_STATS:
+        text = attention.render(state, view, 40, 9, T0, MONO).text()
+        seen.append((text.splitlines()[0], text.splitlines()[1]))
+        view = handle_key(view, "s", state)
+    titles = [t for t, _ in seen]
+    assert [s in t for s, t in zip(("focus", "max weight", "vision share", "sink share"), titles)] == [True] * 4
+    assert seen[1][1].split()[1] == "█" * H  # max = 0.9 everywhere
+    assert seen[3][1].split()[1] == "░" * H  # sink = 0.1 everywhere
+    assert view.stat == "focus"  # back to the start
+
+
+def test_flow_lights_stages_in_order_then_idles():
+    clock = Clock(10.0)
+    store = Store(clock=clock)
+    for s in range(1, 5):
+        clock.t += 0.1  # a measured gap of 0.1 s: 20 ms per stage
+        store.apply(decode_event(s))
+    st = store.snapshot()
+    arrived = clock.t
+    lit = [flow.stage_at(st, 0, arrived + a) for a in (0.001, 0.021, 0.041, 0.061, 0.081, 0.5)]
+    assert lit == [0, 1, 2, 3, 4, 4]
+    assert flow.stage_at(st, 0, arrived + 5.0) is None
+    row = lambda now: flow.render(st, ViewState(), 60, 4, now, MONO).row_text(2)
+    assert "⚡ ACTIVE" in row(arrived + 0.041) and "⚡ WRITE" not in row(arrived + 0.041)
+    assert "⚡ WRITE" in row(arrived + 0.061)
+    assert "⚡ SAMPLING" in row(arrived + 0.3)
+    assert "⚡" not in row(arrived + 5.0)
+    assert "idle" in flow.render(st, ViewState(), 60, 4, arrived + 5.0, MONO).row_text(0)
+
+
+def test_kv_status_write_active_cleared():
+    clock = Clock(10.0)
+    store = Store(clock=clock)
+    store.apply(run_info())
+    store.apply(decode_event(1))
+    st = store.snapshot()
+    assert kvcache.status(st, 0, clock.t + 0.5) == "⚡ WRITE"  # sampled, after the write
+    assert kvcache.status(st, 0, clock.t + 10.0) == "ACTIVE"
+    store.apply(decode_event(2, cache_len=0, wall_time=5000.0))
+    assert kvcache.status(store.snapshot(), 0, clock.t + 10.0) == "CLEARED"
+    text = kvcache.render(store.snapshot(), ViewState(), 60, 6, clock.t + 10.0, MONO).text()
+    assert "CLEARED" in text and "KV 0.0/448.0 MiB" in text
+
+
+def test_credit_sorted_by_magnitude_with_signed_bars():
+    store = scenario()
+    c = credit.render(store.snapshot(), ViewState(), 60, 6, T0, MONO)
+    lines = c.text().splitlines()[1:5]
+    order = [ln.split('"')[1] for ln in lines]
+    assert order == [" big", " cat", " a", " sat"]
+    axis = lines[0].index("│")
+    assert lines[0][axis - 1] == "█" and lines[0][axis + 1] == " "  # negative: left of the axis
+    assert lines[1][axis + 1] == "█" and lines[1][axis - 1] == " "  # positive: right
+    assert lines[0].startswith("▶")
+    flash = [credit.render(store.snapshot(), ViewState(), 60, 6, t, COLOR) for t in (0.0, 0.1)]
+    x = lines[0].index('"')
+    assert flash[0].styles[1][x] != flash[1].styles[1][x]  # the top token flashes
+
+
+def test_too_small_terminal_shows_a_message():
+    text = screen_text(scenario(), size=(30, 8))
+    assert "too small" in text and "30x8" in text
+
+
+def test_help_overlay_lists_keys():
+    store = scenario()
+    view = handle_key(ViewState(), "?", store.snapshot())
+    text = screen_text(store, view=view, size=(80, 24))
+    assert "HELP" in text and "cycle heatmap stat" in text and "page attention layers" in text
+    assert "HELP" not in screen_text(store, view=handle_key(view, "?"), size=(80, 24))
+
+
+def test_footer_shows_pause_and_reset_hint():
+    store = scenario()
+    text = screen_text(store, view=ViewState(paused=True), size=(120, 40))
+    assert "PAUSED" in text.splitlines()[-1]
+    assert "reset" in text.splitlines()[-1]
+
+
+def test_batch_key_switches_the_decode_row():
+    store = scenario()
+    store.apply(decode_event(12, text=" other", seq=1, cache_len=300))
+    state = store.snapshot()
+    view = handle_key(ViewState(), "b", state)
+    assert view.batch_index == 1
+    text = screen_text(store, view=view, size=(120, 40))
+    assert '" other"' in text and "b1/2" in text
+    assert handle_key(view, "b", state).batch_index == 0
+
+
+def test_recent_tokens_sweep_one_row_per_step():
+    """The recent list keeps each step on a fixed row (step mod rows): a new token changes
+    one row plus the ▶ marker, so a frame diff stays small."""
+    clock = Clock(0.0)
+    store = Store(clock=clock)
+    rows = 5
+    frames = []
+    for s in range(1, 10):
+        store.apply(decode_event(s, text=f" w{s}", top_k=[]))
+        c = decode.render(store.snapshot(), ViewState(), 60, 3 + rows, 0.0, MONO)
+        frames.append([c.row_text(y) for y in range(3, 3 + rows)])
+    last = frames[-1]
+    by_step = {int(ln[1:6]): i for i, ln in enumerate(last)}
+    assert sorted(by_step) == [5, 6, 7, 8, 9] and all(i == s % rows for s, i in by_step.items())
+    assert last[9 % rows].startswith("▶") and sum(ln.startswith("▶") for ln in last) == 1
+    for before, after in zip(frames[4:], frames[5:]):
+        changed = [i for i in range(rows) if before[i] != after[i]]
+        assert len(changed) == 2  # the new token's row and the old ▶ row (one cell)
+
+
+def test_a_new_store_never_reuses_another_stores_cached_panels():
+    """A replay rebuilds a Store per seek: equal version numbers must not reuse a panel."""
+    a, b = Store(clock=Clock(1.0)), Store(clock=Clock(1.0))
+    a.apply(decode_event(1, text=" first"))
+    b.apply(decode_event(1, text=" second"))
+    ta = screen_text(a, size=(120, 40), now=1.0)
+    tb = screen_text(b, size=(120, 40), now=1.0)
+    assert '" first"' in ta and '" second"' in tb and '" first"' not in tb
+
+
+def test_lit_indicator_flashes_at_flash_hz_with_its_colour():
+    clock = Clock(10.0)
+    store = Store(clock=clock)
+    for s in range(1, 4):
+        clock.t += 0.1
+        store.apply(decode_event(s))
+    st = store.snapshot()
+    view = ViewState(flash_hz=2.0)  # on for 0.25 s, off for 0.25 s
+    t_on, t_off = 11.0, 11.25  # both long enough after the event for SAMPLING to be lit
+    assert view.flash_on(t_on) and not view.flash_on(t_off)
+    a = flow.render(st, view, 60, 4, t_on, COLOR)
+    b = flow.render(st, view, 60, 4, t_off, COLOR)
+    x = a.row_text(2).index("⚡ SAMPLING")
+    assert a.row_text(2) == b.row_text(2)
+    assert a.styles[2][x].fg == palette.CYAN and a.styles[2][x] != b.styles[2][x]
+    mono_on, mono_off = (flow.render(st, view, 60, 4, t, MONO) for t in (t_on, t_off))
+    assert mono_on.styles[2][x].reverse and not mono_off.styles[2][x].reverse  # NO_COLOR still flashes
+
+
+def test_tui_cores_synthetic_run_renders_every_panel():
+    from vlmrl.utils.tui.synthetic import SyntheticRun
+
+    clock = Clock(0.0)
+    store = Store(clock=clock, started_at=0.0)
+    run = SyntheticRun(seed=1, prefill_walk=4, clock=lambda: 1000.0 + clock.t)
+    for ev in run.take(260):
+        clock.t += 0.02
+        store.apply(ev)
+    for size in SIZES:
+        text = screen_text(store, size=size, now=clock.t + 0.01)
+        for title in ("VLMRL", "DECODE LIVE", "COMPUTATION FLOW", "ATTENTION FLOW", "VISION INJECTION @ Token[",
+                      "mRoPE", "TOKEN CREDIT", "KV CACHE MEMORY", "reset"):
+            assert title in text, (size, title)
+        assert "n/a" not in text.split("KV CACHE MEMORY")[1].splitlines()[1]  # bytes known from RunInfo
+    assert not store.snapshot().problems

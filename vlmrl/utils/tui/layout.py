@@ -1,0 +1,276 @@
+"""Compose the panels into one screen for any terminal size, without scrolling.
+
+The dashboard is a header, a body of 1-3 columns of stacked panels and a footer. Each
+panel gets at least its minimum rows (title plus its key values), then its preferred
+rows, then spare rows go round-robin to the panels that can use more (heatmap layers,
+recent tokens, credit list, cache bars). When even the minimums do not fit, the least
+essential panels are dropped. Panel canvases are cached on their `cache_key`, so a frame
+where nothing a panel reads changed reuses it; a frame where nothing changed at all
+returns the previous screen object (callers treat screens as read-only).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import Dict, List, Optional, Tuple
+
+from vlmrl.utils.tui.canvas import Canvas, Rect, text_width
+from vlmrl.utils.tui.palette import COLOR, RAMP
+from vlmrl.utils.tui.panels import attention, credit, decode, flow, footer, header, kvcache, mrope, vision
+from vlmrl.utils.tui.view import KEY_HELP
+
+MIN_WIDTH, MIN_HEIGHT = 40, 10
+PANELS = {
+    "header": header, "footer": footer, "decode": decode, "flow": flow, "attention": attention,
+    "vision": vision, "mrope": mrope, "credit": credit, "kv": kvcache,
+}
+# Dropped first when the minimums do not fit.
+DROP_ORDER = ("mrope", "vision", "credit", "kv", "flow", "attention", "decode")
+COLUMNS = {
+    1: (("decode", "attention", "flow", "kv", "credit", "vision", "mrope"),),
+    2: (("decode", "flow", "attention"), ("vision", "mrope", "credit", "kv")),
+    3: (("decode", "flow"), ("attention", "vision", "mrope"), ("credit", "kv")),
+}
+
+
+def _sizes(name: str, num_layers: int, display_layers: int, credit_rows: int = 16) -> Tuple[int, int, int]:
+    """(min, preferred, max) rows of a body panel."""
+    return {
+        "decode": (3, 4, 3 + 60),
+        "flow": (3, 4, 4),
+        "attention": (2, display_layers + 2, num_layers + 2),
+        "vision": (2, 4, 4),
+        "mrope": (1, 2, 2),
+        "credit": (2, 6, 1 + credit_rows),
+        "kv": (3, 3 + display_layers, 3 + max(display_layers, 8)),
+    }[name]
+
+
+def _stack(names, avail: int, num_layers: int, display_layers: int, credit_rows: int) -> List[Tuple[str, int]]:
+    names = list(names)
+    sizes = {n: _sizes(n, num_layers, display_layers, credit_rows) for n in names}
+    for victim in DROP_ORDER:
+        if sum(sizes[n][0] for n in names) <= avail:
+            break
+        if victim in names:
+            names.remove(victim)
+    if sum(sizes[n][0] for n in names) > avail:
+        return []
+    h = {n: sizes[n][0] for n in names}
+    spare = avail - sum(h.values())
+    for n in names:  # preferred heights, in order of importance
+        add = min(spare, sizes[n][1] - h[n])
+        h[n] += add
+        spare -= add
+    growing = True
+    while spare > 0 and growing:  # round-robin the rest to panels that can use it
+        growing = False
+        for n in names:
+            if spare > 0 and h[n] < sizes[n][2]:
+                h[n] += 1
+                spare -= 1
+                growing = True
+    return [(n, h[n]) for n in names]
+
+
+@functools.lru_cache(maxsize=64)
+def plan(width: int, height: int, num_layers: int = 28, display_layers: int = 6,
+         credit_rows: int = 16) -> Tuple[Tuple[str, Rect], ...]:
+    """Panel rectangles for a dashboard of width x height (empty below the minimum size).
+
+    `credit_rows` caps the credit list at the tokens there are, so spare rows go below the
+    last panel of the column instead of into a gap (it changes once per update, not per token).
+    """
+    if width < MIN_WIDTH or height < MIN_HEIGHT:
+        return ()
+    head_h = 2 if height >= 16 else 1
+    body_y, body_h = head_h, height - head_h - 1
+    ncols = 1 if width < 60 else (2 if width < 150 else 3)
+    out = [("header", Rect(0, 0, width, head_h)), ("footer", Rect(0, height - 1, width, 1))]
+    col_w = (width - (ncols - 1)) // ncols
+    x = 0
+    for i, names in enumerate(COLUMNS[ncols]):
+        w = col_w if i < ncols - 1 else width - x
+        y = body_y
+        for name, h in _stack(names, body_h, num_layers, display_layers, credit_rows):
+            out.append((name, Rect(x, y, w, h)))
+            y += h
+        x += w + 1
+    return tuple(out)
+
+
+class _Cache:
+    """Last canvas per panel name and the last whole screen."""
+
+    def __init__(self) -> None:
+        self.panels: Dict[str, Tuple[tuple, Canvas]] = {}
+        self.screen: Optional[Tuple[tuple, Canvas]] = None
+
+
+_CACHE = _Cache()
+
+
+def render_screen(state, view, width: int, height: int, now: float, theme=COLOR, meta=None) -> Canvas:
+    """One full screen of exactly width x height cells.
+
+    Args:
+      state: DashboardState from `Store.snapshot()`.
+      view: ViewState.
+      width, height: terminal size in cells.
+      now: monotonic seconds (the Store's clock); drives flashing and uptime.
+      theme: a palette.Palette (colour off under NO_COLOR).
+      meta: live-loop figures {"dropped", "fps", "frame_ms", "error", "source"} or None.
+    Returns:
+      a Canvas; treat it as read-only (an unchanged frame returns the same object).
+    """
+    state = state.with_meta(meta)
+    width, height = max(0, int(width)), max(0, int(height))
+    if width < MIN_WIDTH or height < MIN_HEIGHT:
+        return _too_small(width, height, theme)
+    if view.mode != "dashboard":
+        screen = _mode_screen(state, view, width, height, now, theme)
+    else:
+        screen = _dashboard(state, view, width, height, now, theme)
+    if view.show_help:
+        screen = screen.copy()
+        _help_overlay(screen, theme)
+    return screen
+
+
+def plan_for(state, view, width: int, height: int) -> Tuple[Tuple[str, Rect], ...]:
+    """The panel rectangles `render_screen` uses for this state and view."""
+    num_layers = state.num_layers() or 28
+    n_credit = len(state.credit.tokens) if state.credit is not None else 0
+    return plan(width, height, num_layers, view.display_layers, max(4, min(16, n_credit)))
+
+
+def _dashboard(state, view, width, height, now, theme) -> Canvas:
+    rects = plan_for(state, view, width, height)
+    keys = []
+    canvases = []
+    for name, rect in rects:
+        mod = PANELS[name]
+        key = (rect, id(theme), state.store_id, mod.cache_key(state, view, now))
+        hit = _CACHE.panels.get(name)
+        if hit is not None and hit[0] == key:
+            canvas = hit[1]
+        else:
+            canvas = mod.render(state, view, rect.width, rect.height, now, theme)
+            _CACHE.panels[name] = (key, canvas)
+        keys.append(key)
+        canvases.append((rect, canvas))
+    frame_key = (width, height, id(theme), tuple(keys))
+    if _CACHE.screen is not None and _CACHE.screen[0] == frame_key:
+        return _CACHE.screen[1]
+    screen = _assemble(_recipe(rects, width, height, theme), [c for _, c in canvases], width, height)
+    _CACHE.screen = (frame_key, screen)
+    return screen
+
+
+@functools.lru_cache(maxsize=64)
+def _recipe(rects, width: int, height: int, theme):
+    """Per screen row, left to right: (panel index, panel row, None) pieces and (None,
+    chars, styles) literals (the rule between body columns, blank gaps). Built once per plan."""
+    names = dict(rects)
+    top = names["header"].bottom if "header" in names else 0
+    bottom = names["footer"].y if "footer" in names else height
+    seps = sorted({r.x - 1 for n, r in rects if n not in ("header", "footer") and r.x > 0})
+    rule = (None, ["│"], [theme.rule])
+    rows = []
+    for y in range(height):
+        pieces = [(r.x, r.width, (i, y - r.y, None)) for i, (n, r) in enumerate(rects) if r.y <= y < r.bottom]
+        if top <= y < bottom:
+            pieces += [(x, 1, rule) for x in seps]
+        out, x = [], 0
+        for px, w, item in sorted(pieces, key=lambda p: p[0]):
+            if px > x:
+                out.append((None, [" "] * (px - x), [theme.plain] * (px - x)))
+            out.append(item)
+            x = px + w
+        if x < width:
+            out.append((None, [" "] * (width - x), [theme.plain] * (width - x)))
+        rows.append(tuple(out))
+    return tuple(rows)
+
+
+def _assemble(recipe, canvases, width: int, height: int) -> Canvas:
+    """The screen built row by row from the panels' row lists (list extends in C, no
+    per-cell work). Panels are separate canvases, so no wide char straddles a seam."""
+    cchars = [c.chars for c in canvases]
+    cstyles = [c.styles for c in canvases]
+    chars, styles = [], []
+    for pieces in recipe:
+        ch, st = [], []
+        for a, b, lit_styles in pieces:
+            if a is None:
+                ch += b
+                st += lit_styles
+            else:
+                ch += cchars[a][b]
+                st += cstyles[a][b]
+        chars.append(ch)
+        styles.append(st)
+    screen = Canvas.__new__(Canvas)
+    screen.width, screen.height = width, height
+    screen.chars, screen.styles = chars, styles
+    return screen
+
+
+def _mode_screen(state, view, width, height, now, theme) -> Canvas:
+    """REPLAY's matrix / explorer panel over the body, with our footer below it."""
+    screen = Canvas(width, height)
+    try:
+        mod = importlib.import_module(f"vlmrl.utils.tui.panels.{view.mode}")
+    except ImportError:
+        mod = None
+    render = getattr(mod, "render", None)
+    if render is None:
+        screen.put(2, height // 2, f"{view.mode} view not available in this build · press {view.mode[0]} to go back",
+                   theme.na, max_width=width - 4)
+    else:
+        body = render(state, view, width, height - 1, now, theme)
+        screen.blit(body, 0, 0)
+    screen.blit(footer.render(state, view, width, 1, now, theme), 0, height - 1)
+    return screen
+
+
+def _too_small(width: int, height: int, theme) -> Canvas:
+    c = Canvas(width, height)
+    msg = f"terminal {width}x{height} too small: need {MIN_WIDTH}x{MIN_HEIGHT}"
+    for i, part in enumerate(("vlmrl", msg)):
+        y = height // 2 - 1 + i
+        c.put(max(0, (width - text_width(part)) // 2), y, part, theme.warn if i == 0 else theme.plain)
+    return c
+
+
+def help_lines() -> List[str]:
+    lines = [f"{k:<4} {what}" for k, what in KEY_HELP]
+    lines += [
+        "",
+        f"heatmap  {RAMP[0]}<.25 {RAMP[1]}<.5 {RAMP[2]}<.75 {RAMP[3]}≥.75 (flashes), · not measured",
+        "focus    1 - H(row)/log K of the newest query row",
+        "max      largest attention weight   vision  share on image tokens",
+        "sink     share on the first token   n/a     not measured",
+        "H        entropy of the next-token distribution (nats)",
+        "T-slot   mRoPE position minus cache slot (images compress positions)",
+        "pages    16-token KV pages used/allocated; slots used/max",
+        "",
+        "q leaves the dashboard; the run goes on. Stuck terminal: type reset",
+    ]
+    return lines
+
+
+def _help_overlay(screen: Canvas, theme) -> None:
+    lines = help_lines()
+    w = min(screen.width - 2, max(text_width(s) for s in lines) + 4)
+    h = min(screen.height - 2, len(lines) + 2)
+    x0 = (screen.width - w) // 2
+    y0 = (screen.height - h) // 2
+    screen.fill(Rect(x0, y0, w, h), " ", theme.help)
+    screen.put(x0, y0, "┌" + "─" * (w - 2) + "┐", theme.help)
+    screen.put(x0 + 2, y0, " HELP (? to close) ", theme.title)
+    for i, line in enumerate(lines[: h - 2]):
+        screen.put(x0, y0 + 1 + i, "│", theme.help)
+        screen.put(x0 + 2, y0 + 1 + i, line, theme.help, max_width=w - 4)
+        screen.put(x0 + w - 1, y0 + 1 + i, "│", theme.help)
+    screen.put(x0, y0 + h - 1, "└" + "─" * (w - 2) + "┘", theme.help)

@@ -1,0 +1,119 @@
+"""ATTENTION FLOW: layers x heads heatmap of one attention statistic, one cell per head.
+
+Cells use the ░▒▓█ ramp at 0.25 steps plus a heat colour; heads above 0.75 flash at
+flash_hz; `·` marks a cell never measured. The stat (focus, max, vision share, sink
+share) cycles with `s`; the rows show the deepest layers that fit (the layout gives at
+least `display_layers` rows when it can), and `[` / `]` page through the rest (wrapping).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from vlmrl.utils.tui.canvas import Canvas
+from vlmrl.utils.tui.palette import NOT_MEASURED, RAMP
+from vlmrl.utils.tui.panels.common import message, put, title_rule
+
+TITLE = "ATTENTION FLOW"
+GLYPHS = tuple(RAMP) + (NOT_MEASURED,)  # index -1 (NaN) picks the last entry
+LEGEND = "░<.25 ▒<.5 ▓<.75 █≥.75 (flash)"
+STAT_LABEL = {"focus": "focus", "max": "max weight", "vision": "vision share", "sink": "sink share"}
+
+
+# Glyph per ramp level; index -1 (NaN) picks the last entry.
+_GLYPH_ARRAY = np.array(list(RAMP) + [NOT_MEASURED])
+
+
+def ramp_indices(values: np.ndarray) -> np.ndarray:
+    """Ramp level per value: 0..3 at 0.25 steps (clipped), -1 where NaN (not measured)."""
+    v = np.asarray(values, dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        idx = np.clip(np.floor(v * 4.0), 0, 3)  # NaN stays NaN through floor and clip
+    return np.where(np.isnan(v), -1, idx).astype(np.int8)
+
+
+def glyph_rows(idx: np.ndarray):
+    """Per row of ramp levels, the glyph string (one char per value).
+
+    The [n, w] array of 1-char strings is viewed as n strings of w chars: no Python loop.
+    """
+    n, w = idx.shape
+    if w == 0:
+        return [""] * n
+    return np.ascontiguousarray(_GLYPH_ARRAY[idx]).view(f"<U{w}").ravel().tolist()
+
+
+def page_bounds(num_layers: int, rows: int, page: int):
+    """(lo, hi, page, pages) of the layers shown; page 0 holds the last `rows` layers."""
+    rows = max(1, min(rows, num_layers))
+    pages = max(1, math.ceil(num_layers / rows))
+    page %= pages
+    hi = num_layers - page * rows
+    return max(0, hi - rows), hi, page, pages
+
+
+def layout_rows(height: int, display_layers: int, num_layers: int):
+    """(layer rows, legend shown) for a panel of `height` rows.
+
+    The layout gives at least `display_layers` rows when it can and more on tall
+    terminals; once `display_layers` rows fit, one row goes to the legend.
+    """
+    avail = max(0, height - 1)
+    rows = avail - 1 if avail - 1 >= display_layers else avail
+    rows = max(0, min(rows, num_layers))
+    return rows, avail > rows
+
+
+def cache_key(state, view, now):
+    b = view.batch_index % state.batch_size()
+    return (state.row_version(b), state.run_v, b, view.stat_index, view.layer_page, view.display_layers,
+            view.flash_on(now))
+
+
+def render(state, view, width, height, now, theme) -> Canvas:
+    c = Canvas(width, height)
+    if width <= 0 or height <= 0:
+        return c
+    b = view.batch_index % state.batch_size()
+    stat = view.stat
+    arr = state.stats.get(b, {}).get(stat)
+    label = STAT_LABEL.get(stat, stat)
+    if arr is None or arr.size == 0:
+        title_rule(c, 0, f"{TITLE} · {label}", theme, right="n/a", right_style=theme.na)
+        message(c, 1, f"{label}: n/a (not measured yet) · s: next stat", theme)
+        return c
+    L, H = arr.shape
+    rows, legend = layout_rows(height, view.display_layers, L)
+    lo, hi, page, pages = page_bounds(L, max(rows, 1), view.layer_page)
+    pg = f" · pg {page + 1}/{pages}" if pages > 1 else ""
+    right = (f"L{lo}-{hi - 1} of {L} · {H} heads{pg}", f"L{lo}-{hi - 1}/{L}{pg}",
+             f"L{lo}-{hi - 1} p{page + 1}/{pages}" if pages > 1 else f"L{lo}-{hi - 1}/{L}", f"L{lo}-{hi - 1}")
+    title_rule(c, 0, f"{TITLE} · {label}", theme, right=right)
+    if rows <= 0:
+        return c
+    flash = view.flash_on(now)
+    idx = ramp_indices(arr[lo:hi])
+    label_w = len(f"L{L - 1}") + 1
+    heads_fit = max(0, min(H, width - label_w - 2))
+    hot = theme.heat_flash if flash else theme.heat[3]
+    by_level = (theme.heat[0], theme.heat[1], theme.heat[2], hot, theme.na)  # [-1] = NaN
+    glyph_strs = glyph_rows(idx[:, :heads_fit])
+    style_table = np.empty(len(by_level), dtype=object)
+    for i, st in enumerate(by_level):  # element-wise: Styles are tuples numpy would unpack
+        style_table[i] = st
+    style_rows = style_table[idx[:, :heads_fit]].tolist()  # one C call for all cells
+    label_styles = [theme.label] * label_w
+    # No per-row numbers: they would change every step on every row and swell the diffs;
+    # the glyphs carry the values.
+    for r in range(hi - lo):
+        # One slice assignment per row: "  L7 " + glyphs (+ "+n" heads that did not fit).
+        tail = f"+{H - heads_fit}" if heads_fit < H else ""
+        text = f"L{lo + r}".rjust(label_w - 1) + " " + glyph_strs[r] + tail
+        n = min(len(text), width)
+        c.chars[1 + r][:n] = text[:n]
+        c.styles[1 + r][:n] = (label_styles + style_rows[r] + [theme.dim] * len(tail))[:n]
+    if legend:
+        full = LEGEND + " · s stat · [ ] page"
+        put(c, 1, 1 + rows, full if len(full) <= width - 2 else LEGEND, theme.dim, max_width=width - 2)
+    return c

@@ -1,0 +1,242 @@
+"""Helpers every panel shares: title rules, number formatting, fast row writes.
+
+Panels are pure: `render(state, view, width, height, now, theme) -> Canvas` of exactly
+width x height cells, and `cache_key(state, view, now)` naming every input besides the
+size and theme, so the layout can reuse a panel's canvas while its inputs are unchanged.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Optional, Sequence
+
+from vlmrl.utils.tui.canvas import Canvas, Style, char_width, sanitize, text_width, truncate
+
+NA = "n/a"  # a value that was not measured: never a made-up placeholder
+RULE = "━"
+
+
+def fmt_num(value, digits: int = 3, signed: bool = False) -> str:
+    """A float with `digits` decimals, or n/a when missing or not finite."""
+    if value is None:
+        return NA
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return NA
+    if not math.isfinite(v):
+        return NA
+    v = round(v, digits) + 0.0  # no "-0.000"
+    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+
+
+def fmt_int(value) -> str:
+    if value is None:
+        return NA
+    try:
+        return str(int(value))
+    except (TypeError, ValueError, OverflowError):
+        return NA
+
+
+def fmt_rate(value) -> str:
+    """Tokens/sec etc.: compact, n/a when missing or not finite."""
+    if value is None:
+        return NA
+    v = float(value)
+    if not math.isfinite(v):
+        return NA
+    if abs(v) >= 10000:
+        return f"{v / 1000:.1f}k"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    return f"{v:.1f}"
+
+
+def fmt_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return NA
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+    return NA
+
+
+def fmt_bytes_pair(a: Optional[float], b: Optional[float]) -> str:
+    """`a/b unit` in the unit of the larger one (e.g. `13.6/448.0 MiB`); n/a when missing."""
+    if a is None:
+        return NA
+    if b is None:
+        return fmt_bytes(a)
+    big, unit, scale = max(float(a), float(b)), "B", 1.0
+    for u in ("KiB", "MiB", "GiB", "TiB"):
+        if big < 1024 * scale:
+            break
+        scale *= 1024.0
+        unit = u
+    if unit == "B":
+        return f"{int(a)}/{int(b)} B"
+    return f"{a / scale:.1f}/{b / scale:.1f} {unit}"
+
+
+def fmt_duration(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+def title_rule(canvas: Canvas, y: int, title: str, theme, right="", right_style: Optional[Style] = None) -> None:
+    """`━ TITLE ━━━━━━━ right ━` across the canvas row y (rows cached: titles repeat).
+
+    `right` may be a sequence of alternatives, longest first: the first that fits whole
+    is drawn.
+    """
+    w = canvas.width
+    if w <= 0 or y < 0 or y >= canvas.height:
+        return
+    alts = (right,) if isinstance(right, str) else tuple(right)
+    rstyle = right_style or theme.value
+    key = (title, alts, rstyle, w, id(theme))
+    paste_row(canvas, y, _TITLES.get(key, w, lambda row: _draw_title(row, title, alts, rstyle, theme)))
+
+
+def _draw_title(row: Canvas, title: str, alts, rstyle: Style, theme) -> None:
+    w = row.width
+    row.chars[0][:] = [RULE] * w
+    row.styles[0][:] = [theme.rule] * w
+    x = put(row, 1, 0, f" {title} ", theme.title)
+    for alt in alts:
+        if not alt:
+            continue
+        rx = w - text_width(alt) - 3
+        if rx > x:  # the right-hand value is shown whole or not at all
+            put(row, rx, 0, f" {alt} ", rstyle)
+            break
+
+
+def put_pairs(canvas: Canvas, x: int, y: int, pairs: Sequence, theme, sep: str = "  ") -> int:
+    """Write `label value` pairs left to right (n/a dimmed); a pair that would not fit
+    whole is left out with all after it, so no value is ever shown cut.
+
+    The line is composed as one run of cells and slice-assigned once when all of it is
+    one cell per character (the usual case); otherwise each piece goes through `put`.
+    """
+    limit = canvas.width - 1
+    pieces = []
+    end = x
+    simple = True
+    for i, (label, value) in enumerate(pairs):
+        part = [(sep, theme.label)] if i else []
+        if label:
+            part.append((label + " ", theme.label))
+        part.append((value, theme.na if value == NA else theme.value))
+        need = 0
+        for t, _ in part:
+            w, one = _measure(t)
+            need += w
+            simple = simple and one
+        if end + need > limit:
+            break
+        pieces += part
+        end += need
+    if not (0 <= y < canvas.height) or not pieces:
+        return x
+    if simple and 0 <= x:
+        text = "".join(t for t, _ in pieces)
+        styles = []
+        for t, st in pieces:
+            styles += [st] * len(t)
+        row = canvas.chars[y]
+        n = len(text)
+        if row[x] != "" and (x + n >= canvas.width or row[x + n] != ""):
+            row[x:x + n] = text
+            canvas.styles[y][x:x + n] = styles
+            return x + n
+    for t, st in pieces:
+        x = put(canvas, x, y, t, st)
+    return x
+
+
+@functools.lru_cache(maxsize=8192)
+def _measure(text: str):
+    """(cells, one cell per character and already safe) of a piece of text."""
+    if text.isascii() and text.isprintable():
+        return len(text), True
+    return text_width(text), _one_cell_each(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _one_cell_each(text: str) -> bool:
+    """True when the text is already safe and every character takes exactly one cell
+    (box drawing, blocks, ramps...), so it can be slice-assigned like ASCII."""
+    return sanitize(text) == text and all(char_width(ch) == 1 for ch in text)
+
+
+def put(canvas: Canvas, x: int, y: int, text: str, style: Style, max_width: Optional[int] = None) -> int:
+    """Canvas.put with a fast path: printable ASCII (which cannot carry an escape) and
+    known one-cell-per-char text are slice-assigned directly, unless that would touch
+    half of a wide character."""
+    if max_width is None and 0 <= x and 0 <= y < canvas.height and (
+            (text.isascii() and text.isprintable()) or (len(text) < 64 and _one_cell_each(text))):
+        n = min(len(text), canvas.width - x)
+        if n <= 0:
+            return x
+        row = canvas.chars[y]
+        if row[x] != "" and (x + n >= canvas.width or row[x + n] != ""):
+            row[x:x + n] = text[:n]
+            canvas.styles[y][x:x + n] = [style] * n
+            return x + n
+    return canvas.put(x, y, text, style, max_width)
+
+
+class RowCache:
+    """Rendered rows (chars, styles) by key, so rows that only move between frames (recent
+    tokens, credit list) are drawn once. Bounded: cleared when it grows past `limit`."""
+
+    def __init__(self, limit: int = 4096):
+        self.rows = {}
+        self.limit = limit
+
+    def get(self, key, width: int, draw) -> tuple:
+        hit = self.rows.get(key)
+        if hit is None:
+            if len(self.rows) >= self.limit:
+                self.rows.clear()
+            row = Canvas(width, 1)
+            draw(row)
+            hit = self.rows[key] = (row.chars[0], row.styles[0])
+        return hit
+
+
+def paste_row(canvas: Canvas, y: int, row: tuple) -> None:
+    """Copy a cached full-width row into canvas row y."""
+    if 0 <= y < canvas.height:
+        canvas.chars[y][:] = row[0]
+        canvas.styles[y][:] = row[1]
+
+
+def put_glyphs(canvas: Canvas, x: int, y: int, glyphs: Sequence[str], styles: Sequence[Style]) -> int:
+    """Slice-assign width-1 glyphs with their styles (no sanitising: trusted glyphs only)."""
+    n = min(len(glyphs), canvas.width - x)
+    if n <= 0 or y < 0 or y >= canvas.height:
+        return x
+    canvas.chars[y][x:x + n] = glyphs[:n]
+    canvas.styles[y][x:x + n] = styles[:n]
+    return x + n
+
+
+def age(state, batch_index: int, now: float) -> Optional[float]:
+    """Seconds since the shown batch row's latest decode event arrived (None: none yet)."""
+    t = state.decode_at.get(batch_index)
+    return None if t is None else max(0.0, now - t)
+
+
+def message(canvas: Canvas, y: int, text: str, theme) -> None:
+    """A dimmed note (no data yet, not measured), cut with an ellipsis when narrow."""
+    put(canvas, 1, y, truncate(text, max(canvas.width - 2, 0)), theme.na)
+
+
+_TITLES = RowCache(limit=1024)

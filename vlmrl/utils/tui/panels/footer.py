@@ -1,0 +1,73 @@
+"""Footer: key help, paused/live, the current view and stat, dropped events, problems,
+and the `reset` hint (SIGKILL cannot be caught, so the cure is named on screen)."""
+from __future__ import annotations
+
+from vlmrl.utils.tui.canvas import Canvas, text_width, truncate
+from vlmrl.utils.tui.panels.common import fmt_int, put
+
+KEYS_LONG = (("q", "quit"), ("p", "pause"), ("[]", "page"), ("s", "stat"), ("b", "batch"),
+             ("m", "matrix"), ("e", "explore"), ("?", "help"))
+KEYS_SHORT = (("q", ""), ("p", ""), ("[]", ""), ("s", ""), ("b", ""), ("m", ""), ("e", ""), ("?", ""))
+RESET_HINTS = ("stuck terminal? type reset", "stuck? reset")
+SEP = " · "
+
+
+def cache_key(state, view, now):
+    return (view.paused, view.mode, view.stat_index, view.batch_index % state.batch_size(),
+            state.dropped, state.problems, state.meta.get("error"), state.meta.get("source"))
+
+
+def _status(state, view):
+    parts = ["PAUSED" if view.paused else str(state.meta.get("source", "LIVE"))]
+    parts.append(view.mode)
+    if view.mode == "dashboard":
+        parts.append(view.stat)
+        if state.batch_size() > 1:
+            parts.append(f"b{view.batch_index % state.batch_size()}/{state.batch_size()}")
+    parts.append(f"dropped {fmt_int(state.dropped)}")
+    return parts
+
+
+def render(state, view, width, height, now, theme) -> Canvas:
+    c = Canvas(width, height, theme.footer)
+    if width <= 0 or height <= 0:
+        return c
+    y = height - 1
+    alert = state.meta.get("error") or (state.problems[-1] if state.problems else None)
+    x = 0
+    for i, part in enumerate(_status(state, view)):
+        text = (SEP if i else " ") + part
+        if x + text_width(text) > width - 1:
+            break  # the most important parts come first; the rest waits for a wider terminal
+        style = theme.alert if (i == 0 and view.paused) else theme.footer
+        x = put(c, x, y, text, style)
+    if alert and height == 1:
+        # The alert takes what is left after the short key help and the short reset hint.
+        room = width - x - 3 - _keys_width(KEYS_SHORT) - text_width(RESET_HINTS[1]) - 5
+        if room >= 8:
+            x = put(c, x, y, " │ " + truncate("! " + str(alert), room), theme.alert)
+    keys, hint = _fit(width - x - 3)
+    if keys:
+        x = put(c, x, y, " │ ", theme.footer)
+        for k, label in keys:
+            x = put(c, x, y, k, theme.footer_key)
+            x = put(c, x, y, (f" {label} " if label else " "), theme.footer)
+    if hint:
+        put(c, width - text_width(hint) - 1, y, hint, theme.footer)
+    if height > 1 and alert:
+        put(c, 1, 0, "! " + str(alert), theme.alert)
+    return c
+
+
+def _fit(room: int):
+    """The most informative (keys, reset hint) pair that fits in `room` cells."""
+    for keys, hint in ((KEYS_LONG, RESET_HINTS[0]), (KEYS_LONG, RESET_HINTS[1]), (KEYS_SHORT, RESET_HINTS[0]),
+                       (KEYS_SHORT, RESET_HINTS[1]), (KEYS_SHORT, None), ((), RESET_HINTS[1]), ((), None)):
+        need = (_keys_width(keys) if keys else 0) + (text_width(hint) + 2 if hint else 0)
+        if need <= room:
+            return keys, hint
+    return (), None
+
+
+def _keys_width(keys) -> int:
+    return sum(text_width(k) + (len(label) + 2 if label else 1) for k, label in keys)

@@ -1,0 +1,106 @@
+"""Header: training step, reward mean±std, KL, loss, tokens/sec, entropy, clip fraction,
+dropped events, FPS, uptime; reward and KL sparklines where there is room."""
+from __future__ import annotations
+
+from vlmrl.utils.tui.canvas import Canvas, text_width, truncate
+from vlmrl.utils.tui.palette import sparkline
+from vlmrl.utils.tui.panels.common import NA, fmt_duration, fmt_int, fmt_num, fmt_rate, put
+
+SEP = " │ "
+MIN_SPARK = 8  # sparkline cells worth drawing
+
+
+def _segments(state, now):
+    t = state.training
+    meta = state.meta
+    reward = NA if t is None else f"{fmt_num(t.reward_mean, 3, signed=True)}±{fmt_num(t.reward_std, 3)}"
+    fps = meta.get("fps")
+    return [
+        ("step", NA if t is None else fmt_int(t.step)),
+        ("reward", reward),
+        ("KL", NA if t is None else fmt_num(t.kl, 4)),
+        ("loss", NA if t is None else fmt_num(t.loss, 4)),
+        ("tok/s", NA if t is None else fmt_rate(t.tokens_per_sec)),
+        ("entropy", NA if t is None else fmt_num(t.policy_entropy, 3)),
+        ("clip", NA if t is None else fmt_num(t.clip_fraction, 3)),
+        ("dropped", fmt_int(state.dropped)),
+        ("fps", NA if fps is None else fmt_num(fps, 1)),
+        ("up", fmt_duration(state.uptime(now))),
+    ] + _frame_ms(state)
+
+
+def _frame_ms(state):
+    """The dashboard's own cost per frame, when the live loop reports it (last: optional)."""
+    ms = state.meta.get("frame_ms")
+    return [] if ms is None else [("frame", fmt_num(ms, 2) + "ms")]
+
+
+def cache_key(state, view, now):
+    fps = state.meta.get("fps")
+    # fps as shown (one decimal), so a jittering float does not force a redraw
+    return (state.train_v, state.run_v, state.dropped, None if fps is None else fmt_num(fps, 1),
+            int(state.uptime(now)), tuple(_frame_ms(state)))
+
+
+def render(state, view, width, height, now, theme) -> Canvas:
+    c = Canvas(width, height)
+    if width <= 0 or height <= 0:
+        return c
+    brand = "VLMRL" if state.run is None else truncate(f"VLMRL {state.run.model_name}", max(5, width // 3))
+    rows = [[]]
+    x = text_width(brand)
+    for label, value in _segments(state, now):
+        body = text_width(label) + 1 + text_width(value)
+        if x + (len(SEP) if x else 0) + body > width:
+            if len(rows) >= height:
+                continue  # no room left: leave this figure out whole rather than cut it
+            rows.append([])
+            x = 0
+            if body > width:
+                continue
+        x += (len(SEP) if x else 0) + body
+        rows[-1].append((label, value))
+    for y, segs in enumerate(rows[:height]):
+        cx = 0
+        if y == 0:
+            cx = put(c, 0, 0, brand, theme.title)
+        for i, (label, value) in enumerate(segs):
+            if cx > 0:
+                cx = put(c, cx, y, SEP, theme.rule)
+            cx = put(c, cx, y, label + " ", theme.label)
+            cx = put(c, cx, y, value, theme.na if value == NA else theme.value)
+    _sparklines(c, state, rows, theme)
+    return c
+
+
+def _sparklines(c: Canvas, state, rows, theme) -> None:
+    """Reward and KL history on a free header row, else at the end of the last row."""
+    hist = state.history
+    if len(hist) < 2:
+        return
+    used = len(rows)
+    if used < c.height:
+        y, x0 = used, 0
+    else:
+        y = c.height - 1
+        x0 = _row_end(c, y) + len(SEP)
+    avail = c.width - x0
+    each = (avail - len("reward  KL ") - len(SEP)) // 2
+    if each < MIN_SPARK:
+        return
+    x = x0
+    if x0:
+        x = put(c, x0 - len(SEP), y, SEP, theme.rule)
+    x = put(c, x, y, "reward ", theme.label)
+    x = put(c, x, y, sparkline([h.reward_mean for h in hist], each), theme.good)
+    x = put(c, x, y, SEP, theme.rule)
+    x = put(c, x, y, "KL ", theme.label)
+    put(c, x, y, sparkline([h.kl for h in hist], each), theme.warn)
+
+
+def _row_end(c: Canvas, y: int) -> int:
+    row = c.chars[y]
+    end = len(row)
+    while end > 0 and row[end - 1] == " ":
+        end -= 1
+    return end

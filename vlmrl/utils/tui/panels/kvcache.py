@@ -1,0 +1,133 @@
+"""KV CACHE MEMORY: one bar per shown layer (used/max), exact bytes, pages, status.
+
+Bytes are exact from RunInfo: 2 (K and V) x layers x kv heads x head dim x itemsize x
+batch per cached token. Qwen3-VL has no sliding window, so every layer holds the same
+number of slots: the bars say so rather than inventing differences; the image-token
+slots inside each bar are coloured. The shown layers follow the heatmap's page.
+"""
+from __future__ import annotations
+
+import math
+
+from vlmrl.utils.tui.canvas import Canvas
+from vlmrl.utils.tui.palette import hbar
+from vlmrl.utils.tui.panels import flow
+from vlmrl.utils.tui.panels.attention import page_bounds
+from vlmrl.utils.tui.panels.common import NA, fmt_bytes, fmt_bytes_pair, paste_row, put, put_pairs, title_rule
+
+TITLE = "KV CACHE MEMORY"
+PAGE_TOKENS = 16
+INFO_ROWS = 2  # bytes line and pages line
+SHORT_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32", "float64": "f64"}
+
+
+def status(state, batch_index: int, now: float):
+    """"⚡ WRITE" right after a step's K/V write, "ACTIVE" while the cache holds tokens,
+    "CLEARED" when it is empty, None before any decode event."""
+    d = state.decode_for(batch_index)
+    if d is None:
+        return None
+    stage = flow.stage_at(state, batch_index, now)
+    if stage is not None and stage >= 3 and d.cache_len > 0:
+        return "⚡ WRITE"
+    return "ACTIVE" if d.cache_len > 0 else "CLEARED"
+
+
+def _bytes_per_token(run):
+    """Exact K+V bytes per cached token for the whole batch; None when unknown (no
+    RunInfo, or a dtype name numpy does not know, e.g. from a foreign recording)."""
+    if run is None:
+        return None
+    try:
+        return int(run.kv_bytes_per_token())
+    except (TypeError, ValueError):
+        return None
+
+
+def cache_key(state, view, now):
+    b = view.batch_index % state.batch_size()
+    st = status(state, b, now)
+    return (state.row_version(b), state.run_v, b, st, st == "⚡ WRITE" and view.flash_on(now),
+            view.layer_page, view.display_layers)
+
+
+def _status_style(st, flash, theme):
+    if st == "⚡ WRITE":
+        return theme.write_on if flash else theme.write_off
+    if st == "ACTIVE":
+        return theme.warn
+    return theme.na
+
+
+def render(state, view, width, height, now, theme) -> Canvas:
+    c = Canvas(width, height)
+    if width <= 0 or height <= 0:
+        return c
+    b = view.batch_index % state.batch_size()
+    d = state.decode_for(b)
+    run = state.run
+    st = status(state, b, now)
+    title_rule(c, 0, TITLE, theme, right=st or NA, right_style=_status_style(st, view.flash_on(now), theme))
+    used = None if d is None else int(d.cache_len)
+    cap = int(d.cache_max) if d is not None and d.cache_max else (int(run.max_cache) if run else None)
+    per_tok = _bytes_per_token(run)
+    if height > 1:
+        used_b = per_tok * used if per_tok is not None and used is not None else (d.kv_bytes if d is not None else None)
+        alloc_b = per_tok * cap if per_tok is not None and cap else None
+        pairs = [("KV", fmt_bytes_pair(used_b, alloc_b))]
+        if run is not None and run.device_memory_in_use is not None and run.device_memory_limit:
+            dev = fmt_bytes_pair(run.device_memory_in_use, run.device_memory_limit)
+        else:
+            dev = NA
+        pairs.append(("device", dev))
+        if alloc_b is not None and run is not None and run.device_memory_limit:
+            pairs.append(("KV/device", f"{100.0 * alloc_b / run.device_memory_limit:.1f}%"))
+        put_pairs(c, 1, 1, pairs, theme)
+    if height > 2:
+        pages = NA if used is None or not cap else f"{math.ceil(used / PAGE_TOKENS)}/{math.ceil(cap / PAGE_TOKENS)}"
+        dt = SHORT_DTYPE.get(run.dtype, run.dtype) if run is not None else ""
+        shape = "" if run is None else f"2×{run.num_layers}L×{run.num_kv_heads}kv×{run.head_dim}d×{dt}×b{run.batch}"
+        slots = NA if used is None or not cap else f"{used}/{cap}"
+        pairs = [("slots", slots), ("pages", pages)]
+        if run is not None:  # the exact-bytes formula, shown only when it is known
+            pairs += [("", shape), ("", f"({PAGE_TOKENS} tok/page)")]
+        put_pairs(c, 1, 2, pairs, theme)
+    rows = height - 1 - INFO_ROWS
+    L = state.num_layers()
+    if rows <= 0 or L is None or used is None or not cap:
+        return c
+    lo, hi, _, _ = page_bounds(L, rows, view.layer_page)
+    _bars(c, 1 + INFO_ROWS, lo, hi, d, used, cap, theme)
+    return c
+
+
+def _bars(c: Canvas, y0: int, lo: int, hi: int, d, used: int, cap: int, theme) -> None:
+    """One bar per shown layer. All layers hold the same slots, so the bars are one row
+    drawn once and relabelled; the figures are on the lines above (they would otherwise
+    repeat on every row and change on every row each step)."""
+    label_w = len(f"L{hi - 1}") + 1
+    bar_w = max(4, c.width - label_w - 3)
+    bar = hbar(used / cap, bar_w)
+    span = d.vision_span
+    v0 = v1 = 0
+    if span is not None:
+        # cells covering the image-token slots, coloured as vision
+        v0 = int(int(span[0]) / cap * bar_w)
+        v1 = min(len(bar.rstrip()), max(v0 + 1, int(math.ceil(int(span[1]) / cap * bar_w))))
+    template = Canvas(c.width, 1)
+    x = put(template, label_w, 0, "▕", theme.rule)
+    start = x
+    x = put(template, x, 0, bar, theme.good)
+    if v1 > v0:
+        put(template, start + v0, 0, bar[v0:v1], theme.vision)
+    put(template, x, 0, "▏", theme.rule)
+    row = (template.chars[0], template.styles[0])
+    label_styles = [theme.label] * (label_w - 1)
+    for r, layer in enumerate(range(lo, hi)):
+        y = y0 + r
+        if y >= c.height:
+            break
+        chars = list(row[0])
+        chars[:label_w - 1] = f"L{layer}".rjust(label_w - 1)[:c.width]
+        c.chars[y][:] = chars[:c.width]
+        c.styles[y][:] = (label_styles + row[1][label_w - 1:])[:c.width]

@@ -1,0 +1,38 @@
+"""mRoPE: the temporal / height / width rotary position of the current token.
+
+Text tokens have T = H = W; image tokens take their grid coordinates. The offset is the
+position minus the cache slot: image tokens compress positions, so after an image the
+text positions run behind the slots (Qwen3-VL's rope_deltas).
+"""
+from __future__ import annotations
+
+from vlmrl.utils.tui.canvas import Canvas
+from vlmrl.utils.tui.panels.common import NA, message, put_pairs, title_rule
+
+TITLE = "mRoPE"
+
+
+def cache_key(state, view, now):
+    b = view.batch_index % state.batch_size()
+    return (state.row_version(b), b)
+
+
+def render(state, view, width, height, now, theme) -> Canvas:
+    c = Canvas(width, height)
+    if width <= 0 or height <= 0:
+        return c
+    b = view.batch_index % state.batch_size()
+    d = state.decode_for(b)
+    if d is None:
+        title_rule(c, 0, TITLE, theme, right=f"T {NA} H {NA} W {NA}", right_style=theme.na)
+        if height > 1:
+            message(c, 1, "no token yet", theme)
+        return c
+    t, h, w = int(d.mrope_t), int(d.mrope_h), int(d.mrope_w)
+    kind = "text token (T=H=W)" if t == h == w else "image token (grid)"
+    title_rule(c, 0, TITLE, theme, right=f"T {t} H {h} W {w}")
+    if height > 1:
+        slot = int(d.cache_len) - 1
+        offset = f"{t - slot:+d}" if slot >= 0 else NA
+        put_pairs(c, 1, 1, [("", kind), ("T-slot", offset)], theme, sep=" · ")
+    return c

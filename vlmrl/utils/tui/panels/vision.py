@@ -1,0 +1,81 @@
+"""VISION INJECTION @ Token[k]: where the image tokens sit, their grid, the DeepStack
+layers, and per layer how much of the newest token's attention lands on them."""
+from __future__ import annotations
+
+import numpy as np
+
+from vlmrl.utils.tui.canvas import Canvas
+from vlmrl.utils.tui.panels.attention import glyph_rows, ramp_indices
+from vlmrl.utils.tui.panels.common import NA, put, put_glyphs, put_pairs, title_rule
+
+TITLE = "VISION INJECTION"
+
+
+def cache_key(state, view, now):
+    b = view.batch_index % state.batch_size()
+    return (state.row_version(b), state.run_v, b)
+
+
+def layer_shares(state, batch_index: int):
+    """Mean over heads of the vision-share stat per layer (NaN where unmeasured), or None."""
+    arr = state.stats.get(batch_index, {}).get("vision")
+    if arr is None or arr.shape[1] == 0:
+        return None
+    nan = np.isnan(arr)
+    if not nan.any():
+        return arr.sum(axis=1) / arr.shape[1]  # the common case, without the NaN bookkeeping
+    counts = (~nan).sum(axis=1)
+    return np.where(counts > 0, np.nansum(arr, axis=1) / np.maximum(counts, 1), np.nan)
+
+
+def render(state, view, width, height, now, theme) -> Canvas:
+    c = Canvas(width, height)
+    if width <= 0 or height <= 0:
+        return c
+    b = view.batch_index % state.batch_size()
+    d = state.decode_for(b)
+    span = None if d is None else d.vision_span
+    if span is None:
+        right = "n/a" if d is None else "text only"
+        title_rule(c, 0, f"{TITLE} @ Token[{NA}]", theme, right=right, right_style=theme.na)
+    else:
+        title_rule(c, 0, f"{TITLE} @ Token[{int(span[0])}]", theme, right=f"{int(span[1]) - int(span[0])} image tokens")
+    y = 1
+    if y < height:
+        grid = None if d is None else d.vision_grid
+        grid_s = NA if grid is None else "×".join(str(int(g)) for g in grid)
+        span_s = NA if span is None else f"{int(span[0])}..{int(span[1]) - 1}"
+        merged = NA if span is None else str(int(span[1]) - int(span[0]))
+        put_pairs(c, 1, y, [("span", span_s), ("t×h×w", grid_s), ("merged", merged)], theme)
+        y += 1
+    if y < height:
+        run = state.run
+        if run is None:
+            ds = NA
+        elif run.deepstack_layers:
+            ds = " ".join(f"L{int(i)}" for i in run.deepstack_layers)
+        else:
+            ds = "none"
+        put_pairs(c, 1, y, [("DeepStack →", ds)], theme)
+        y += 1
+    if y < height:
+        _shares(c, y, state, b, theme)
+    return c
+
+
+def _shares(c: Canvas, y: int, state, b: int, theme) -> None:
+    x = put(c, 1, y, "share/layer ", theme.label)
+    shares = layer_shares(state, b)
+    if shares is None:
+        put(c, x, y, NA, theme.na)
+        return
+    idx = ramp_indices(shares)
+    styles = [theme.vision if i >= 0 else theme.na for i in idx.tolist()]
+    x = put_glyphs(c, x, y, glyph_rows(idx[None, :])[0], styles)
+    values = shares.tolist()
+    finite = [(v, i) for i, v in enumerate(values) if v == v]
+    if finite:
+        v, top = max(finite, key=lambda t: t[0])
+        text = f"max {v:.2f}@L{top}"
+        if x + 1 + len(text) <= c.width:
+            put(c, x + 1, y, text, theme.value)
