@@ -1,0 +1,98 @@
+"""The event bus never blocks a producer, drops the oldest events when a consumer falls
+behind, counts the drops per kind, and keeps consumers independent."""
+import threading
+
+from vlmrl.instrument.bus import Bus, default_bus
+from vlmrl.instrument.events import DecodeState, TrainingState
+
+
+def test_flood_with_a_stalled_consumer_never_blocks_and_counts_drops_by_kind():
+    bus = Bus(capacity=100)
+    stalled = bus.subscribe("stalled")  # never drains
+    done = threading.Event()
+
+    def produce():
+        for i in range(20_000):
+            bus.publish(DecodeState(step=i) if i % 4 else TrainingState(step=i))
+        done.set()
+
+    t = threading.Thread(target=produce, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert done.is_set(), "publish blocked on a consumer that never drains"
+    assert len(stalled) == 100 and bus.published == 20_000
+    assert stalled.total_dropped == 19_900
+    assert stalled.dropped["decode"] == 15_000 - 75 and stalled.dropped["training"] == 5_000 - 25
+    kept = stalled.drain()
+    assert [e.step for e in kept] == list(range(19_900, 20_000))  # the newest survive, oldest first
+
+
+def test_concurrent_producers_and_a_draining_consumer_account_for_every_event():
+    bus = Bus(capacity=50)
+    sub = bus.subscribe("dashboard")
+    got = []
+    stop = threading.Event()
+
+    def consume():
+        while not stop.is_set():
+            sub.wait(0.01)
+            got.extend(sub.drain())
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    producers = [threading.Thread(target=lambda k=k: [bus.publish(DecodeState(step=i, seq_index=k))
+                                                       for i in range(5_000)]) for k in range(4)]
+    for p in producers:
+        p.start()
+    for p in producers:
+        p.join(timeout=60)
+    stop.set()
+    consumer.join(timeout=10)
+    got.extend(sub.drain())
+    assert len(got) + sub.total_dropped == 20_000 == sub.received
+    for k in range(4):  # per producer the surviving events stay in order
+        steps = [e.step for e in got if e.seq_index == k]
+        assert steps == sorted(steps)
+
+
+def test_a_slow_consumer_does_not_starve_a_fast_one():
+    bus = Bus(capacity=10)
+    slow, fast = bus.subscribe("slow"), bus.subscribe("fast", capacity=1000)
+    for i in range(500):
+        bus.publish(DecodeState(step=i))
+    assert len(fast.drain()) == 500 and fast.total_dropped == 0
+    assert len(slow.drain()) == 10 and slow.total_dropped == 490
+
+
+def test_wait_wakes_on_publish_and_times_out_when_idle():
+    bus = Bus()
+    sub = bus.subscribe("x")
+    assert sub.wait(0.01) is False
+    threading.Timer(0.05, lambda: bus.publish(DecodeState(step=1))).start()
+    assert sub.wait(5.0) is True
+    assert [e.step for e in sub.drain()] == [1]
+    assert sub.wait(0.0) is False  # drained: the ready flag is cleared
+
+
+def test_drain_with_limit_and_unsubscribe():
+    bus = Bus()
+    sub = bus.subscribe("x")
+    bus.publish_many(DecodeState(step=i) for i in range(5))
+    assert [e.step for e in sub.drain(limit=2)] == [0, 1]
+    assert [e.step for e in sub.drain()] == [2, 3, 4]
+    bus.unsubscribe(sub)
+    bus.publish(DecodeState(step=9))
+    assert sub.closed and sub.drain() == [] and bus.subscriptions == ()
+
+
+def test_default_bus_is_one_process_wide_instance():
+    assert default_bus() is default_bus()
+
+
+def test_zero_capacity_is_a_clear_error():
+    import pytest
+
+    from vlmrl.instrument.bus import Subscription
+
+    with pytest.raises(ValueError, match="'bad'.*capacity"):
+        Subscription("bad", 0)
