@@ -10,7 +10,7 @@ from vlmrl.utils.tui import layout, palette
 from vlmrl.utils.tui.canvas import char_width
 from vlmrl.utils.tui.palette import COLOR, MONO
 from vlmrl.utils.tui.panels import attention, credit, decode, flow, footer, header, kvcache, mrope, vision
-from vlmrl.utils.tui.store import Store
+from vlmrl.utils.tui.store import HEAT_HZ, Store
 from vlmrl.utils.tui.view import ViewState, handle_key
 
 L, H = 28, 16
@@ -166,8 +166,10 @@ def test_heatmap_ramp_thresholds():
 def test_hot_heads_flash_while_their_glyph_stays():
     store = scenario()
     view = ViewState(flash_hz=5.0)
-    on, off = 0.0, 0.1  # half a period apart at 5 Hz
-    assert view.flash_on(on) and not view.flash_on(off)
+    # hot heads toggle once per 1/flash_hz (half the indicators' rate), on heatmap ticks
+    on, off = 0.0, 0.2
+    assert view.heat_flash_on(on) and not view.heat_flash_on(off) and view.heat_flash_on(0.19)
+    assert 0.2 * HEAT_HZ == int(0.2 * HEAT_HZ)
     a = attention.render(store.snapshot(), view, 40, 9, on, COLOR)
     b = attention.render(store.snapshot(), view, 40, 9, off, COLOR)
     assert a.text() == b.text()
@@ -259,7 +261,7 @@ def test_credit_sorted_by_magnitude_with_signed_bars():
     assert lines[0][axis - 1] == "█" and lines[0][axis + 1] == " "  # negative: left of the axis
     assert lines[1][axis + 1] == "█" and lines[1][axis - 1] == " "  # positive: right
     assert lines[0].startswith("▶")
-    flash = [credit.render(store.snapshot(), ViewState(), 60, 6, t, COLOR) for t in (0.0, 0.1)]
+    flash = [credit.render(store.snapshot(), ViewState(), 60, 6, t, COLOR) for t in (0.0, 0.2)]
     x = lines[0].index('"')
     assert flash[0].styles[1][x] != flash[1].styles[1][x]  # the top token flashes
 
@@ -360,3 +362,33 @@ def test_tui_cores_synthetic_run_renders_every_panel():
             assert title in text, (size, title)
         assert "n/a" not in text.split("KV CACHE MEMORY")[1].splitlines()[1]  # bytes known from RunInfo
     assert not store.snapshot().problems
+
+
+def test_cached_screens_equal_fresh_renders_frame_by_frame():
+    """The layout reuses panel canvases and shares unchanged rows with the previous
+    screen; every screen must still equal a render from empty caches, and a screen
+    already handed out must never change afterwards."""
+    from vlmrl.utils.tui.synthetic import SyntheticRun
+
+    clock = Clock(0.0)
+    store = Store(clock=clock, started_at=0.0)
+    run = SyntheticRun(seed=3, prefill_walk=4, clock=lambda: 1000.0 + clock.t)
+    events = run.events()
+    view = ViewState()
+    kept = []
+    for i in range(120):
+        clock.t = i / 20.0
+        for _ in range(3):
+            store.apply(next(events))
+        state = store.snapshot()
+        screen = layout.render_screen(state, view, 160, 50, clock.t, COLOR)
+        kept.append((screen, [list(r) for r in screen.chars], [list(r) for r in screen.styles]))
+        saved = layout._CACHE
+        layout._CACHE = layout._Cache()
+        try:
+            fresh = layout.render_screen(state, view, 160, 50, clock.t, COLOR)
+        finally:
+            layout._CACHE = saved
+        assert fresh.chars == screen.chars and fresh.styles == screen.styles, i
+    for screen, chars, styles in kept:
+        assert screen.chars == chars and screen.styles == styles

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from test_panels import Clock, decode_event, run_info
 from vlmrl.instrument.events import AttentionMatrix, CreditState, TrainingState
-from vlmrl.utils.tui.store import RECENT_TOKENS, Store
+from vlmrl.utils.tui.store import HEAT_HZ, RECENT_TOKENS, Store
 
 
 def stats(value: float, layers: int = 4, heads: int = 2) -> dict:
@@ -208,3 +208,37 @@ def test_events_with_fields_of_the_wrong_type_are_rejected_whole():
     assert snap.decode_for(0).step == 1 and snap.run is None  # nothing of the bad events applied
     c = layout.render_screen(snap, ViewState(), 120, 40, 1.0, COLOR)
     assert "bad run_info event" in c.row_text(39) or "bad run_info event" in c.text()
+
+
+def test_heatmap_stats_refresh_at_most_once_per_heat_tick():
+    """`heat` (what the heatmap shows) takes new stats at the start of each 1/HEAT_HZ tick;
+    `stats` is always the newest. A held-back update shows next tick with no new event."""
+    tick = 1.0 / HEAT_HZ
+    clock = Clock(10.0)
+    store = Store(clock=clock)
+    store.apply(decode_event(1, attn_stats=stats(0.1)))
+    first = store.snapshot()
+    assert float(first.heat[0]["focus"][0, 0]) == np.float32(0.1)  # the first stats show at once
+    assert first.heat_step[0] == 1
+    clock.t += 0.2 * tick
+    store.apply(decode_event(2, attn_stats=stats(0.9)))
+    held = store.snapshot()
+    assert float(held.stats[0]["focus"][0, 0]) == np.float32(0.9)
+    assert float(held.heat[0]["focus"][0, 0]) == np.float32(0.1)  # same tick: held back
+    assert held.heat_version(0) == first.heat_version(0)
+    assert store.snapshot() is held
+    clock.t += tick
+    later = store.snapshot()  # no event since: the tick alone brings the new values
+    assert later is not held and float(later.heat[0]["focus"][0, 0]) == np.float32(0.9)
+    assert later.heat_step[0] == 2 and later.heat_version(0) != held.heat_version(0)
+    assert store.snapshot() is later
+
+
+def test_new_generation_stats_show_at_once():
+    clock = Clock(10.0)
+    store = Store(clock=clock)
+    store.apply(decode_event(5, attn_stats=stats(0.9), wall_time=100.0))
+    store.snapshot()
+    store.apply(decode_event(0, phase="prefill", attn_stats=stats(0.3), wall_time=200.0))
+    snap = store.snapshot()  # same tick, but a new generation: nothing stale is shown
+    assert float(snap.heat[0]["focus"][0, 0]) == np.float32(0.3) and snap.heat_step[0] == 0

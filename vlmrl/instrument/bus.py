@@ -72,7 +72,7 @@ class Bus:
         self.published = 0
 
     def subscribe(self, name: str, capacity: Optional[int] = None) -> Subscription:
-        sub = Subscription(name, capacity or self.capacity)
+        sub = Subscription(name, self.capacity if capacity is None else capacity)
         with self._lock:
             self._subs = self._subs + (sub,)
         return sub

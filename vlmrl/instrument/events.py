@@ -103,6 +103,8 @@ class DecodeState(Event):
     # float32 [num_layers, num_heads] in [0, 1]: the focus statistic (see ATTN_STATS).
     attention_pattern: Optional[np.ndarray] = None
     seq_index: int = 0
+    # Which generate() call this step belongs to: step keys restart at 0 on every call.
+    generation: int = 0
     batch_size: int = 1
     logprob: float = 0.0
     entropy: float = 0.0

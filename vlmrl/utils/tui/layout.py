@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 
 from vlmrl.utils.tui.canvas import Canvas, Rect, text_width
 from vlmrl.utils.tui.palette import COLOR, RAMP
+from vlmrl.utils.tui.store import HEAT_HZ
 from vlmrl.utils.tui.panels import attention, credit, decode, flow, footer, header, kvcache, mrope, vision
 from vlmrl.utils.tui.view import KEY_HELP
 
@@ -105,6 +106,9 @@ class _Cache:
     def __init__(self) -> None:
         self.panels: Dict[str, Tuple[tuple, Canvas]] = {}
         self.screen: Optional[Tuple[tuple, Canvas]] = None
+        # (recipe, panel canvases, screen) of the last assembled dashboard: rows whose
+        # panels all kept their canvas are shared with the new screen instead of rebuilt
+        self.last: Optional[tuple] = None
 
 
 _CACHE = _Cache()
@@ -162,8 +166,15 @@ def _dashboard(state, view, width, height, now, theme) -> Canvas:
     frame_key = (width, height, id(theme), tuple(keys))
     if _CACHE.screen is not None and _CACHE.screen[0] == frame_key:
         return _CACHE.screen[1]
-    screen = _assemble(_recipe(rects, width, height, theme), [c for _, c in canvases], width, height)
+    recipe = _recipe(rects, width, height, theme)
+    panels = [c for _, c in canvases]
+    last = _CACHE.last
+    reuse = None
+    if last is not None and last[0] is recipe:
+        reuse = (last[2], last[1])
+    screen = _assemble(recipe, panels, width, height, reuse)
     _CACHE.screen = (frame_key, screen)
+    _CACHE.last = (recipe, panels, screen)
     return screen
 
 
@@ -193,13 +204,32 @@ def _recipe(rects, width: int, height: int, theme):
     return tuple(rows)
 
 
-def _assemble(recipe, canvases, width: int, height: int) -> Canvas:
+def _assemble(recipe, canvases, width: int, height: int, reuse=None) -> Canvas:
     """The screen built row by row from the panels' row lists (list extends in C, no
-    per-cell work). Panels are separate canvases, so no wide char straddles a seam."""
+    per-cell work). Panels are separate canvases, so no wide char straddles a seam.
+
+    `reuse` is (previous screen of the same recipe, its panel canvases): a row whose
+    panel pieces are unchanged (same canvas, or equal row lists: compared in C) is the
+    previous screen's row list itself (screens are read-only), which also lets the
+    frame diff skip it at identity speed."""
     cchars = [c.chars for c in canvases]
     cstyles = [c.styles for c in canvases]
+    prev, old = reuse if reuse is not None else (None, None)
+    if old is not None:
+        ochars = [c.chars for c in old]
+        ostyles = [c.styles for c in old]
+        same = [a is b for a, b in zip(old, canvases)]
     chars, styles = [], []
-    for pieces in recipe:
+    for y, pieces in enumerate(recipe):
+        if prev is not None:
+            for a, b, _ in pieces:
+                if a is not None and not same[a] and (
+                        cchars[a][b] != ochars[a][b] or cstyles[a][b] != ostyles[a][b]):
+                    break
+            else:
+                chars.append(prev.chars[y])
+                styles.append(prev.styles[y])
+                continue
         ch, st = [], []
         for a, b, lit_styles in pieces:
             if a is None:
@@ -248,6 +278,7 @@ def help_lines() -> List[str]:
     lines += [
         "",
         f"heatmap  {RAMP[0]}<.25 {RAMP[1]}<.5 {RAMP[2]}<.75 {RAMP[3]}≥.75 (flashes), · not measured",
+        f"heatmap  refreshed {HEAT_HZ:g}x/s with the newest step; █ cells flash",
         "focus    1 - H(row)/log K of the newest query row",
         "max      largest attention weight   vision  share on image tokens",
         "sink     share on the first token   n/a     not measured",

@@ -114,7 +114,9 @@ class Palette:
         self.stage_lit = Style(fg=c(YELLOW), bold=True, reverse=True)
         self.stage_idle = Style(fg=c(GREY))
         self.heat = tuple(Style(fg=c(rgb)) for rgb in HEAT)
-        self.heat_flash = Style(fg=c(HEAT_FLASH), bold=True, reverse=not self.color)
+        # Same attributes as heat[3], so a flash toggle is a colour-only SGR (the encoder
+        # sends `38;5;n` instead of a reset and full set); reverse video without colour.
+        self.heat_flash = Style(fg=c(HEAT_FLASH), reverse=not self.color)
         self.bar_pos = Style(fg=c(GREEN))
         self.bar_neg = Style(fg=c(RED))
         self.bar_top_on = Style(fg=c(YELLOW), bold=True, reverse=not self.color)

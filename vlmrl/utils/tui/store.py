@@ -38,6 +38,13 @@ HISTORY = 512  # training steps kept for the reward / KL sparklines
 EXPLORER_STEPS = 1024  # generation steps (attention rows) kept per batch row
 REORDER_WINDOW = 8  # a step this far below the newest one starts a new generation
 MAX_PROBLEMS = 4
+# The heatmap and the vision shares (`DashboardState.heat`) take new attention stats at
+# most this often (store clock), at the start of each 1/HEAT_HZ tick. Decode steps arrive
+# at 30+/s; redrawing 28x16 cells per step is more than anyone reads and most of what a
+# frame sends over SSH/tmux (at 10 Hz the heatmap was still ~half of steady-state bytes).
+# Ticks line up with the 5 Hz flash (it toggles every 0.1 s, new values come with every
+# other toggle), so a cell that changes value and phase is sent once.
+HEAT_HZ = 5.0
 
 
 class TokenRecord(NamedTuple):
@@ -99,6 +106,11 @@ class DashboardState:
     recent: Mapping[int, Tuple[TokenRecord, ...]] = _empty()
     # Per batch row: {stat name: float32 [L, H]} (NaN where never written).
     stats: Mapping[int, Mapping[str, np.ndarray]] = _empty()
+    # What the heatmap shows: `stats` as taken at the start of the current HEAT_HZ tick
+    # (the newest stats when the row had none shown yet); heat_step: their decode step.
+    heat: Mapping[int, Mapping[str, np.ndarray]] = _empty()
+    heat_step: Mapping[int, int] = _empty()
+    heat_v: Mapping[int, int] = _empty()  # changes whenever a row's `heat` does
     training: Optional[TrainingState] = None
     history: Tuple[HistoryPoint, ...] = ()
     credit: Optional[CreditState] = None
@@ -140,6 +152,10 @@ class DashboardState:
     def batch_size(self) -> int:
         """Rows the user can cycle through with `b`."""
         return self.batch
+
+    def heat_version(self, batch_index: int) -> int:
+        """Changes whenever the row's shown heatmap stats (`heat`) change."""
+        return self.heat_v.get(batch_index, -1)
 
     def row_version(self, batch_index: int) -> int:
         """Changes whenever an event for this batch row arrives (panels cache on it)."""
@@ -184,7 +200,8 @@ class DashboardState:
 class _Row:
     """Mutable per batch-row state inside the Store."""
 
-    __slots__ = ("latest", "arrived", "gap", "recent", "explorer", "stats", "stat_step", "v", "frozen")
+    __slots__ = ("latest", "arrived", "gap", "recent", "explorer", "stats", "stat_step", "v", "frozen",
+                 "stats_v", "heat", "heat_v", "heat_tick", "heat_step")
 
     def __init__(self) -> None:
         self.latest: Optional[DecodeState] = None
@@ -196,6 +213,22 @@ class _Row:
         self.stat_step: Dict[str, int] = {}
         self.v = 0
         self.frozen = None  # (v, recent, explorer, stats) as last handed to a snapshot
+        self.stats_v = 0  # bumped when `stats` changes
+        self.heat = _EMPTY  # the stats the heatmap shows (see HEAT_HZ)
+        self.heat_v = -1  # stats_v of `heat`; -1: nothing shown yet (show at once)
+        self.heat_tick = None
+        self.heat_step = -1
+
+    def take_heat(self, tick: int, step: int) -> bool:
+        """Show the newest stats when none are shown yet or a new tick began; True when
+        newer stats are still held back (the snapshot must be rebuilt next tick)."""
+        if self.heat_v == self.stats_v:
+            return False
+        if self.heat_v >= 0 and tick == self.heat_tick:
+            return True
+        self.heat = MappingProxyType(dict(self.stats))
+        self.heat_v, self.heat_tick, self.heat_step = self.stats_v, tick, step
+        return False
 
     def freeze(self):
         """Immutable views of this row, rebuilt only when the row changed since last time."""
@@ -253,6 +286,7 @@ class Store:
         self._last_event_at: Optional[float] = None
         self._v = {"all": 0, "run": 0, "decode": 0, "train": 0, "credit": 0, "matrix": 0}
         self._snap: Optional[DashboardState] = None
+        self._heat_held: Optional[int] = None  # tick in which some row's newer stats were held back
         self._handlers = {
             DecodeState: self._on_decode,
             TrainingState: self._on_training,
@@ -348,6 +382,8 @@ class Store:
         )
         if new_gen:
             row.recent, row.explorer, row.stats, row.stat_step = [], [], {}, {}
+            row.stats_v += 1
+            row.heat_v = -1  # a new generation's first stats show at once
             latest = None
         if row.arrived is not None:
             # Smoothed gap between this row's events (a batch's rows arrive together, so a
@@ -390,6 +426,7 @@ class Store:
             if old is None or old.shape != arr.shape or step >= row.stat_step.get(name, step):
                 row.stats[name] = arr
                 row.stat_step[name] = step
+                row.stats_v += 1
 
     def copy(self) -> "Store":
         """An independent copy (replay checkpoints) with its own store_id, so the layout
@@ -406,14 +443,19 @@ class Store:
             r.latest, r.arrived, r.gap, r.v = row.latest, row.arrived, row.gap, row.v
             r.recent, r.explorer = list(row.recent), list(row.explorer)
             r.stats, r.stat_step = dict(row.stats), dict(row.stat_step)  # arrays are never mutated
+            r.stats_v = row.stats_v  # heat_v stays -1: the copy shows the newest stats at once
         return out
 
     # -- output -----------------------------------------------------------------------
     def snapshot(self) -> DashboardState:
         """The current state; the same object until the next event changes something."""
-        if self._snap is not None and self._snap.version == self._v["all"]:
+        tick = int(self._clock() * HEAT_HZ)
+        if self._snap is not None and self._snap.version == self._v["all"] and (
+                self._heat_held is None or self._heat_held == tick):
             return self._snap
         rows = sorted(self._rows.items())
+        held = [r.take_heat(tick, max(r.stat_step.values(), default=-1)) for _, r in rows]
+        self._heat_held = tick if any(held) else None
         v = self._v
         decodes = {b: r.latest for b, r in rows if r.latest is not None}
         frozen = {b: r.freeze() for b, r in rows}
@@ -435,6 +477,9 @@ class Store:
             decode_gap=MappingProxyType({b: r.gap for b, r in rows if r.gap is not None}),
             recent=MappingProxyType({b: f[1] for b, f in frozen.items()}),
             stats=MappingProxyType({b: f[3] for b, f in frozen.items()}),
+            heat=MappingProxyType({b: r.heat for b, r in rows}),
+            heat_step=MappingProxyType({b: r.heat_step for b, r in rows if r.heat_v >= 0}),
+            heat_v=MappingProxyType({b: r.heat_v for b, r in rows}),
             training=self._training,
             history=tuple(self._history),
             credit=self._credit,

@@ -56,6 +56,14 @@ class ViewState:
             return True
         return int(now * self.flash_hz * 2.0) % 2 == 0
 
+    def heat_flash_on(self, now: float) -> bool:
+        """Flash phase of the hot heatmap heads: half the rate of `flash_on`, one toggle
+        per 1/flash_hz, so at the default 5 Hz every toggle lands on a heatmap refresh
+        tick (store.HEAT_HZ) and a flash never costs a frame of its own."""
+        if self.flash_hz <= 0:
+            return True
+        return int(now * self.flash_hz) % 2 == 0
+
     def replace(self, **changes) -> "ViewState":
         return dataclasses.replace(self, **changes)
 

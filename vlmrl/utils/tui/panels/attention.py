@@ -67,8 +67,8 @@ def layout_rows(height: int, display_layers: int, num_layers: int):
 
 def cache_key(state, view, now):
     b = view.batch_index % state.batch_size()
-    return (state.row_version(b), state.run_v, b, view.stat_index, view.layer_page, view.display_layers,
-            view.flash_on(now))
+    return (state.heat_version(b), state.run_v, b, view.stat_index, view.layer_page, view.display_layers,
+            view.heat_flash_on(now))
 
 
 def render(state, view, width, height, now, theme) -> Canvas:
@@ -77,7 +77,7 @@ def render(state, view, width, height, now, theme) -> Canvas:
         return c
     b = view.batch_index % state.batch_size()
     stat = view.stat
-    arr = state.stats.get(b, {}).get(stat)
+    arr = state.heat.get(b, {}).get(stat)
     label = STAT_LABEL.get(stat, stat)
     if arr is None or arr.size == 0:
         title_rule(c, 0, f"{TITLE} · {label}", theme, right="n/a", right_style=theme.na)
@@ -92,7 +92,7 @@ def render(state, view, width, height, now, theme) -> Canvas:
     title_rule(c, 0, f"{TITLE} · {label}", theme, right=right)
     if rows <= 0:
         return c
-    flash = view.flash_on(now)
+    flash = view.heat_flash_on(now)
     idx = ramp_indices(arr[lo:hi])
     label_w = len(f"L{L - 1}") + 1
     heads_fit = max(0, min(H, width - label_w - 2))

@@ -124,7 +124,40 @@ def put_pairs(canvas: Canvas, x: int, y: int, pairs: Sequence, theme, sep: str =
     The line is composed as one run of cells and slice-assigned once when all of it is
     one cell per character (the usual case); otherwise each piece goes through `put`.
     """
-    limit = canvas.width - 1
+    if not (0 <= y < canvas.height):
+        return x
+    key = (tuple(pairs), x, canvas.width, sep, id(theme))
+    try:
+        hit = _PAIRS.get(key)
+    except TypeError:  # an unhashable value: compose without the cache
+        key, hit = None, _compose_pairs(x, canvas.width - 1, pairs, theme, sep)
+    if hit is None:
+        if len(_PAIRS) >= 2048:
+            _PAIRS.clear()
+        hit = _PAIRS[key] = _compose_pairs(x, canvas.width - 1, pairs, theme, sep)
+    pieces, text, styles = hit
+    if not pieces:
+        return x
+    if text is not None and 0 <= x:
+        row = canvas.chars[y]
+        n = len(text)
+        if row[x] != "" and (x + n >= canvas.width or row[x + n] != ""):
+            row[x:x + n] = text
+            canvas.styles[y][x:x + n] = styles
+            return x + n
+    for t, st in pieces:
+        x = put(canvas, x, y, t, st)
+    return x
+
+
+# Composed pair lines by (pairs, x, width, sep, theme): most lines repeat between frames
+# (static figures, or values that change every few steps), so each is composed once.
+_PAIRS: dict = {}
+
+
+def _compose_pairs(x: int, limit: int, pairs, theme, sep: str):
+    """(pieces that fit, their text, per-cell styles); text None unless every piece is
+    one cell per character (then the line can be slice-assigned)."""
     pieces = []
     end = x
     simple = True
@@ -142,22 +175,13 @@ def put_pairs(canvas: Canvas, x: int, y: int, pairs: Sequence, theme, sep: str =
             break
         pieces += part
         end += need
-    if not (0 <= y < canvas.height) or not pieces:
-        return x
-    if simple and 0 <= x:
-        text = "".join(t for t, _ in pieces)
-        styles = []
-        for t, st in pieces:
-            styles += [st] * len(t)
-        row = canvas.chars[y]
-        n = len(text)
-        if row[x] != "" and (x + n >= canvas.width or row[x + n] != ""):
-            row[x:x + n] = text
-            canvas.styles[y][x:x + n] = styles
-            return x + n
+    if not simple or not pieces:
+        return tuple(pieces), None, None
+    text = "".join(t for t, _ in pieces)
+    styles = []
     for t, st in pieces:
-        x = put(canvas, x, y, t, st)
-    return x
+        styles += [st] * len(t)
+    return tuple(pieces), text, tuple(styles)
 
 
 @functools.lru_cache(maxsize=8192)
@@ -216,6 +240,17 @@ def paste_row(canvas: Canvas, y: int, row: tuple) -> None:
     if 0 <= y < canvas.height:
         canvas.chars[y][:] = row[0]
         canvas.styles[y][:] = row[1]
+
+
+def share_row(canvas: Canvas, y: int, row: tuple) -> None:
+    """Make canvas row y the cached row's own lists (no copy). Only for rows nothing
+    writes to afterwards: canvases are read-only once returned, and shared rows let the
+    layout and the frame diff see unchanged rows by identity."""
+    if 0 <= y < canvas.height and len(row[0]) == canvas.width:
+        canvas.chars[y] = row[0]
+        canvas.styles[y] = row[1]
+    else:
+        paste_row(canvas, y, row)
 
 
 def put_glyphs(canvas: Canvas, x: int, y: int, glyphs: Sequence[str], styles: Sequence[Style]) -> int:

@@ -1,18 +1,18 @@
 """TOKEN CREDIT: tokens sorted by |credit| with signed bars around a centre axis;
-the top one flashes at flash_hz."""
+the top one flashes like the hot heatmap heads (one toggle per 1/flash_hz)."""
 from __future__ import annotations
 
 import math
 
 from vlmrl.utils.tui.canvas import Canvas, text_width, truncate
-from vlmrl.utils.tui.panels.common import RowCache, fmt_int, message, paste_row, put, title_rule
+from vlmrl.utils.tui.panels.common import RowCache, fmt_int, message, put, share_row, title_rule
 
 TITLE = "TOKEN CREDIT"
 TOKEN_CELLS = 12
 
 
 def cache_key(state, view, now):
-    return (state.credit_v, view.flash_on(now))
+    return (state.credit_v, view.heat_flash_on(now))
 
 
 def ranked(credit):
@@ -58,11 +58,11 @@ def render(state, view, width, height, now, theme) -> Canvas:
     pos_w = len(f"#{len(items) - 1}") + 1
     value_w = 10
     half = max(1, (width - 2 - pos_w - (TOKEN_CELLS + 2) - value_w - 3) // 2)
-    flash = view.flash_on(now)
+    flash = view.heat_flash_on(now)  # with the hot heads: a toggle per 1/flash_hz
     for r, (i, tok, v) in enumerate(items[: height - 1]):
         top = r == 0
         key = (i, tok, v, scale, half, pos_w, width, top and flash, top, id(theme))
-        paste_row(c, r + 1, _ROWS.get(key, width, lambda row, i=i, tok=tok, v=v, top=top: _draw_row(
+        share_row(c, r + 1, _ROWS.get(key, width, lambda row, i=i, tok=tok, v=v, top=top: _draw_row(
             row, i, tok, v, top, flash, scale, half, pos_w, theme)))
     return c
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vlmrl.utils.tui.canvas import Canvas, text_width, truncate
 from vlmrl.utils.tui.palette import hbar, spark_glyph
-from vlmrl.utils.tui.panels.common import (NA, RowCache, fmt_int, fmt_num, message, paste_row, put, put_pairs,
+from vlmrl.utils.tui.panels.common import (NA, RowCache, fmt_int, fmt_num, message, put, put_pairs,
                                            title_rule)
 
 TITLE = "DECODE LIVE"
@@ -89,13 +89,19 @@ def _recent_list(c: Canvas, y: int, recent, rows: int, theme) -> None:
     shown = recent[-rows:]
     cached = _ROWS.rows
     tid = id(theme)
+    chars, styles = c.chars, c.styles
     for rec in shown:
         row = cached.get((rec, width, tid))  # hits are the common case: no closure built
         if row is None:
             row = _ROWS.get((rec, width, tid), width, lambda r, rec=rec: _draw_token(r, rec, bar_w, theme))
-        paste_row(c, y + rec.step % rows, row)
+        # the cached row lists themselves, not copies: canvases are read-only once
+        # returned, and the layout and the frame diff then see unchanged rows by identity
+        chars[y + rec.step % rows] = row[0]
+        styles[y + rec.step % rows] = row[1]
     if shown:
-        put(c, 0, y + shown[-1].step % rows, "▶", theme.token)
+        yy = y + shown[-1].step % rows
+        chars[yy], styles[yy] = list(chars[yy]), list(styles[yy])  # the marker row is written: copy it
+        put(c, 0, yy, "▶", theme.token)
 
 
 def _draw_token(row: Canvas, rec, bar_w: int, theme) -> None:

@@ -8,7 +8,7 @@ With no event for a while the flow reads `idle`. The lit indicator flashes at fl
 from __future__ import annotations
 
 from vlmrl.utils.tui.canvas import Canvas, text_width
-from vlmrl.utils.tui.panels.common import RowCache, age, fmt_int, message, paste_row, put, title_rule
+from vlmrl.utils.tui.panels.common import RowCache, age, fmt_int, message, put, share_row, title_rule
 
 TITLE = "COMPUTATION FLOW"
 STAGES = ("mRoPE", "Q/K/V", "Attention", "KV Cache Write")
@@ -69,7 +69,7 @@ def render(state, view, width, height, now, theme) -> Canvas:
     title_rule(c, 0, TITLE, theme, right=phase, right_style=theme.dim if stage is None else theme.value)
     if height < 2:
         return c
-    paste_row(c, 1, _CHAINS.get((stage, width, id(theme)), width, lambda row: _chain(row, stage, theme)))
+    share_row(c, 1, _CHAINS.get((stage, width, id(theme)), width, lambda row: _chain(row, stage, theme)))
     if height < 3:
         return c
     if d is None:

@@ -13,7 +13,8 @@ from vlmrl.utils.tui.canvas import Canvas
 from vlmrl.utils.tui.palette import hbar
 from vlmrl.utils.tui.panels import flow
 from vlmrl.utils.tui.panels.attention import page_bounds
-from vlmrl.utils.tui.panels.common import NA, fmt_bytes, fmt_bytes_pair, paste_row, put, put_pairs, title_rule
+from vlmrl.utils.tui.panels.common import (NA, RowCache, fmt_bytes, fmt_bytes_pair, put, put_pairs, share_row,
+                                           title_rule)
 
 TITLE = "KV CACHE MEMORY"
 PAGE_TOKENS = 16
@@ -114,20 +115,28 @@ def _bars(c: Canvas, y0: int, lo: int, hi: int, d, used: int, cap: int, theme) -
         # cells covering the image-token slots, coloured as vision
         v0 = int(int(span[0]) / cap * bar_w)
         v1 = min(len(bar.rstrip()), max(v0 + 1, int(math.ceil(int(span[1]) / cap * bar_w))))
-    template = Canvas(c.width, 1)
-    x = put(template, label_w, 0, "▕", theme.rule)
-    start = x
-    x = put(template, x, 0, bar, theme.good)
-    if v1 > v0:
-        put(template, start + v0, 0, bar[v0:v1], theme.vision)
-    put(template, x, 0, "▏", theme.rule)
-    row = (template.chars[0], template.styles[0])
-    label_styles = [theme.label] * (label_w - 1)
+    width, tid = c.width, id(theme)
     for r, layer in enumerate(range(lo, hi)):
         y = y0 + r
         if y >= c.height:
             break
-        chars = list(row[0])
-        chars[:label_w - 1] = f"L{layer}".rjust(label_w - 1)[:c.width]
-        c.chars[y][:] = chars[:c.width]
-        c.styles[y][:] = (label_styles + row[1][label_w - 1:])[:c.width]
+        # rows repeat while the bar does not move (a cell holds 8 fill steps), so each
+        # (bar, layer) row is drawn once
+        key = (bar, v0, v1, label_w, layer, width, tid)
+        row = _ROWS.rows.get(key)
+        if row is None:
+            row = _ROWS.get(key, width, lambda t, layer=layer: _bar_row(t, layer, label_w, bar, v0, v1, theme))
+        share_row(c, y, row)
+
+
+def _bar_row(row: Canvas, layer: int, label_w: int, bar: str, v0: int, v1: int, theme) -> None:
+    put(row, 0, 0, f"L{layer}".rjust(label_w - 1), theme.label)
+    x = put(row, label_w, 0, "▕", theme.rule)
+    start = x
+    x = put(row, x, 0, bar, theme.good)
+    if v1 > v0:
+        put(row, start + v0, 0, bar[v0:v1], theme.vision)
+    put(row, x, 0, "▏", theme.rule)
+
+
+_ROWS = RowCache(limit=2048)

@@ -13,12 +13,18 @@ TITLE = "VISION INJECTION"
 
 def cache_key(state, view, now):
     b = view.batch_index % state.batch_size()
-    return (state.row_version(b), state.run_v, b)
+    d = state.decode_for(b)
+    # the lines read only the image placement (fixed for a generation) and the shares
+    # (the throttled heatmap stats), so a new token alone does not redraw the panel
+    span = None if d is None else tuple(None if v is None else tuple(int(i) for i in v)
+                                        for v in (d.vision_span, d.vision_grid))
+    return (span, d is None, state.heat_version(b), state.run_v, b)
 
 
 def layer_shares(state, batch_index: int):
-    """Mean over heads of the vision-share stat per layer (NaN where unmeasured), or None."""
-    arr = state.stats.get(batch_index, {}).get("vision")
+    """Mean over heads of the vision-share stat per layer (NaN where unmeasured), or None;
+    from the stats the heatmap shows (`state.heat`), so both agree."""
+    arr = state.heat.get(batch_index, {}).get("vision")
     if arr is None or arr.shape[1] == 0:
         return None
     nan = np.isnan(arr)
