@@ -103,7 +103,8 @@ def build() -> Tuple[str, List[Tuple[str, str, str]]]:
     out: List[str] = [
         "vlmrl live dashboard: three frames written by scripts/make_mockups.py with the real renderer",
         f"({WIDTH}x{HEIGHT}, no colour: in a terminal the lit stage and ⚡ indicators are yellow/green/cyan and",
-        "flash at 5 Hz, heat cells are coloured, heads above 0.75 flash). Do not edit by hand.",
+        "flash at 5 Hz, heat cells are coloured and refresh 5x/s, heads above 0.75 and the top credit",
+        "token flash at 2.5 Hz, one toggle per refresh). Do not edit by hand.",
         "",
     ]
     for i, (title, upto, age) in enumerate(FRAMES, 1):

@@ -210,35 +210,62 @@ def test_events_with_fields_of_the_wrong_type_are_rejected_whole():
     assert "bad run_info event" in c.row_text(39) or "bad run_info event" in c.text()
 
 
-def test_heatmap_stats_refresh_at_most_once_per_heat_tick():
-    """`heat` (what the heatmap shows) takes new stats at the start of each 1/HEAT_HZ tick;
-    `stats` is always the newest. A held-back update shows next tick with no new event."""
+def test_heatmap_shows_the_newest_stats_from_before_the_current_tick():
+    """`heat` (what the heatmap shows) is the newest stats that arrived before the current
+    1/HEAT_HZ tick began; `stats` is always the newest. A held-back update shows when the
+    next tick begins, with no new event."""
     tick = 1.0 / HEAT_HZ
-    clock = Clock(10.0)
+    clock = Clock(10.0 + 0.5 * tick)  # mid-tick times: no float rounding at the boundaries
     store = Store(clock=clock)
     store.apply(decode_event(1, attn_stats=stats(0.1)))
+    store.apply(decode_event(2, attn_stats=stats(0.2)))
     first = store.snapshot()
-    assert float(first.heat[0]["focus"][0, 0]) == np.float32(0.1)  # the first stats show at once
-    assert first.heat_step[0] == 1
-    clock.t += 0.2 * tick
-    store.apply(decode_event(2, attn_stats=stats(0.9)))
+    assert float(first.heat[0]["focus"][0, 0]) == np.float32(0.2)  # nothing older: the newest shows
+    assert first.heat_step[0] == 2
+    clock.t = 10.0 + 1.3 * tick
+    store.apply(decode_event(3, attn_stats=stats(0.9)))
     held = store.snapshot()
     assert float(held.stats[0]["focus"][0, 0]) == np.float32(0.9)
-    assert float(held.heat[0]["focus"][0, 0]) == np.float32(0.1)  # same tick: held back
-    assert held.heat_version(0) == first.heat_version(0)
+    assert float(held.heat[0]["focus"][0, 0]) == np.float32(0.2)  # arrived in this tick: held back
+    assert held.heat_step[0] == 2 and held.heat_version(0) == first.heat_version(0)
     assert store.snapshot() is held
-    clock.t += tick
-    later = store.snapshot()  # no event since: the tick alone brings the new values
-    assert later is not held and float(later.heat[0]["focus"][0, 0]) == np.float32(0.9)
-    assert later.heat_step[0] == 2 and later.heat_version(0) != held.heat_version(0)
+    clock.t = 10.0 + 1.7 * tick
+    store.apply(decode_event(4, attn_stats=stats(0.7)))
+    assert float(store.snapshot().heat[0]["focus"][0, 0]) == np.float32(0.2)
+    clock.t = 10.0 + 2.2 * tick
+    later = store.snapshot()  # no event since: the new tick alone brings the newest values
+    assert float(later.heat[0]["focus"][0, 0]) == np.float32(0.7)
+    assert later.heat_step[0] == 4 and later.heat_version(0) != held.heat_version(0)
     assert store.snapshot() is later
+
+
+def test_heatmap_is_a_function_of_arrival_times_and_clock():
+    """A store that saw every event (snapshots in between) and one that applies them all
+    at once show the same heatmap, as a replay rebuilt from a log must."""
+    times = [10.01, 10.05, 10.21, 10.25, 10.3, 10.41, 10.42]
+    clock_a, clock_b = Clock(), Clock()
+    a, b = Store(clock=clock_a), Store(clock=clock_b)
+    for s, t in enumerate(times, start=1):
+        clock_a.t = clock_b.t = t
+        ev = decode_event(s, attn_stats=stats(s / 10))
+        a.apply(ev)
+        a.snapshot()
+        b.apply(ev)
+    for now in (10.42, 10.5, 10.63):
+        clock_a.t = clock_b.t = now
+        ha, hb = a.snapshot(), b.snapshot()
+        assert ha.heat_step == hb.heat_step and ha.heat_version(0) == hb.heat_version(0)
+        np.testing.assert_array_equal(ha.heat[0]["focus"], hb.heat[0]["focus"])
+    assert ha.heat_step[0] == 7
 
 
 def test_new_generation_stats_show_at_once():
     clock = Clock(10.0)
     store = Store(clock=clock)
     store.apply(decode_event(5, attn_stats=stats(0.9), wall_time=100.0))
-    store.snapshot()
+    clock.t += 1.0
+    store.apply(decode_event(6, attn_stats=stats(0.8), wall_time=101.0))
+    assert store.snapshot().heat_step[0] == 5  # held back within the tick
     store.apply(decode_event(0, phase="prefill", attn_stats=stats(0.3), wall_time=200.0))
     snap = store.snapshot()  # same tick, but a new generation: nothing stale is shown
     assert float(snap.heat[0]["focus"][0, 0]) == np.float32(0.3) and snap.heat_step[0] == 0

@@ -172,7 +172,7 @@ def _dashboard(state, view, width, height, now, theme) -> Canvas:
     reuse = None
     if last is not None and last[0] is recipe:
         reuse = (last[2], last[1])
-    screen = _assemble(recipe, panels, width, height, reuse)
+    screen = _assemble(recipe, panels, width, height, reuse, [r.y for r, _ in canvases])
     _CACHE.screen = (frame_key, screen)
     _CACHE.last = (recipe, panels, screen)
     return screen
@@ -204,42 +204,43 @@ def _recipe(rects, width: int, height: int, theme):
     return tuple(rows)
 
 
-def _assemble(recipe, canvases, width: int, height: int, reuse=None) -> Canvas:
+def _assemble(recipe, canvases, width: int, height: int, reuse=None, origins=None) -> Canvas:
     """The screen built row by row from the panels' row lists (list extends in C, no
     per-cell work). Panels are separate canvases, so no wide char straddles a seam.
 
-    `reuse` is (previous screen of the same recipe, its panel canvases): a row whose
-    panel pieces are unchanged (same canvas, or equal row lists: compared in C) is the
-    previous screen's row list itself (screens are read-only), which also lets the
-    frame diff skip it at identity speed."""
+    `reuse` is (previous screen of the same recipe, its panel canvases) and `origins` the
+    panels' top rows: only screen rows holding a panel row that differs (a new canvas
+    whose row lists are not equal: compared in C) are rebuilt; every other row is the
+    previous screen's row list itself (screens are read-only), which also lets the frame
+    diff skip it at identity speed."""
+    if reuse is not None:
+        prev, old = reuse
+        dirty = set()
+        for a, (new_c, old_c) in enumerate(zip(canvases, old)):
+            if new_c is old_c:
+                continue
+            y0 = origins[a]
+            for b, (nc, oc, ns, os_) in enumerate(zip(new_c.chars, old_c.chars, new_c.styles, old_c.styles)):
+                if (nc is not oc and nc != oc) or (ns is not os_ and ns != os_):
+                    dirty.add(y0 + b)
+        chars, styles = list(prev.chars), list(prev.styles)
+        rows = sorted(dirty)
+    else:
+        chars, styles = [None] * height, [None] * height
+        rows = range(height)
     cchars = [c.chars for c in canvases]
     cstyles = [c.styles for c in canvases]
-    prev, old = reuse if reuse is not None else (None, None)
-    if old is not None:
-        ochars = [c.chars for c in old]
-        ostyles = [c.styles for c in old]
-        same = [a is b for a, b in zip(old, canvases)]
-    chars, styles = [], []
-    for y, pieces in enumerate(recipe):
-        if prev is not None:
-            for a, b, _ in pieces:
-                if a is not None and not same[a] and (
-                        cchars[a][b] != ochars[a][b] or cstyles[a][b] != ostyles[a][b]):
-                    break
-            else:
-                chars.append(prev.chars[y])
-                styles.append(prev.styles[y])
-                continue
+    for y in rows:
         ch, st = [], []
-        for a, b, lit_styles in pieces:
+        for a, b, lit_styles in recipe[y]:
             if a is None:
                 ch += b
                 st += lit_styles
             else:
                 ch += cchars[a][b]
                 st += cstyles[a][b]
-        chars.append(ch)
-        styles.append(st)
+        chars[y] = ch
+        styles[y] = st
     screen = Canvas.__new__(Canvas)
     screen.width, screen.height = width, height
     screen.chars, screen.styles = chars, styles

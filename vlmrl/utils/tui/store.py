@@ -38,12 +38,14 @@ HISTORY = 512  # training steps kept for the reward / KL sparklines
 EXPLORER_STEPS = 1024  # generation steps (attention rows) kept per batch row
 REORDER_WINDOW = 8  # a step this far below the newest one starts a new generation
 MAX_PROBLEMS = 4
-# The heatmap and the vision shares (`DashboardState.heat`) take new attention stats at
-# most this often (store clock), at the start of each 1/HEAT_HZ tick. Decode steps arrive
+# The heatmap and the vision shares (`DashboardState.heat`) show the newest attention
+# stats as of the start of the current 1/HEAT_HZ tick of the store clock (so they take new
+# values at most HEAT_HZ times a second, at most one tick late). Decode steps arrive
 # at 30+/s; redrawing 28x16 cells per step is more than anyone reads and most of what a
 # frame sends over SSH/tmux (at 10 Hz the heatmap was still ~half of steady-state bytes).
-# Ticks line up with the 5 Hz flash (it toggles every 0.1 s, new values come with every
-# other toggle), so a cell that changes value and phase is sent once.
+# Hot heads flash once per tick at the default flash_hz (view.heat_flash_on), so a cell
+# that changes value and phase is sent once. It is a function of the arrival times and the
+# clock only, so a replay rebuilt from a log shows what the live store showed.
 HEAT_HZ = 5.0
 
 
@@ -106,8 +108,8 @@ class DashboardState:
     recent: Mapping[int, Tuple[TokenRecord, ...]] = _empty()
     # Per batch row: {stat name: float32 [L, H]} (NaN where never written).
     stats: Mapping[int, Mapping[str, np.ndarray]] = _empty()
-    # What the heatmap shows: `stats` as taken at the start of the current HEAT_HZ tick
-    # (the newest stats when the row had none shown yet); heat_step: their decode step.
+    # What the heatmap shows: the newest `stats` that arrived before the current HEAT_HZ
+    # tick began (the newest of all when none did); heat_step: their decode step.
     heat: Mapping[int, Mapping[str, np.ndarray]] = _empty()
     heat_step: Mapping[int, int] = _empty()
     heat_v: Mapping[int, int] = _empty()  # changes whenever a row's `heat` does
@@ -201,7 +203,7 @@ class _Row:
     """Mutable per batch-row state inside the Store."""
 
     __slots__ = ("latest", "arrived", "gap", "recent", "explorer", "stats", "stat_step", "v", "frozen",
-                 "stats_v", "heat", "heat_v", "heat_tick", "heat_step")
+                 "stats_v", "stats_tick", "prev")
 
     def __init__(self) -> None:
         self.latest: Optional[DecodeState] = None
@@ -214,21 +216,16 @@ class _Row:
         self.v = 0
         self.frozen = None  # (v, recent, explorer, stats) as last handed to a snapshot
         self.stats_v = 0  # bumped when `stats` changes
-        self.heat = _EMPTY  # the stats the heatmap shows (see HEAT_HZ)
-        self.heat_v = -1  # stats_v of `heat`; -1: nothing shown yet (show at once)
-        self.heat_tick = None
-        self.heat_step = -1
+        self.stats_tick: Optional[int] = None  # HEAT_HZ tick in which `stats` last changed
+        # (stats, stats_v, step) as they stood before that tick; None: no older stats
+        self.prev: Optional[tuple] = None
 
-    def take_heat(self, tick: int, step: int) -> bool:
-        """Show the newest stats when none are shown yet or a new tick began; True when
-        newer stats are still held back (the snapshot must be rebuilt next tick)."""
-        if self.heat_v == self.stats_v:
-            return False
-        if self.heat_v >= 0 and tick == self.heat_tick:
-            return True
-        self.heat = MappingProxyType(dict(self.stats))
-        self.heat_v, self.heat_tick, self.heat_step = self.stats_v, tick, step
-        return False
+    def heat(self, tick: int, frozen_stats):
+        """(stats, version, step) the heatmap shows at `tick`, and whether newer stats
+        are held back until the next tick."""
+        if self.prev is None or self.stats_tick is None or tick > self.stats_tick:
+            return (frozen_stats, self.stats_v, max(self.stat_step.values(), default=-1)), False
+        return self.prev, True
 
     def freeze(self):
         """Immutable views of this row, rebuilt only when the row changed since last time."""
@@ -286,7 +283,7 @@ class Store:
         self._last_event_at: Optional[float] = None
         self._v = {"all": 0, "run": 0, "decode": 0, "train": 0, "credit": 0, "matrix": 0}
         self._snap: Optional[DashboardState] = None
-        self._heat_held: Optional[int] = None  # tick in which some row's newer stats were held back
+        self._heat_held: Optional[int] = None  # tick in which some row's newer stats are held back
         self._handlers = {
             DecodeState: self._on_decode,
             TrainingState: self._on_training,
@@ -383,7 +380,7 @@ class Store:
         if new_gen:
             row.recent, row.explorer, row.stats, row.stat_step = [], [], {}, {}
             row.stats_v += 1
-            row.heat_v = -1  # a new generation's first stats show at once
+            row.stats_tick, row.prev = None, None  # a new generation's stats show at once
             latest = None
         if row.arrived is not None:
             # Smoothed gap between this row's events (a batch's rows arrive together, so a
@@ -396,7 +393,7 @@ class Store:
         row.v += 1  # first: even a half-applied bad event invalidates the row's frozen views
         self._bump("decode")
         self._record_tokens(row, ev)
-        self._record_stats(row, ev)
+        self._record_stats(row, ev, now)
 
     def _record_tokens(self, row: _Row, ev: DecodeState) -> None:
         step = int(ev.step)
@@ -407,10 +404,19 @@ class Store:
             item = ExplorerStep(step, int(ev.token_id), str(ev.token_text), int(ev.cache_len), arr)
             _insert_by_step(row.explorer, item, EXPLORER_STEPS)
 
-    def _record_stats(self, row: _Row, ev: DecodeState) -> None:
+    def _record_stats(self, row: _Row, ev: DecodeState, now: float) -> None:
         given = ev.attn_stats or {}
         if "focus" not in given and ev.attention_pattern is not None:
             given = dict(given, focus=ev.attention_pattern)
+        if not given:
+            return
+        tick = int(now * HEAT_HZ)
+        if row.stats_tick != tick:
+            # the first update of a new tick: what stood before it is what the heatmap
+            # shows until the next tick begins
+            if row.stats:
+                row.prev = (MappingProxyType(dict(row.stats)), row.stats_v, max(row.stat_step.values(), default=-1))
+            row.stats_tick = tick
         step = int(ev.step)
         for name, value in given.items():
             if name not in ATTN_STATS:
@@ -443,22 +449,23 @@ class Store:
             r.latest, r.arrived, r.gap, r.v = row.latest, row.arrived, row.gap, row.v
             r.recent, r.explorer = list(row.recent), list(row.explorer)
             r.stats, r.stat_step = dict(row.stats), dict(row.stat_step)  # arrays are never mutated
-            r.stats_v = row.stats_v  # heat_v stays -1: the copy shows the newest stats at once
+            r.stats_v, r.stats_tick, r.prev = row.stats_v, row.stats_tick, row.prev
         return out
 
     # -- output -----------------------------------------------------------------------
     def snapshot(self) -> DashboardState:
-        """The current state; the same object until the next event changes something."""
+        """The current state; the same object until the next event changes something (or,
+        while newer heatmap stats are held back, until the next HEAT_HZ tick)."""
         tick = int(self._clock() * HEAT_HZ)
         if self._snap is not None and self._snap.version == self._v["all"] and (
                 self._heat_held is None or self._heat_held == tick):
             return self._snap
         rows = sorted(self._rows.items())
-        held = [r.take_heat(tick, max(r.stat_step.values(), default=-1)) for _, r in rows]
-        self._heat_held = tick if any(held) else None
         v = self._v
         decodes = {b: r.latest for b, r in rows if r.latest is not None}
         frozen = {b: r.freeze() for b, r in rows}
+        heat = {b: r.heat(tick, frozen[b][3]) for b, r in rows}
+        self._heat_held = tick if any(h[1] for h in heat.values()) else None
         self._snap = DashboardState(
             store_id=self._id,
             row_v=MappingProxyType({b: r.v for b, r in rows}),
@@ -477,9 +484,9 @@ class Store:
             decode_gap=MappingProxyType({b: r.gap for b, r in rows if r.gap is not None}),
             recent=MappingProxyType({b: f[1] for b, f in frozen.items()}),
             stats=MappingProxyType({b: f[3] for b, f in frozen.items()}),
-            heat=MappingProxyType({b: r.heat for b, r in rows}),
-            heat_step=MappingProxyType({b: r.heat_step for b, r in rows if r.heat_v >= 0}),
-            heat_v=MappingProxyType({b: r.heat_v for b, r in rows}),
+            heat=MappingProxyType({b: h[0][0] for b, h in heat.items()}),
+            heat_step=MappingProxyType({b: h[0][2] for b, h in heat.items() if h[0][2] >= 0}),
+            heat_v=MappingProxyType({b: h[0][1] for b, h in heat.items()}),
             training=self._training,
             history=tuple(self._history),
             credit=self._credit,

@@ -1,7 +1,9 @@
 """ATTENTION FLOW: layers x heads heatmap of one attention statistic, one cell per head.
 
-Cells use the ░▒▓█ ramp at 0.25 steps plus a heat colour; heads above 0.75 flash at
-flash_hz; `·` marks a cell never measured. The stat (focus, max, vision share, sink
+Cells use the ░▒▓█ ramp at 0.25 steps plus a heat colour; heads above 0.75 flash (a
+colour-only toggle once per 1/flash_hz, on the heatmap's refresh ticks: see
+store.HEAT_HZ); `·` marks a cell never measured. Values are `state.heat`, the newest
+stats as of the current refresh tick. The stat (focus, max, vision share, sink
 share) cycles with `s`; the rows show the deepest layers that fit (the layout gives at
 least `display_layers` rows when it can), and `[` / `]` page through the rest (wrapping).
 """

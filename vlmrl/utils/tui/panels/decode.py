@@ -20,8 +20,24 @@ def _quoted(text: str, width: int) -> str:
     return '"' + truncate(text, max(width - 2, 1)) + '"'
 
 
+HEAD_ROWS = 4  # title, token, alternatives, and the one-line stream on short panels
+
+
+def _canvas(width: int, height: int) -> Canvas:
+    """A blank canvas whose rows below HEAD_ROWS are one shared blank row: they are
+    either left blank or replaced whole by cached token rows (never written into), so
+    a tall panel costs no per-row allocation."""
+    c = Canvas(width, min(height, HEAD_ROWS))
+    if height > HEAD_ROWS:
+        blank = _BLANK.get((width, 0), width, lambda row: None)
+        c.chars += [blank[0]] * (height - HEAD_ROWS)
+        c.styles += [blank[1]] * (height - HEAD_ROWS)
+        c.height = height
+    return c
+
+
 def render(state, view, width, height, now, theme) -> Canvas:
-    c = Canvas(width, height)
+    c = _canvas(width, height)
     if height <= 0 or width <= 0:
         return c
     b = view.batch_index % state.batch_size()
@@ -75,6 +91,7 @@ def _alternatives(c: Canvas, y: int, d, theme) -> None:
 
 
 _ROWS = RowCache()
+_BLANK = RowCache(limit=64)
 
 
 def _recent_list(c: Canvas, y: int, recent, rows: int, theme) -> None:
