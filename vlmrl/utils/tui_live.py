@@ -1,0 +1,483 @@
+"""LiveTUI: watch a Qwen3-VL RL run live in the terminal, at no cost to the run.
+
+Producers (taps, the trainer, model code) only publish events to a bounded bus, which
+never blocks. One background thread drains its subscription about `fps` times a second,
+folds the events into the store (`store.py`), renders the layout into a cell grid, diffs it
+against the last frame and writes the change in one write (`frame.py`, `term.py`).
+When stdout is not a terminal nothing is drawn: `plainlog.py` prints plain lines. If the
+render thread fails, the terminal is restored, the failure is reported once on stderr,
+the plain log takes over and the run goes on. No JAX is imported here.
+
+`python -m vlmrl.utils.tui_live` is the demo and the viewer of recorded runs (`--help`).
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Callable, Optional
+
+from vlmrl.instrument.bus import Bus, default_bus
+from vlmrl.instrument.events import CreditState, DecodeState, Event, RunInfo, TrainingState, event_from_dict
+from vlmrl.utils.tui import theme as _theme
+from vlmrl.utils.tui.frame import FrameEncoder
+from vlmrl.utils.tui.plainlog import FdWriter, PlainLog
+from vlmrl.utils.tui.term import RESET_HINT, Terminal
+
+HINT_SECONDS = 5.0  # the `reset` hint is guaranteed on screen this long after start
+REPAINT_EVERY = 10.0  # seconds between full redraws (no clear) that heal stray output
+
+
+class EventQueue:
+    """`LiveTUI.queue`: model code may `put((kind, payload))` or `put(event)`; never blocks."""
+
+    def __init__(self, publish: Callable[[Event], None]):
+        self._publish = publish
+
+    def put(self, item: Any, block: bool = True, timeout: Optional[float] = None) -> None:
+        self._publish(to_event(item))
+
+    put_nowait = put
+
+
+def to_event(item: Any) -> Event:
+    """An Event from an event, `(kind, event)`, `(kind, dict)` or `("credit", (tokens, credits))`."""
+    if isinstance(item, Event):
+        return item
+    if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
+        raise ValueError(f"LiveTUI.queue: expected an event or (kind, payload), got {type(item).__name__}")
+    kind, payload = item
+    if isinstance(payload, Event):
+        if payload.kind != kind:
+            raise ValueError(f"LiveTUI.queue: kind {kind!r} does not match payload kind {payload.kind!r}")
+        return payload
+    if isinstance(payload, dict):
+        return event_from_dict({**payload, "kind": kind})
+    if kind == "credit" and isinstance(payload, (tuple, list)) and len(payload) == 2:
+        return CreditState(tokens=list(payload[0]), credits=[float(c) for c in payload[1]])
+    raise ValueError(f"LiveTUI.queue: cannot make a {kind!r} event from {type(payload).__name__}")
+
+
+def _default_screen(state, view, width, height, now, theme):
+    from vlmrl.utils.tui.layout import render_screen
+
+    return render_screen(state, view, width, height, now, theme)
+
+
+class LiveTUI:
+    """The live dashboard. Start it, publish events, stop it (or use it as a context manager).
+
+    Args:
+      num_layers, num_heads, max_cache: model shape shown until the run's RunInfo arrives.
+      display_layers: heatmap rows per page. flash_hz: flashing indicators' rate.
+      bus: the event bus to watch (default: the process-wide bus the taps publish to).
+      fps: frames per second at most. out_fd/in_fd: terminal fds (default stdout/stdin).
+      screen: `(state, view, w, h, now, theme) -> Canvas` (default: the panel layout).
+      replay: a `replay.ReplayLog` to show instead of the live bus (``--replay``).
+      source: what the footer calls the data ("LIVE", "SYNTHETIC", "ATTACH").
+      plain_stream: where plain lines go when there is no terminal (default stdout).
+      process_index: this process's index in a multi-host run; only 0 draws.
+    """
+
+    def __init__(self, num_layers: int = 28, num_heads: int = 16, display_layers: int = 6,
+                 flash_hz: float = 5.0, max_cache: int = 2048, bus: Optional[Bus] = None, fps: float = 20,
+                 out_fd: Optional[int] = None, in_fd: Optional[int] = None, screen: Optional[Callable] = None,
+                 replay=None, source: str = "LIVE", plain_stream=None, summary_every: float = 10.0,
+                 depth: Optional[str] = None, process_index: int = 0):
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        # Only process 0 of a multi-host run draws or logs (the caller knows its index;
+        # this module cannot ask JAX): elsewhere start() does nothing.
+        self.process_index = int(process_index)
+        self.num_layers, self.num_heads, self.max_cache = num_layers, num_heads, max_cache
+        self.display_layers, self.flash_hz, self.fps = display_layers, flash_hz, float(fps)
+        self.bus = bus if bus is not None else default_bus()
+        self.queue = EventQueue(self.bus.publish)
+        self.term = Terminal(out_fd=out_fd, in_fd=in_fd)
+        self.screen = screen or _default_screen
+        self.replay = replay
+        self.source = source
+        self.depth = depth or _theme.detect_color_depth()
+        if plain_stream is None and out_fd is not None:
+            plain_stream = FdWriter(out_fd)  # after `q` the log goes where the dashboard was
+        self.plain = PlainLog(plain_stream, summary_every=summary_every)
+        self.error: Optional[str] = None
+        self.mode = "off"  # off | dashboard | plain
+        self.frames = 0
+        self.cpu_s = 0.0  # render thread CPU time (time.thread_time)
+        self.frame_ms = 0.0
+        self._sub = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+        self._reported = False
+        self.quit = False  # the user pressed q
+
+    # ------------------------------------------------------------- producer side
+    def update_decode(self, state: DecodeState) -> None:
+        self.bus.publish(state)
+
+    def update_training(self, state: TrainingState) -> None:
+        self.bus.publish(state)
+
+    def update_credit(self, tokens, credits, step: int = 0) -> None:
+        self.bus.publish(CreditState(tokens=list(tokens), credits=[float(c) for c in credits], step=step))
+
+    def publish(self, event: Event) -> None:
+        self.bus.publish(event)
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self) -> "LiveTUI":
+        with self._lock:
+            if self._thread is not None or self.process_index != 0:
+                return self
+            self._stop.clear()
+            self._sub = self.bus.subscribe("tui")
+            if self.term.is_tty():
+                self.mode = "dashboard"
+                self.term.enter()
+                self.term.install_signal_handlers(self._on_signal)
+                target = self._dashboard_thread
+            else:
+                self.mode = "plain"
+                target = self._plain_thread
+            atexit.register(self.stop)
+            if self.mode == "dashboard":
+                self._hook_excepthook()
+            self._thread = threading.Thread(target=target, name="vlmrl-tui", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop drawing, restore the terminal and report a render failure (once)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self.term.restore()
+        self.term.uninstall_signal_handlers()
+        if self._sub is not None:
+            self.bus.unsubscribe(self._sub)
+        self._report_error()
+        if getattr(sys.excepthook, "__self__", None) is self:
+            sys.excepthook = self._prev_excepthook
+        try:
+            atexit.unregister(self.stop)
+        except Exception:
+            pass
+
+    def _hook_excepthook(self) -> None:
+        # An uncaught exception prints its traceback before atexit runs: restore first so
+        # the traceback lands on the normal screen, not in the alternate one.
+        self._prev_excepthook = sys.excepthook
+        sys.excepthook = self._excepthook
+
+    def _excepthook(self, tp, value, tb) -> None:
+        self.stop()
+        self._prev_excepthook(tp, value, tb)
+
+    def __enter__(self) -> "LiveTUI":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        t = self._thread
+        return t is not None and t.is_alive()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until the dashboard thread ends (e.g. `q` in replay); True if it ended."""
+        t = self._thread
+        if t is None:
+            return True
+        t.join(timeout)
+        return not t.is_alive()
+
+    def _on_signal(self, signum: int) -> None:
+        self._stop.set()  # the terminal is already restored; the thread just ends
+
+    def _report_error(self) -> None:
+        if self.error and not self._reported:
+            self._reported = True
+            try:
+                tb = getattr(self, "_traceback", "")
+                sys.stderr.write(f"vlmrl dashboard stopped after an error (the run goes on): {self.error}\n"
+                                 + (tb + "\n" if tb else ""))
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+
+    # ------------------------------------------------------------- threads
+    def _plain_thread(self) -> None:
+        try:
+            self.plain.run(self._sub, self._stop)
+        except Exception:  # a broken log must never end the run
+            self.error = traceback.format_exc(limit=3).strip().splitlines()[-1]
+
+    def _dashboard_thread(self) -> None:
+        quit_ = False
+        try:
+            quit_ = self.quit = self._dashboard_loop()
+        except BaseException:
+            tb = traceback.format_exc(limit=4).strip()
+            self.error = tb.splitlines()[-1] if tb else "unknown error"
+            self._traceback = tb
+        finally:
+            self.term.restore()
+        self._report_error()
+        if self.replay is not None or self._stop.is_set():
+            return
+        # `q` or a failure: the run goes on, so the plain log takes over from here
+        self.mode = "plain"
+        self.plain.summary_every = min(self.plain.summary_every, 10.0)
+        try:
+            why = "dashboard closed (q)" if quit_ else "dashboard failed"
+            self.plain.stream.write(f"{why}; plain log follows, the run goes on\n")
+            self.plain.run(self._sub, self._stop)
+        except Exception:
+            pass
+
+    def _dashboard_loop(self) -> bool:
+        """Draw until stopped; True when the user pressed q."""
+        from vlmrl.utils.tui.store import Store
+        from vlmrl.utils.tui.view import ViewState, handle_key
+
+        term, sub, replay = self.term, self._sub, self.replay
+        cpu0 = time.thread_time()
+        store = Store()
+        if replay is None:
+            # shape to show until the run says otherwise (not published: the recorder skips it)
+            store.apply(RunInfo(model_name="waiting for run", num_layers=self.num_layers,
+                                num_heads=self.num_heads, max_cache=self.max_cache))
+        make_store = Store
+        view = ViewState(flash_hz=self.flash_hz, display_layers=self.display_layers)
+        enc = FrameEncoder(self.depth)
+        theme = _theme.palette_for_depth(self.depth)
+        interval = 1.0 / self.fps
+        t_start = time.monotonic()
+        frame_times: collections.deque = collections.deque(maxlen=64)
+        meta = {"fps": None, "source": self.source, "dropped": 0}
+        frozen = None
+        size = None
+        next_frame = last_repaint = time.monotonic()
+        while not self._stop.is_set():
+            keys = term.read_keys(max(0.0, next_frame - time.monotonic()))
+            if keys is None:
+                self._stop.wait(max(0.0, next_frame - time.monotonic()))
+                keys = []
+            c0 = time.thread_time()
+            if self._stop.is_set():
+                break
+            for key in keys:
+                if key == "q":
+                    return True
+                if key == "KEY_REDRAW":  # Ctrl-L, as in every terminal program
+                    enc.invalidate()
+                    continue
+                if replay is not None and view.mode == "dashboard" and replay.handle_key(key):
+                    continue
+                view = handle_key(view, key, frozen or store.snapshot())
+            now = time.monotonic()
+            if not keys and now < next_frame:
+                continue
+            next_frame = max(next_frame + interval, now)
+            # fold in what arrived (the live store keeps consuming while paused)
+            for ev in sub.drain():
+                if replay is None:
+                    store.apply(ev)
+            if replay is not None:
+                replay.tick(now)
+                store = replay.store_at(make_store)
+                meta["source"] = replay.status()
+                view = view.replace(replay_pos=replay.position)
+            meta["dropped"] = sub.total_dropped
+            frame_times.append(now)
+            if len(frame_times) > 1 and int(now * 2) != int(frame_times[-2] * 2):  # twice a second
+                span = frame_times[-1] - frame_times[0]
+                meta["fps"] = round((len(frame_times) - 1) / span, 1) if span > 0 else None
+                meta["frame_ms"] = round(self.frame_ms, 2)
+            state = store.snapshot()
+            if view.paused:
+                frozen = frozen or state
+                state = frozen
+            else:
+                frozen = None
+            state = state.with_meta(meta)
+            if now - last_repaint >= REPAINT_EVERY:  # heal stray output (warnings on stderr)
+                last_repaint = now
+                enc.repaint()
+            w, h = term.size()
+            if (w, h, term.generation) != size:  # resized, or back from Ctrl-Z
+                size = (w, h, term.generation)
+                enc.invalidate()
+            time.sleep(0)  # yield the GIL between stages: a waiting producer goes first
+            canvas = self.screen(state, view, w, h, now, theme)
+            if now - t_start < HINT_SECONDS:
+                canvas = _with_reset_hint(canvas)
+            time.sleep(0)
+            data = enc.encode(canvas)
+            term.write(data)  # os.write releases the GIL by itself
+            self.frames += 1
+            self.cpu_s = time.thread_time() - cpu0
+            dt = time.thread_time() - c0
+            self.frame_ms = 0.9 * self.frame_ms + 0.1 * dt * 1000.0 if self.frames > 1 else dt * 1000.0
+        return False
+
+
+def _with_reset_hint(canvas):
+    """SIGKILL cannot be caught: the first frames must name `reset` as the cure. The
+    layout's footer does when it has room; otherwise a copy gets it (the layout caches
+    its screens, so they are never written to)."""
+    if canvas.height < 1 or canvas.width < 10:
+        return canvas
+    if any("reset" in canvas.row_text(y) for y in range(canvas.height - 1, max(-1, canvas.height - 3), -1)):
+        return canvas
+    from vlmrl.utils.tui.canvas import Style
+
+    canvas = canvas.copy()
+    hint = " " + RESET_HINT + " "
+    canvas.put(max(0, canvas.width - len(hint)), canvas.height - 1, hint, Style(reverse=True))
+    return canvas
+
+
+def _run_synthetic(args, bus: Bus, note: str = "") -> int:
+    from vlmrl.utils.tui.synthetic import SyntheticRun, drive
+
+    run = SyntheticRun(seed=args.seed, prefill_walk=8)
+    recorder = _recorder(args, bus, run.info)
+    tui = LiveTUI(num_layers=run.L, num_heads=run.H, bus=bus, fps=args.fps, source="SYNTHETIC")
+    if note:
+        print(note, file=sys.stderr)
+    tui.start()
+    try:
+        drive(bus.publish, seconds=args.seconds, run=run)
+    finally:
+        tui.stop()
+        if recorder is not None:
+            recorder.close()
+    return 0
+
+
+def _recorder(args, bus: Bus, run_info=None):
+    if not args.record:
+        return None
+    from vlmrl.instrument.record import Recorder
+
+    return Recorder(bus, args.record, run_info=run_info)
+
+
+def _run_attach(args, bus: Bus) -> int:
+    from vlmrl.utils.tui.replay import LogFormatError, attach_events
+
+    tui = LiveTUI(bus=bus, fps=args.fps, source="ATTACH").start()
+    end = None if args.seconds is None else time.monotonic() + args.seconds
+    done = lambda: tui.quit or (end is not None and time.monotonic() >= end)  # noqa: E731
+    try:
+        for ev in attach_events(args.attach, stop=done, poll=0.05):
+            bus.publish(ev)
+    except LogFormatError as exc:
+        tui.stop()
+        print(f"--attach {args.attach}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        tui.stop()
+    return 0
+
+
+def _run_replay(args) -> int:
+    from vlmrl.utils.tui.replay import LogFormatError, ReplayLog
+
+    try:
+        log = ReplayLog.open(args.replay)
+    except (OSError, LogFormatError) as exc:
+        print(f"--replay {args.replay}: {exc}", file=sys.stderr)
+        return 2
+    tui = LiveTUI(bus=Bus(), fps=args.fps, replay=log, source="REPLAY")
+    if not tui.term.is_tty():  # nothing to navigate: print the run as plain lines
+        for ev in log.events:
+            tui.plain.feed(ev)
+        return 0
+    tui.start()
+    try:
+        tui.wait(args.seconds)
+    finally:
+        tui.stop()
+    return 0
+
+
+def _run_training(args, run_training) -> int:
+    """The tiny Qwen3-VL PPO run (`vlmrl.core.train.run_training`), watched live from the first second:
+    the dashboard starts before the model is built and compiled."""
+    bus = Bus()
+    stop = threading.Event()
+    flags = ["--tui", "--seed", str(args.seed)] + (["--record", args.record] if args.record else [])
+    tui = LiveTUI(bus=bus, fps=args.fps, source="LIVE").start()
+    # --seconds ends the run after the update in progress (an update is not interruptible)
+    timer = threading.Timer(args.seconds, stop.set) if args.seconds else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        run_training(flags, bus=bus, stop=stop, manage_tui=False)
+    except ValueError as exc:  # train.UsageError: a bad flag or input
+        tui.stop()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if timer is not None:
+            timer.cancel()
+        tui.stop()
+    return 0
+
+
+def main(argv=None) -> int:
+    """`python -m vlmrl.utils.tui_live`: the live demo, or a recorded run's viewer."""
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m vlmrl.utils.tui_live",
+        description="Live terminal dashboard of a Qwen3-VL RL run. Default: train the tiny "
+                    "Qwen3-VL and watch it live. Keys: q leave, p pause, [ ] layers, s stat, "
+                    "b batch, m matrix, e explorer, ? help.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--synthetic", action="store_true", help="drive the dashboard with model-free synthetic events")
+    src.add_argument("--attach", metavar="FILE", help="follow a growing event log (tail -f) and show it live")
+    src.add_argument("--replay", metavar="FILE", help="step through a finished event log (arrows, Home/End, space, +/-)")
+    p.add_argument("--record", metavar="FILE", help="append every event to FILE (JSON Lines) while running")
+    p.add_argument("--seconds", type=float, metavar="N", help="exit after N seconds")
+    p.add_argument("--fps", type=float, default=20.0, help="frames per second at most (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic run (default 0)")
+    args = p.parse_args(argv)
+    if args.seconds is not None and args.seconds <= 0:
+        p.error(f"--seconds must be > 0, got {args.seconds}")
+    if args.fps <= 0:
+        p.error(f"--fps must be > 0, got {args.fps}")
+    if args.record and (args.attach or args.replay):
+        p.error("--record records a run (default or --synthetic), not --attach/--replay")
+    try:
+        if args.attach or args.replay:
+            try:
+                return _run_attach(args, Bus(capacity=1000)) if args.attach else _run_replay(args)
+            except ImportError as exc:
+                print(f"--attach/--replay are not available: {exc}", file=sys.stderr)
+                return 2
+        if args.synthetic:
+            return _run_synthetic(args, Bus())
+        try:
+            from vlmrl.core.train import run_training
+        except ImportError as exc:
+            return _run_synthetic(args, Bus(), note=f"note: live training is not available ({exc}); "
+                                                    "showing --synthetic instead")
+        return _run_training(args, run_training)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
