@@ -36,7 +36,8 @@ class Subscription:
                 self.dropped[getattr(old, "kind", type(old).__name__)] += 1
             self._items.append(event)
             self.received += 1
-        self._ready.set()
+        if not self._ready.is_set():  # set() takes a lock; skip it when already set
+            self._ready.set()
 
     def drain(self, limit: Optional[int] = None) -> list:
         """Take every queued event (or at most `limit`), oldest first, without waiting."""

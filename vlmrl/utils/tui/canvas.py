@@ -155,7 +155,11 @@ class Canvas:
                 continue
             if x + w > limit:
                 break
-            if x >= 0:
+            if x < 0 < x + w:
+                # a wide char cut by the left edge: its visible half becomes a blank
+                row_c[0] = " "
+                row_s[0] = style
+            elif x >= 0:
                 row_c[x] = ch
                 row_s[x] = style
                 if w == 2:
