@@ -14,11 +14,9 @@ something changed.
 from __future__ import annotations
 
 import bisect
-import dataclasses
-import itertools
 import time
 from types import MappingProxyType
-from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -33,170 +31,10 @@ from vlmrl.instrument.events import (
     event_from_dict,
 )
 
-RECENT_TOKENS = 64  # decode rows show at most this many recent tokens
-HISTORY = 512  # training steps kept for the reward / KL sparklines
-EXPLORER_STEPS = 1024  # generation steps (attention rows) kept per batch row
-REORDER_WINDOW = 8  # a step this far below the newest one starts a new generation
-MAX_PROBLEMS = 4
-# The heatmap and the vision shares (`DashboardState.heat`) show the newest attention
-# stats as of the start of the current 1/HEAT_HZ tick of the store clock (so they take new
-# values at most HEAT_HZ times a second, at most one tick late). Decode steps arrive
-# at 30+/s; redrawing 28x16 cells per step is more than anyone reads and most of what a
-# frame sends over SSH/tmux (at 10 Hz the heatmap was still ~half of steady-state bytes).
-# Hot heads flash once per tick at the default flash_hz (view.heat_flash_on), so a cell
-# that changes value and phase is sent once. It is a function of the arrival times and the
-# clock only, so a replay rebuilt from a log shows what the live store showed.
-HEAT_HZ = 5.0
-
-
-class TokenRecord(NamedTuple):
-    step: int
-    token_id: int
-    text: str
-    prob: float
-
-
-class ExplorerStep(NamedTuple):
-    """One generation step for the token attention explorer (REPLAY's panel)."""
-
-    step: int
-    token_id: int
-    text: str
-    cache_len: int
-    row: np.ndarray  # float32 [K]: newest query's attention over the key slots
-
-
-class HistoryPoint(NamedTuple):
-    step: int
-    reward_mean: float
-    reward_std: float
-    kl: float
-
-
-_EMPTY: Mapping = MappingProxyType({})
-
-
-def _empty():
-    return dataclasses.field(default_factory=lambda: _EMPTY)
-
-_STORE_IDS = itertools.count(1)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class DashboardState:
-    """Everything the panels read; never mutated after `Store.snapshot()` builds it."""
-
-    version: int = 0
-    # Unique per Store: versions of two stores (a replay rebuilds one per seek) never mix
-    # in the layout's caches.
-    store_id: int = 0
-    # Per-section versions: panels cache on the sections they read.
-    run_v: int = 0
-    decode_v: int = 0
-    row_v: Mapping[int, int] = _empty()  # per batch row
-    batch: int = 1  # rows the user can cycle through with `b` (see batch_size)
-    train_v: int = 0
-    credit_v: int = 0
-    matrix_v: int = 0
-    started_at: float = 0.0
-    last_event_at: Optional[float] = None
-    run: Optional[RunInfo] = None
-    decodes: Mapping[int, DecodeState] = _empty()  # latest DecodeState per batch row
-    decode_at: Mapping[int, float] = _empty()  # store-clock time of the row's last decode event
-    # Per batch row: smoothed seconds between its decode events (rows with >= 2 events).
-    decode_gap: Mapping[int, float] = _empty()
-    recent: Mapping[int, Tuple[TokenRecord, ...]] = _empty()
-    # Per batch row: {stat name: float32 [L, H]} (NaN where never written).
-    stats: Mapping[int, Mapping[str, np.ndarray]] = _empty()
-    # What the heatmap shows: the newest `stats` that arrived before the current HEAT_HZ
-    # tick began (the newest of all when none did); heat_step: their decode step.
-    heat: Mapping[int, Mapping[str, np.ndarray]] = _empty()
-    heat_step: Mapping[int, int] = _empty()
-    heat_v: Mapping[int, int] = _empty()  # changes whenever a row's `heat` does
-    training: Optional[TrainingState] = None
-    history: Tuple[HistoryPoint, ...] = ()
-    credit: Optional[CreditState] = None
-    matrix: Optional[AttentionMatrix] = None
-    explorer: Mapping[int, Tuple[ExplorerStep, ...]] = _empty()
-    counts: Mapping[str, int] = _empty()  # events seen per kind
-    problems: Tuple[str, ...] = ()  # malformed input seen (shown in the footer)
-    # Set by the live loop through `with_meta`: "dropped" (int or {kind: n}), "fps",
-    # "frame_ms", "error" (str), "source" (str: live / replay / attach).
-    meta: Mapping[str, Any] = _empty()
-
-    def with_meta(self, meta: Optional[Mapping[str, Any]]) -> "DashboardState":
-        if not meta:
-            return self
-        # A shallow copy with one field swapped: dataclasses.replace would re-run __init__
-        # over every field, and this runs once per frame.
-        out = object.__new__(DashboardState)
-        out.__dict__.update(self.__dict__)
-        out.__dict__["meta"] = MappingProxyType(dict(meta))
-        return out
-
-    @property
-    def events_seen(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def dropped(self) -> Optional[int]:
-        """Events the bus dropped, as reported by the live loop (None: not reported)."""
-        d = self.meta.get("dropped")
-        if d is None:
-            return None
-        if isinstance(d, Mapping):
-            return int(sum(d.values()))
-        return int(d)
-
-    def batch_rows(self) -> List[int]:
-        return sorted(self.decodes)
-
-    def batch_size(self) -> int:
-        """Rows the user can cycle through with `b`."""
-        return self.batch
-
-    def heat_version(self, batch_index: int) -> int:
-        """Changes whenever the row's shown heatmap stats (`heat`) change."""
-        return self.heat_v.get(batch_index, -1)
-
-    def row_version(self, batch_index: int) -> int:
-        """Changes whenever an event for this batch row arrives (panels cache on it)."""
-        return self.row_v.get(batch_index, 0)
-
-    @staticmethod
-    def _batch_of(decodes, run) -> int:
-        n = max(decodes, default=-1) + 1
-        for d in decodes.values():
-            n = max(n, int(d.batch_size))
-        if run is not None:
-            n = max(n, int(run.batch))
-        return max(n, 1)
-
-    def decode_for(self, batch_index: int) -> Optional[DecodeState]:
-        return self.decodes.get(batch_index)
-
-    def num_layers(self) -> Optional[int]:
-        if self.run is not None:
-            return int(self.run.num_layers)
-        for rows in self.stats.values():
-            for arr in rows.values():
-                return int(arr.shape[0])
-        return None
-
-    def num_heads(self) -> Optional[int]:
-        if self.run is not None:
-            return int(self.run.num_heads)
-        for rows in self.stats.values():
-            for arr in rows.values():
-                return int(arr.shape[1])
-        return None
-
-    def gap_for(self, batch_index: int) -> Optional[float]:
-        """Measured seconds between this row's decode events, or None before two arrived."""
-        return self.decode_gap.get(batch_index)
-
-    def uptime(self, now: float) -> float:
-        return max(0.0, now - self.started_at)
+from vlmrl.utils.tui.state import (  # noqa: F401  (re-exported: panels import them from here)
+    EXPLORER_STEPS, HEAT_HZ, HISTORY, MAX_PROBLEMS, RECENT_TOKENS, REORDER_WINDOW,
+    DashboardState, ExplorerStep, HistoryPoint, TokenRecord, _STORE_IDS,
+)
 
 
 class _Row:
