@@ -2,11 +2,15 @@
 
 Plain dataclasses of Python scalars and small numpy arrays. No JAX here: the dashboard
 and `--attach` must run on a machine without it. Every event has a stable `kind` and
-round-trips through `to_dict` / `event_from_dict` (JSON-safe dicts).
+round-trips exactly through `to_dict` / `event_from_dict` (JSON-safe dicts: arrays as
+short decimals or base64 of their bytes, non-finite floats as {"nf": ...}; the recorder
+writes the same encoding).
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
+import math
 import time
 from typing import Any, ClassVar, Optional
 
@@ -20,27 +24,73 @@ SCHEMA_VERSION = 1
 ATTN_STATS = ("focus", "max", "vision", "sink")
 
 
-def _encode(value: Any) -> Any:
+# Arrays up to this many elements stay human-readable decimals; larger ones go base64
+# (C-speed to encode, 4 bytes -> 5.3 chars, exact).
+INLINE_MAX = 64
+_DTYPES = {
+    "float16", "float32", "float64", "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64", "bool",
+}
+
+
+def _encode_array(arr: np.ndarray) -> dict:
+    name = arr.dtype.name
+    if name not in _DTYPES:
+        raise TypeError(f"cannot record an array of dtype {name}")
+    out: dict = {"nd": name, "shape": list(arr.shape)}
+    flat = arr.ravel()
+    if flat.size <= INLINE_MAX and (arr.dtype.kind in "iub" or np.isfinite(flat).all()):
+        if arr.dtype.kind == "f":
+            # str() of a numpy float is its shortest round-tripping decimal in that dtype.
+            out["v"] = [float(str(x)) for x in flat]
+        else:
+            out["v"] = flat.tolist()
+    else:
+        out["b64"] = base64.b64encode(np.ascontiguousarray(flat, dtype=arr.dtype.newbyteorder("<")).tobytes()).decode("ascii")
+    return out
+
+
+def encode_value(value: Any) -> Any:
     if isinstance(value, np.ndarray):
-        return {"__nd__": value.tolist(), "dtype": str(value.dtype), "shape": list(value.shape)}
+        return _encode_array(value)
     if isinstance(value, (np.floating, np.integer, np.bool_)):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"nf": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
     if isinstance(value, dict):
-        return {str(k): _encode(v) for k, v in value.items()}
+        return {str(k): encode_value(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
+        return [encode_value(v) for v in value]
     return value
 
 
-def _decode(value: Any) -> Any:
+def decode_value(value: Any) -> Any:
     if isinstance(value, dict):
-        if "__nd__" in value:
-            arr = np.asarray(value["__nd__"], dtype=value.get("dtype", "float32"))
-            return arr.reshape(value.get("shape", arr.shape))
-        return {k: _decode(v) for k, v in value.items()}
+        if "nd" in value and "shape" in value:
+            return _decode_array(value)
+        if len(value) == 1 and "nf" in value:
+            return {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}[value["nf"]]
+        return {k: decode_value(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_decode(v) for v in value]
+        return [decode_value(v) for v in value]
     return value
+
+
+def _decode_array(spec: dict) -> np.ndarray:
+    name, shape = spec["nd"], spec["shape"]
+    if name not in _DTYPES:
+        raise ValueError(f"array dtype {name!r} is not allowed")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"bad array shape {shape!r}")
+    dtype = np.dtype(name)
+    if "b64" in spec:
+        raw = base64.b64decode(spec["b64"], validate=True)
+        flat = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
+    else:
+        flat = np.asarray(spec["v"], dtype=dtype)
+        if flat.ndim != 1:
+            raise ValueError("inline array values must be a flat list")
+    return flat.reshape(shape)
 
 
 @dataclasses.dataclass
@@ -50,7 +100,7 @@ class Event:
     def to_dict(self) -> dict:
         out = {"kind": self.kind}
         for f in dataclasses.fields(self):
-            out[f.name] = _encode(getattr(self, f.name))
+            out[f.name] = encode_value(getattr(self, f.name))
         return out
 
 
@@ -178,7 +228,7 @@ def event_from_dict(data: dict) -> Event:
     if cls is None:
         raise ValueError(f"unknown event kind {kind!r}")
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: _decode(v) for k, v in data.items() if k in names}
+    kwargs = {k: decode_value(v) for k, v in data.items() if k in names}
     for key in ("vision_span", "vision_grid", "deepstack_layers"):
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])

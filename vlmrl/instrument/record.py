@@ -16,10 +16,8 @@ whole batches and a process killed mid-write leaves at most one partial last lin
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
-import math
 import os
 import sys
 import threading
@@ -27,83 +25,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from vlmrl.instrument.events import EVENT_TYPES, SCHEMA_VERSION, Event, RunInfo, event_from_dict
+from vlmrl.instrument.events import EVENT_TYPES, SCHEMA_VERSION, Event, RunInfo, decode_value, encode_value, event_from_dict
 
 HEADER_KEY = "vlmrl_log"
-# Arrays up to this many elements stay human-readable decimals; larger ones go base64
-# (C-speed to encode, 4 bytes -> 5.3 chars, exact).
-INLINE_MAX = 64
-_DTYPES = {
-    "float16", "float32", "float64", "int8", "int16", "int32", "int64",
-    "uint8", "uint16", "uint32", "uint64", "bool",
-}
-
-
 class LogFormatError(ValueError):
     """The file is not a vlmrl event log (or one from a newer, unknown schema)."""
 
-
-# ---------------------------------------------------------------- encoding
-
-
-def _encode_array(arr: np.ndarray) -> dict:
-    name = arr.dtype.name
-    if name not in _DTYPES:
-        raise TypeError(f"cannot record an array of dtype {name}")
-    out: dict = {"nd": name, "shape": list(arr.shape)}
-    flat = arr.ravel()
-    if flat.size <= INLINE_MAX and (arr.dtype.kind in "iub" or np.isfinite(flat).all()):
-        if arr.dtype.kind == "f":
-            # str() of a numpy float is its shortest round-tripping decimal in that dtype.
-            out["v"] = [float(str(x)) for x in flat]
-        else:
-            out["v"] = flat.tolist()
-    else:
-        out["b64"] = base64.b64encode(np.ascontiguousarray(flat, dtype=arr.dtype.newbyteorder("<")).tobytes()).decode("ascii")
-    return out
-
-
-def _encode(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return _encode_array(value)
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return {"nf": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
-    if isinstance(value, dict):
-        return {str(k): _encode(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_encode(v) for v in value]
-    return value
-
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, dict):
-        if "nd" in value and "shape" in value:
-            return _decode_array(value)
-        if len(value) == 1 and "nf" in value:
-            return {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}[value["nf"]]
-        return {k: _decode(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v) for v in value]
-    return value
-
-
-def _decode_array(spec: dict) -> np.ndarray:
-    name, shape = spec["nd"], spec["shape"]
-    if name not in _DTYPES:
-        raise ValueError(f"array dtype {name!r} is not allowed")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise ValueError(f"bad array shape {shape!r}")
-    dtype = np.dtype(name)
-    if "b64" in spec:
-        raw = base64.b64decode(spec["b64"], validate=True)
-        flat = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
-    else:
-        flat = np.asarray(spec["v"], dtype=dtype)
-        if flat.ndim != 1:
-            raise ValueError("inline array values must be a flat list")
-    return flat.reshape(shape)
 
 
 # Taps send the focus statistic twice (attention_pattern is attn_stats["focus"]): the log
@@ -122,7 +49,7 @@ def encode_event(event: Event) -> str:
     """One compact JSON line (no newline) for an event."""
     data = {"kind": event.kind}
     for f in dataclasses.fields(event):
-        data[f.name] = _encode(getattr(event, f.name))
+        data[f.name] = encode_value(getattr(event, f.name))
     if _same_as_focus(event):
         data["attention_pattern"] = _FOCUS_REF
     # ensure_ascii keeps the line pure ASCII: no raw control or lone-surrogate bytes.
@@ -172,7 +99,7 @@ def decode_event(data: Any) -> Event:
     cls = EVENT_TYPES.get(data.get("kind"))
     if cls is None:
         raise ValueError(f"unknown event kind {data.get('kind')!r}")
-    decoded = {k: _decode(v) for k, v in data.items()}
+    decoded = {k: decode_value(v) for k, v in data.items()}
     if decoded.get("attention_pattern") == _FOCUS_REF:
         stats = decoded.get("attn_stats")
         if not isinstance(stats, dict) or not isinstance(stats.get("focus"), np.ndarray):
