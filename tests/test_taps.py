@@ -11,7 +11,7 @@ from test_sampling_fake import fake_sampler_kwargs, tiny_fake
 from vlmrl.core.sampling import Sampler, SamplingConfig
 from vlmrl.instrument.bus import Bus
 from vlmrl.instrument.events import ATTN_STATS
-from vlmrl.instrument.taps import CallContext, TapConfig, TapHost, pool_factor, pool_matrix
+from vlmrl.instrument.taps import CALLBACK_PRIMITIVES, CallContext, TapConfig, TapHost, pool_factor, pool_matrix
 
 ON = TapConfig(enabled=True)
 
@@ -34,15 +34,17 @@ def real_tiny():
     return nnx.eval_shape(lambda: Qwen3VL(Qwen3VLConfig.tiny(), rngs=nnx.Rngs(1)))
 
 
-def _count_prim(jaxpr, name="debug_callback") -> int:
-    """Equations of primitive `name` in a (closed) jaxpr, sub-jaxprs (cond, while, pjit) included."""
+def _count_prim(jaxpr, names=CALLBACK_PRIMITIVES) -> int:
+    """Equations of the host-callback primitives (the taps' own `tap_callback`, or
+    `debug_callback` where JAX internals are unavailable) in a (closed) jaxpr, sub-jaxprs
+    (cond, while, pjit) included."""
     from jax.extend import core as jcore
 
     n = 0
     for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
-        n += eqn.primitive.name == name
+        n += eqn.primitive.name in names or "callback" in eqn.primitive.name
         for sub in jcore.jaxprs_in_params(eqn.params):
-            n += _count_prim(sub, name)
+            n += _count_prim(sub, names)
     return n
 
 
@@ -72,7 +74,7 @@ def test_off_traces_exactly_the_uninstrumented_program(real_tiny):
     plain = Sampler(real_tiny).jaxpr(prompts=prompts, max_new_tokens=8)
     off = Sampler(real_tiny, tap=TapConfig(enabled=False)).jaxpr(prompts=prompts, max_new_tokens=8)
     on = Sampler(real_tiny, tap=ON, bus=Bus()).jaxpr(prompts=prompts, max_new_tokens=8)
-    assert _count_prim(plain) == 0 and "debug_callback" not in str(plain) and str(off) == str(plain)
+    assert _count_prim(plain) == 0 and "callback" not in str(plain) and str(off) == str(plain)
     assert _count_prim(on) == 2  # one at prefill, one (gated) in the decode loop body
     # and the model's own entry points, prefill and decode, with the tap off
     ids = jnp.ones((2, 8), jnp.int32)
@@ -84,13 +86,14 @@ def test_off_traces_exactly_the_uninstrumented_program(real_tiny):
         for fn in (lambda m, c: m.forward(ids, mask, pos, cache=c, tap=tap),
                    lambda m, c: m.decode_step(ids[:, 0], c, tap=tap)):
             jp = jax.make_jaxpr(lambda st, c: fn(nnx.merge(gd, st), c))(st, cache)
-            assert _count_prim(jp) == 0 and "debug_callback" not in str(jp)
+            assert _count_prim(jp) == 0 and "callback" not in str(jp)
 
 
 def test_one_callback_per_emitted_step_and_a_new_stride_does_not_recompile(tapped):
     s, sub = tapped
     sub.drain()
     n = 16
+    generations = []
     for stride in (1, 3, 7, 3):
         before = s.host.callbacks
         s.host.stride = stride  # what the adaptation would set between calls
@@ -98,6 +101,7 @@ def test_one_callback_per_emitted_step_and_a_new_stride_does_not_recompile(tappe
         emitted = [i for i in range(1, n) if i % stride == 0]
         assert s.host.callbacks - before == 1 + len(emitted), f"stride {stride}"
         events = [e for e in sub.drain() if e.kind == "decode"]
+        generations.append({e.generation for e in events})
         steps = sorted({e.step for e in events})
         assert steps == [0] + emitted
         assert len(events) == 2 * len(steps)  # both rows alive at every emitted step
@@ -105,6 +109,10 @@ def test_one_callback_per_emitted_step_and_a_new_stride_does_not_recompile(tappe
             assert e.token_id == out.tokens[e.seq_index, e.step] and e.token_text == f"<t{e.token_id}>"
     assert s._jit._cache_size() == 1
     assert s.host.errors == 0
+    # every event names its generate() call: one id per call, counting up (step keys restart)
+    assert all(len(g) == 1 for g in generations)
+    ids = [g.pop() for g in generations]
+    assert ids == list(range(ids[0], ids[0] + 4)) and ids[0] >= 1
 
 
 def test_instrumentation_does_not_change_the_samples(plain, tapped):
@@ -262,3 +270,18 @@ def test_pack_unpack_round_trip(with_stats, T):
     assert set(back) == set(p)
     for name, arr in p.items():
         np.testing.assert_array_equal(back[name], np.asarray(arr), err_msg=name)
+
+
+def test_documented_debug_callback_path_still_works_without_the_fast_primitive(fake, monkeypatch):
+    """Where JAX internals differ, the taps fall back on jax.debug.callback: same events."""
+    from vlmrl.instrument import tap_callback
+
+    monkeypatch.setattr(tap_callback, "tap_callback_p", None)
+    s, sub = _tapped(fake, **fake_sampler_kwargs())
+    s.host.stride = 2
+    kw = dict(prompts=_prompts((6,)), max_new_tokens=5)
+    assert _count_prim(s.jaxpr(**kw), ("debug_callback",)) == 2
+    out = s.generate(**kw)
+    events = sorted((e for e in sub.drain() if e.kind == "decode"), key=lambda e: e.step)  # unordered callbacks
+    assert [e.step for e in events] == [0, 2, 4] and s.host.errors == 0
+    assert [e.token_id for e in events] == [int(out.tokens[0, i]) for i in (0, 2, 4)]

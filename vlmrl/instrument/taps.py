@@ -5,9 +5,11 @@ sampler trace exactly the uninstrumented program. This module is the only one un
 `vlmrl.instrument` that imports JAX.
 
 Device side (called while tracing): `decode_payload` / `prefill_payload` reduce what one step
-shows to a few KB, and `gated_emit` wraps ONE `jax.debug.callback` per emitted step in a
-`lax.cond` on an unbatched step counter and a traced stride (changing the stride never
-recompiles). Host side: `TapHost` turns payloads into `DecodeState` / `AttentionMatrix` events
+shows to a few KB (attention statistics are reduced there, inside the emit branch, so steps
+that do not emit pay nothing for them), and `gated_emit` wraps ONE host callback per emitted
+step in a `lax.cond` on an unbatched step counter and a traced stride (changing the stride
+never recompiles). The callback is `tap_callback`, jax.debug.callback's unordered effect
+without its ~170 us per-call runtime wrapper (see `_make_tap_primitive`). Host side: `TapHost` turns payloads into `DecodeState` / `AttentionMatrix` events
 on a `Bus`, never raises, never blocks, never calls JAX, and adapts the stride between calls
 so that emits stay near a target rate.
 """
@@ -20,12 +22,13 @@ import threading
 import time
 from typing import Callable, Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from vlmrl.instrument import tap_callback
 from vlmrl.instrument.events import ATTN_STATS, AttentionMatrix, DecodeState
+from vlmrl.instrument.tap_callback import CALLBACK_PRIMITIVES, emit  # noqa: F401  (re-exported)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,35 +100,63 @@ def top_k_exact(x_bv, k: int, block: int = 1024):
     B, V = x_bv.shape
     if V <= 4 * block or k > V // block:
         return lax.top_k(x_bv, k)
-    xp = jnp.pad(x_bv, ((0, 0), (0, (-V) % block)), constant_values=-jnp.inf).reshape(B, -1, block)
+    # a block size that divides V (152000 = 152 x 1000) makes the reshape free: no padded copy
+    block = next((b for d in range(block // 2) for b in (block - d, block + d) if V % b == 0), block)
+    xp = x_bv if V % block == 0 else jnp.pad(x_bv, ((0, 0), (0, (-V) % block)), constant_values=-jnp.inf)
+    xp = xp.reshape(B, -1, block)
     _, blocks = lax.top_k(xp.max(-1), k)  # [B, k]
     cand = jnp.take_along_axis(xp, blocks[:, :, None], axis=1).reshape(B, k * block)
     vals, j = lax.top_k(cand, k)
     return vals, jnp.take_along_axis(blocks, j // block, axis=-1) * block + j % block
 
 
+def attention_for_emit(tap: TapConfig, aux: dict, rows: int, watch: int):
+    """(stats float32 [L, rows, H, 4] or None, watched row [T] or None) for one emit.
+
+    When the model hands over its raw newest-query rows (aux "attn_rows": per layer [B, H, T],
+    with "key_valid"/"key_vision" [B, T]) the statistics are computed here, i.e. inside the
+    emit branch and only for the published rows: steps that do not emit then pay nothing for
+    them (the model's eager aux["attn_stats"] is left unused and XLA drops it). Models that
+    only supply eager aux["attn_stats"] / aux["attn_row"] still work.
+    """
+    raw = aux.get("attn_rows")
+    if raw is not None:
+        valid, vision = aux["key_valid"][:rows], aux["key_vision"][:rows]
+        stats = (jnp.stack([attention_row_stats(p[:rows], valid, vision) for p in raw])
+                 if tap.stats_on else None)
+        row = jnp.mean(jnp.stack([p[watch].astype(jnp.float32) for p in raw]), axis=(0, 1)) if tap.attention_row else None
+        return stats, row
+    stats = aux["attn_stats"][:, :rows].astype(jnp.float32) if "attn_stats" in aux else None
+    row = aux["attn_row"][watch] if tap.attention_row and "attn_row" in aux else None
+    return stats, row
+
+
 def decode_payload(tap: TapConfig, aux: dict, logits_bv, temperature, token_b, logprob_b, entropy_b, alive_b, step,
                    cache_len):
     """The reduced arrays one emitted decode step sends to the host (built inside the cond).
 
-    logits_bv: [B, V] raw logits and temperature the scalar the token was drawn with (the
-    log-probabilities are recomputed here, at emit steps only, so that the every-step program
-    need not keep a [B, V] array alive for the tap); alive_b: bool [B] rows that had not
-    finished before this step. Only the first `tap.max_rows` rows travel.
+    logits_bv: [B, V] raw logits and temperature the scalar the token was drawn with;
+    logprob_b the sampled token's log-probability under softmax(logits / temperature);
+    alive_b: bool [B] rows that had not finished before this step. Only the first
+    `tap.max_rows` rows travel. The top-k probabilities reuse the sampled token's logprob
+    for the normaliser (log Z = z[token] - logprob), so an emit makes one pass over the
+    vocabulary (the block maxima of top_k_exact), not three.
     """
     r = _rows(tap, token_b.shape[0])
-    z = logits_bv[:r].astype(jnp.float32) / temperature
-    top_z, top_ids = top_k_exact(z, tap.top_k)
-    top_lp = top_z - jax.nn.logsumexp(z, axis=-1, keepdims=True)
+    x = logits_bv[:r].astype(jnp.float32)
+    top_x, top_ids = top_k_exact(x, tap.top_k)  # temperature > 0 keeps the order: scale only k values
+    top_z = top_x / temperature
+    tok, lp = token_b[:r].astype(jnp.int32), logprob_b[:r].astype(jnp.float32)
+    log_z = jnp.take_along_axis(x, jnp.clip(tok, 0, x.shape[-1] - 1)[:, None], axis=-1)[:, 0] / temperature - lp
+    top_lp = top_z - jnp.where(alive_b[:r], log_z, jnp.max(top_z, axis=-1))[:, None]  # finished rows: unused
     out = dict(step=jnp.asarray(step, jnp.int32), cache_len=jnp.asarray(cache_len, jnp.int32),
-               token=token_b[:r].astype(jnp.int32), logprob=logprob_b[:r].astype(jnp.float32),
-               entropy=entropy_b[:r].astype(jnp.float32), alive=alive_b[:r],
-               top_ids=top_ids.astype(jnp.int32), top_p=jnp.exp(top_lp).astype(jnp.float32))
-    if "attn_stats" in aux:
-        out["stats"] = aux["attn_stats"][:, :r].astype(jnp.float32)  # [L, R, H, 4]
-    if tap.attention_row and "attn_row" in aux:
-        w = min(tap.watch_row, token_b.shape[0] - 1)
-        out["attn_row"] = aux["attn_row"][w].astype(jnp.float16)  # [T]
+               token=tok, logprob=lp, entropy=entropy_b[:r].astype(jnp.float32), alive=alive_b[:r],
+               top_ids=top_ids.astype(jnp.int32), top_p=jnp.exp(jnp.minimum(top_lp, 0.0)).astype(jnp.float32))
+    stats, row = attention_for_emit(tap, aux, r, min(tap.watch_row, token_b.shape[0] - 1))
+    if stats is not None:
+        out["stats"] = stats  # [L, R, H, 4]
+    if row is not None:
+        out["attn_row"] = row.astype(jnp.float16)  # [T]
     return out
 
 
@@ -202,16 +233,11 @@ def prefill_payload(tap: TapConfig, aux: dict, logits_bv, temperature, token_b, 
     return out
 
 
-def emit(callback: Callable, payload: dict) -> None:
-    """One unordered host callback (ordered ones fail once a jit spans several devices)."""
-    jax.debug.callback(callback, payload, ordered=False)
-
-
 def gated_emit(callback: Callable, step, stride, make_payload: Callable[[], dict]) -> None:
     """Emit when step % stride == 0; `step` must be unbatched (a batched predicate under vmap
     runs both branches, i.e. emits every step). The payload is built only in the taken branch
     and travels packed into one buffer."""
-    lax.cond(step % jnp.maximum(stride, 1) == 0, lambda: emit(callback, pack_payload(make_payload())),
+    lax.cond(step % jnp.maximum(stride, 1) == 0, lambda: tap_callback.emit(callback, pack_payload(make_payload())),
              lambda: None)
 
 
@@ -232,6 +258,7 @@ class CallContext:
     kv_bytes_per_slot: int = 0  # K+V bytes of one cache slot, all layers, whole batch
     image_token_id: int = -1
     stride: int = 1
+    generation: int = 0  # set by TapHost.begin_call: which generate() call this is
 
 
 class TapHost:
@@ -263,6 +290,7 @@ class TapHost:
         self.decode_callbacks = 0
         self.errors = 0
         self.last_bytes = 0  # bytes the last decode callback carried from the device
+        self.generation = 0  # generate() calls begun; events carry it (step keys restart per call)
         self._log = log or (lambda msg: print(msg, file=sys.stderr))
         self._times: list = []
         self._lock = threading.Lock()
@@ -270,6 +298,8 @@ class TapHost:
     # ---- call bracketing (sampler thread) ----
     def begin_call(self, ctx: CallContext) -> None:
         ctx.stride = self.stride
+        self.generation += 1
+        ctx.generation = self.generation
         self.ctx = ctx
         with self._lock:
             self._times = []
@@ -331,15 +361,18 @@ class TapHost:
         ctx = self.ctx
         step, cache_len = int(p["step"]), int(p["cache_len"])
         stats = p.get("stats")  # [L, R, H, 4]
-        for r in range(p["token"].shape[0]):
-            if not p["alive"][r]:
+        # Python scalars in one go per field: per-element numpy indexing costs more than the rest
+        toks, alive, lps, ents = (p[f].tolist() for f in ("token", "alive", "logprob", "entropy"))
+        top_ids, top_p = p["top_ids"].tolist(), p["top_p"].tolist()
+        watch = min(self.tap.watch_row, len(toks) - 1)
+        kv_bytes = int(ctx.kv_bytes_per_slot * cache_len) if ctx.kv_bytes_per_slot else None
+        for r, tok in enumerate(toks):
+            if not alive[r]:
                 continue
-            tok = int(p["token"][r])
-            ev = DecodeState(step=step, token_id=tok, token_text=self._text(tok),
-                             token_prob=float(np.exp(p["logprob"][r])), cache_len=cache_len, cache_max=ctx.cache_max,
-                             seq_index=r, batch_size=ctx.batch, logprob=float(p["logprob"][r]),
-                             entropy=float(p["entropy"][r]), phase=phase)
-            ev.top_k = [(int(i), self._text(i), float(q)) for i, q in zip(p["top_ids"][r], p["top_p"][r])]
+            ev = DecodeState(step=step, token_id=tok, token_text=self._text(tok), token_prob=math.exp(lps[r]),
+                             cache_len=cache_len, cache_max=ctx.cache_max, seq_index=r, generation=ctx.generation,
+                             batch_size=ctx.batch, logprob=lps[r], entropy=ents[r], phase=phase, kv_bytes=kv_bytes)
+            ev.top_k = [(i, self._text(i), q) for i, q in zip(top_ids[r], top_p[r])]
             if phase == "prefill" and ctx.last_positions is not None:
                 ev.mrope_t, ev.mrope_h, ev.mrope_w = (int(x) for x in ctx.last_positions[r])
             elif ctx.rope_deltas is not None:
@@ -350,12 +383,10 @@ class TapHost:
                 s = stats[:, r]  # [L, H, 4]
                 ev.attn_stats = {name: s[..., j] for j, name in enumerate(ATTN_STATS)}
                 ev.attention_pattern = s[..., 0]
-                ev.active_layer, ev.active_head = (int(x) for x in np.unravel_index(np.argmax(s[..., 0]), s.shape[:2]))
+                ev.active_layer, ev.active_head = divmod(int(np.argmax(s[..., 0])), s.shape[1])
             if ctx.vision_spans is not None and r < len(ctx.vision_spans):
                 ev.vision_span, ev.vision_grid = ctx.vision_spans[r], ctx.vision_grids[r]
-            if ctx.kv_bytes_per_slot:
-                ev.kv_bytes = int(ctx.kv_bytes_per_slot * cache_len)
-            if "attn_row" in p and r == min(self.tap.watch_row, p["token"].shape[0] - 1):
+            if r == watch and "attn_row" in p:
                 ev.attention_row = p["attn_row"][:cache_len].astype(np.float32)
             self.bus.publish(ev)
 

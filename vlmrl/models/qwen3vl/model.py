@@ -251,7 +251,10 @@ def _pool_matrix(mat, limit: int):
 
 def _decode_aux(probs, valid, vision, tap):
     rows = [p[:, :, 0, :] for p in probs]  # [B, H, T] each
-    aux = {}
+    # The raw rows too: a sampler that emits every n-th step reduces them only inside its emit
+    # branch (vlmrl.instrument.taps.attention_for_emit); the eager entries below then go unused
+    # and XLA drops them, so non-emitting steps cost no statistics.
+    aux = {"attn_rows": tuple(rows), "key_valid": valid, "key_vision": vision}
     if tap.stats_on:
         aux["attn_stats"] = _stack_stats(rows, valid, vision)
     aux["attn_row"] = jnp.mean(jnp.stack(rows), axis=(0, 2))
