@@ -392,3 +392,13 @@ def test_cached_screens_equal_fresh_renders_frame_by_frame():
         assert fresh.chars == screen.chars and fresh.styles == screen.styles, i
     for screen, chars, styles in kept:
         assert screen.chars == chars and screen.styles == styles
+
+
+def test_header_shows_the_run_status_until_training_starts():
+    store = Store(clock=lambda: T0)
+    store.apply(run_info(status="compiling rollout and update ..."))
+    assert "compiling rollout and update" in screen_text(store)
+    store.apply(run_info(status=""))
+    store.apply(TrainingState(step=1, reward_mean=0.1))
+    text = screen_text(store)
+    assert "compiling" not in text and "step 1" in text

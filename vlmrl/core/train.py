@@ -312,11 +312,16 @@ def run_training(argv=None, *, bus=None, log: Optional[Callable[[str], None]] = 
 
             tui = LiveTUI(num_layers=info.num_layers, num_heads=info.num_heads, max_cache=info.max_cache, bus=bus)
             tui.start()
-        bus.publish(info)
-        if trainer.step < args.steps:
+        compiling = trainer.step < args.steps
+        if compiling:
             say(f"compiling rollout and update for {args.env} (first step is slower) ...")
+        # the dashboard shows the status until the first update lands
+        bus.publish(dataclasses.replace(info, status="compiling rollout and update ...") if compiling else info)
         while trainer.step < args.steps and not (stop is not None and stop.is_set()):
             m = trainer.train_step()
+            if compiling:
+                compiling = False
+                bus.publish(dataclasses.replace(info, status=""))
             history.append(m)
             say(progress_line(m))
             if on_update is not None:

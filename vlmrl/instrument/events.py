@@ -122,6 +122,8 @@ class RunInfo(Event):
     device_memory_limit: Optional[int] = None
     process_index: int = 0
     process_count: int = 1
+    # What the run is doing when no step has finished yet ("compiling ..."); "" when training.
+    status: str = ""
     wall_time: float = dataclasses.field(default_factory=time.time)
 
     def kv_bytes_per_token(self, batch: Optional[int] = None) -> int:

@@ -15,7 +15,8 @@ def _segments(state, now):
     meta = state.meta
     reward = NA if t is None else f"{fmt_num(t.reward_mean, 3, signed=True)}±{fmt_num(t.reward_std, 3)}"
     fps = meta.get("fps")
-    return [
+    status = "" if state.run is None else state.run.status
+    return ([("status", status)] if status else []) + [
         ("step", NA if t is None else fmt_int(t.step)),
         ("reward", reward),
         ("KL", NA if t is None else fmt_num(t.kl, 4)),
