@@ -88,3 +88,19 @@ def test_make_batch_uses_the_processor_without_resizing(tmp_path):
     assert [e.answer for e in rep.examples][::2] == [e.answer for e in batch.examples]
     with pytest.raises(ValueError, match="unknown env 'nope'"):
         make_env("nope")
+
+
+def test_special_tokens_before_the_answer_earn_no_reward(tmp_path):
+    """Regression: scoring text with every special token skipped paid full reward for
+    "<|box_start|> red", and PPO learned to emit exactly that."""
+    from vlmrl.core.rollout import completion_texts
+
+    write_tokenizer_dir(str(tmp_path), ColorsEnv().answers)
+    codec = load_codec(str(tmp_path))
+    end = codec.token_id("<|im_end|>")
+    toks = np.asarray([[codec.token_id("<|box_start|>"), codec.token_id("red")],
+                       [codec.token_id("red"), end]])
+    texts = completion_texts(toks, np.ones_like(toks, bool), codec, [end])
+    ex = ColorsEnv().examples(0, 0, 1)[0]
+    ex = type(ex)(ex.image, ex.question, "red")
+    assert [answer_reward(t, ex) for t in texts] == [0.0, 1.0]

@@ -145,6 +145,15 @@ class Rollout:
     seconds: float  # wall time of sampling
 
 
+def completion_texts(tokens, mask, codec, stop_ids) -> list:
+    """The text each completion is scored on: its tokens less the stop tokens.
+
+    Only stop tokens are dropped: skipping every special token let the policy earn full
+    reward for "<|box_start|> red" (it learned exactly that)."""
+    stops = set(int(i) for i in stop_ids)
+    return [codec.decode([int(i) for i in t[m] if int(i) not in stops]) for t, m in zip(tokens, mask)]
+
+
 def collect(sampler, env, codec, config: Qwen3VLConfig, *, seed: int, step: int, batch: int, group: int,
             max_new_tokens: int, temperature: float, key) -> Rollout:
     """Sample `group` completions for each of `batch` prompts of update `step` and score them."""
@@ -155,7 +164,7 @@ def collect(sampler, env, codec, config: Qwen3VLConfig, *, seed: int, step: int,
                            image_grid_thw=prompts.image_grid_thw, max_new_tokens=max_new_tokens, key=key,
                            temperature=temperature)
     seconds = time.perf_counter() - t0
-    texts = [codec.decode(t[m], skip_special_tokens=True) for t, m in zip(out.tokens, out.mask)]
+    texts = completion_texts(out.tokens, out.mask, codec, sampler.config.stop_ids)
     rewards = rewards_for(env, texts, prompts.examples)
     tokens, mask = _cut_at_vision_tokens(out.tokens, out.mask, config, sampler.config.pad_id)
     ids = np.concatenate([out.prompt_ids, tokens], axis=1).astype(np.int32)

@@ -66,7 +66,8 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 def answer_reward(completion: str, example: Example) -> float:
     """1.0 for exactly the answer word (then a stop), 0.5 for the answer followed by more
-    words, 0.0 otherwise. `completion` is the decoded text with special tokens removed.
+    words, 0.0 otherwise. `completion` is the decoded text without its stop token; any
+    other special token in it (e.g. <|box_start|>) reads as words, so it earns nothing.
 
     The half credit teaches the second token something (stop) instead of leaving it as
     noise that shares the answer's advantage.
