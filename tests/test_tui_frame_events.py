@@ -6,7 +6,6 @@ frame that screen must equal a fresh screen fed only the full repaint of that fr
 """
 from __future__ import annotations
 
-import unicodedata
 
 import pyte
 from hypothesis import HealthCheck, given, settings
@@ -17,21 +16,10 @@ from vlmrl.utils.tui.frame import FrameEncoder, full_bytes
 from vlmrl.utils.tui.store import Store
 from vlmrl.utils.tui.synthetic import SyntheticRun
 from vlmrl.utils.tui.view import ViewState, handle_key
+from test_tui_frame import base_text, cells  # the same screen readers
 
 EVENTS = SyntheticRun(num_layers=8, num_heads=6, batch=2, gen_tokens=10, prefill_walk=3, seed=3,
                       clock=iter(range(10**9)).__next__).take(120)
-
-
-def cells(screen: pyte.Screen):
-    return [[(c.data, c.fg, c.bg, c.bold, c.reverse, c.underscore)
-             for c in (screen.buffer[y][x] for x in range(screen.columns))]
-            for y in range(screen.lines)]
-
-
-def base_text(rows):
-    """Rows without combining marks: emulators differ on where a mark after a wide char
-    goes (pyte puts it on the wide char's empty right half and then never shows it)."""
-    return ["".join(ch for ch in unicodedata.normalize("NFD", r) if not unicodedata.combining(ch)) for r in rows]
 
 
 step = st.tuples(st.integers(0, 12),  # events applied before this frame

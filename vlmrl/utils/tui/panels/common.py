@@ -275,3 +275,10 @@ def message(canvas: Canvas, y: int, text: str, theme) -> None:
 
 
 _TITLES = RowCache(limit=1024)
+
+
+def open_panel(state, view, width: int, height: int):
+    """A blank panel canvas, the batch row the view shows, and that row's latest decode."""
+    b = view.batch_index % state.batch_size()
+    return Canvas(width, height), b, state.decode_for(b)
+

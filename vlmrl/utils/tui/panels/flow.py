@@ -8,7 +8,7 @@ With no event for a while the flow reads `idle`. The lit indicator flashes at fl
 from __future__ import annotations
 
 from vlmrl.utils.tui.canvas import Canvas, text_width
-from vlmrl.utils.tui.panels.common import RowCache, age, fmt_int, message, put, share_row, title_rule
+from vlmrl.utils.tui.panels.common import RowCache, age, fmt_int, message, put, share_row, open_panel, title_rule
 
 TITLE = "COMPUTATION FLOW"
 STAGES = ("mRoPE", "Q/K/V", "Attention", "KV Cache Write")
@@ -59,11 +59,9 @@ def _indicator(c, x, y, name, detail, lit, flash, on_style, off_style, theme) ->
 
 
 def render(state, view, width, height, now, theme) -> Canvas:
-    c = Canvas(width, height)
+    c, b, d = open_panel(state, view, width, height)
     if width <= 0 or height <= 0:
         return c
-    b = view.batch_index % state.batch_size()
-    d = state.decode_for(b)
     stage = stage_at(state, b, now)
     phase = "idle" if stage is None else ("prefill" if d is not None and d.phase == "prefill" else "decode")
     title_rule(c, 0, TITLE, theme, right=phase, right_style=theme.dim if stage is None else theme.value)

@@ -13,8 +13,8 @@ from vlmrl.utils.tui.canvas import Canvas
 from vlmrl.utils.tui.palette import hbar
 from vlmrl.utils.tui.panels import flow
 from vlmrl.utils.tui.panels.attention import page_bounds
-from vlmrl.utils.tui.panels.common import (NA, RowCache, fmt_bytes, fmt_bytes_pair, put, put_pairs, share_row,
-                                           title_rule)
+from vlmrl.utils.tui.panels.common import (NA, RowCache, fmt_bytes_pair, open_panel, put, put_pairs,
+                                           share_row, title_rule)
 
 TITLE = "KV CACHE MEMORY"
 PAGE_TOKENS = 16
@@ -61,11 +61,9 @@ def _status_style(st, flash, theme):
 
 
 def render(state, view, width, height, now, theme) -> Canvas:
-    c = Canvas(width, height)
+    c, b, d = open_panel(state, view, width, height)
     if width <= 0 or height <= 0:
         return c
-    b = view.batch_index % state.batch_size()
-    d = state.decode_for(b)
     run = state.run
     st = status(state, b, now)
     title_rule(c, 0, TITLE, theme, right=st or NA, right_style=_status_style(st, view.flash_on(now), theme))

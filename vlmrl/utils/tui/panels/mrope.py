@@ -7,7 +7,7 @@ text positions run behind the slots (Qwen3-VL's rope_deltas).
 from __future__ import annotations
 
 from vlmrl.utils.tui.canvas import Canvas
-from vlmrl.utils.tui.panels.common import NA, message, put_pairs, title_rule
+from vlmrl.utils.tui.panels.common import NA, message, put_pairs, open_panel, title_rule
 
 TITLE = "mRoPE"
 
@@ -18,11 +18,9 @@ def cache_key(state, view, now):
 
 
 def render(state, view, width, height, now, theme) -> Canvas:
-    c = Canvas(width, height)
+    c, b, d = open_panel(state, view, width, height)
     if width <= 0 or height <= 0:
         return c
-    b = view.batch_index % state.batch_size()
-    d = state.decode_for(b)
     if d is None:
         title_rule(c, 0, TITLE, theme, right=f"T {NA} H {NA} W {NA}", right_style=theme.na)
         if height > 1:

@@ -6,7 +6,7 @@ import numpy as np
 
 from vlmrl.utils.tui.canvas import Canvas
 from vlmrl.utils.tui.panels.attention import glyph_rows, ramp_indices
-from vlmrl.utils.tui.panels.common import NA, put, put_glyphs, put_pairs, title_rule
+from vlmrl.utils.tui.panels.common import NA, put, put_glyphs, put_pairs, open_panel, title_rule
 
 TITLE = "VISION INJECTION"
 
@@ -35,11 +35,9 @@ def layer_shares(state, batch_index: int):
 
 
 def render(state, view, width, height, now, theme) -> Canvas:
-    c = Canvas(width, height)
+    c, b, d = open_panel(state, view, width, height)
     if width <= 0 or height <= 0:
         return c
-    b = view.batch_index % state.batch_size()
-    d = state.decode_for(b)
     span = None if d is None else d.vision_span
     if span is None:
         right = "n/a" if d is None else "text only"
