@@ -29,6 +29,13 @@ TITLES = {"header": "VLMRL", "decode": "DECODE LIVE", "flow": "COMPUTATION FLOW"
           "footer": "dropped"}
 
 
+def wait_until(cond, timeout=5.0):
+    """Poll `cond` until it holds or `timeout` passes (the assertion after it decides)."""
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 class PtyDash:
     """A LiveTUI drawing on a pty whose output a thread collects."""
 
@@ -64,11 +71,15 @@ class PtyDash:
     def frames(self) -> int:
         return bytes(self.out).count(b"\x1b[?2026l")
 
+    def start_with(self, events):
+        """Start the dashboard and publish `events` to it."""
+        self.tui.start()
+        for ev in events:
+            self.tui.publish(ev)
+
     def wait_frames(self, n=3, timeout=10.0):
         target = self.frames() + n
-        deadline = time.monotonic() + timeout
-        while self.frames() < target and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: self.frames() >= target, timeout)
         assert self.frames() >= target, "no new frames"
 
     def screen(self) -> pyte.Screen:
@@ -99,9 +110,7 @@ def events():
 def test_every_panel_title_and_values_on_screen(cols, rows, events):
     d = PtyDash(cols, rows)
     try:
-        d.tui.start()
-        for ev in events:
-            d.tui.publish(ev)
+        d.start_with(events)
         d.wait_frames(4)
         text = d.text()
         for name, _ in layout.plan(cols, rows, 28, 6):
@@ -118,9 +127,7 @@ def test_every_panel_title_and_values_on_screen(cols, rows, events):
 def test_keys_pause_stat_help_and_quit_to_plain_log(events):
     d = PtyDash(120, 40)
     try:
-        d.tui.start()
-        for ev in events:
-            d.tui.publish(ev)
+        d.start_with(events)
         d.wait_frames(3)
         assert "ATTENTION FLOW · focus" in d.text()
         d.key("s")
@@ -133,14 +140,10 @@ def test_keys_pause_stat_help_and_quit_to_plain_log(events):
         d.wait_frames(3)
         assert "HELP" in d.text()
         d.key("q")
-        deadline = time.monotonic() + 5
-        while d.tui.mode != "plain" and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: d.tui.mode == "plain")
         assert d.tui.mode == "plain" and d.tui.quit
         d.tui.update_training(TrainingState(step=77, reward_mean=0.25, kl=0.1, loss=0.3, tokens_per_sec=9.0))
-        deadline = time.monotonic() + 5
-        while b"train step 77" not in d.out and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: b"train step 77" in d.out)
         data = bytes(d.out)
         tail = data[data.rfind(b"\x1b[?1049l") + len(b"\x1b[?1049l"):]
         assert b"plain log follows" in tail and b"train step 77" in tail and b"\x1b" not in tail
@@ -151,9 +154,7 @@ def test_keys_pause_stat_help_and_quit_to_plain_log(events):
 def test_resize_repaints_to_the_new_size(events):
     d = PtyDash(100, 30)
     try:
-        d.tui.start()
-        for ev in events:
-            d.tui.publish(ev)
+        d.start_with(events)
         d.wait_frames(3)
         clears = bytes(d.out).count(b"\x1b[2J")
         d.size(150, 45)
@@ -173,9 +174,7 @@ def test_no_color_keeps_cursor_moves_and_drops_colour(events, monkeypatch):
     d = PtyDash(100, 30, depth=None)
     try:
         assert d.tui.depth == "none"
-        d.tui.start()
-        for ev in events:
-            d.tui.publish(ev)
+        d.start_with(events)
         d.wait_frames(3)
         data = bytes(d.out)
         sgr_params = {int(p) for m in re.findall(rb"\x1b\[([0-9;]*)m", data) for p in m.split(b";") if p}
@@ -276,9 +275,7 @@ def test_record_then_replay_without_tty_prints_the_run(tmp_path, capsys):
 def test_stop_never_hangs_on_a_stuck_terminal(events):
     d = PtyDash(200, 60)
     try:
-        d.tui.start()
-        for ev in events:
-            d.tui.publish(ev)
+        d.start_with(events)
         d.wait_frames(2)
         d.reading.clear()  # nobody reads the terminal any more (stalled ssh, Ctrl-S)
         for i in range(12):  # full repaints fill the pty buffer until the writer blocks
