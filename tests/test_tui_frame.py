@@ -214,3 +214,24 @@ def test_repaint_heals_stray_output_without_clearing():
     assert b"\x1b[2J" not in out
     feed(screen, out)
     assert screen.display == canvas_rows(c)
+
+
+def test_damage_from_a_frame_that_was_not_sent_is_ignored():
+    """Canvas.damage only narrows the diff when its base is the frame on screen; a stale
+    hint (built from a screen the encoder never sent) must not hide a change."""
+    enc = FrameEncoder(theme.NOCOLOR)
+    a = Canvas(20, 3)
+    a.put(0, 0, "first", Style())
+    screen = pyte.Screen(20, 3)
+    feed(screen, enc.encode(a))
+    unsent = a.copy()
+    b = a.copy()
+    b.put(0, 2, "changed", Style())
+    b.damage = (unsent, {})  # claims nothing changed, relative to a screen never sent
+    feed(screen, enc.encode(b))
+    assert screen.display[2].startswith("changed")
+    c = b.copy()
+    c.put(0, 1, "spanned", Style())
+    c.damage = (b, {1: [(0, 20)]})  # a true hint relative to the frame on screen
+    feed(screen, enc.encode(c))
+    assert screen.display[1].startswith("spanned") and screen.display[2].startswith("changed")

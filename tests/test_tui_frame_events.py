@@ -55,3 +55,24 @@ def test_diff_of_real_screens_equals_full_render(steps, depth, t0):
         assert screen.display == fresh.display
         assert cells(screen) == cells(fresh)
         assert base_text(screen.display) == base_text("".join(r) for r in canvas.chars)
+
+
+def test_layout_damage_spans_give_the_same_screen_as_a_full_compare():
+    """The layout names the spans it rebuilt (Canvas.damage); the encoder scans only those
+    when the base is the frame it sent. That must never change what reaches the screen."""
+    store = Store(clock=lambda: 0.0, started_at=0.0)
+    view = ViewState()
+    palette = theme.palette_for_depth("256")
+    hinted, plain = FrameEncoder("256"), FrameEncoder("256")
+    s_hinted, s_plain = pyte.Screen(100, 30), pyte.Screen(100, 30)
+    used = 0
+    for i, ev in enumerate(EVENTS):
+        store.apply(ev)
+        canvas = layout.render_screen(store.snapshot(), view, 100, 30, 0.05 * i, palette)
+        used += canvas.damage is not None and canvas.damage[0] is hinted.prev
+        pyte.ByteStream(s_hinted).feed(hinted.encode(canvas))
+        bare = canvas.copy()  # no damage: the encoder compares every row
+        pyte.ByteStream(s_plain).feed(plain.encode(bare))
+        assert s_hinted.display == s_plain.display
+        assert cells(s_hinted) == cells(s_plain)
+    assert used > len(EVENTS) // 2  # the spans were actually taken, not skipped

@@ -115,11 +115,18 @@ def truncate(text: str, width: int, ellipsis: str = "…") -> str:
 
 
 class Canvas:
-    """A width x height grid of (char, Style) cells."""
+    """A width x height grid of (char, Style) cells.
 
-    __slots__ = ("width", "height", "chars", "styles")
+    `damage`, when set by whoever built this canvas from another one, is `(base, spans)`:
+    every cell outside `spans` ({row: [(x0, x1), ...]}) is the same as in `base`, and
+    rows absent from `spans` are `base`'s own row lists. The frame encoder then scans only
+    those spans when `base` is the frame it last sent. Nothing else reads it.
+    """
+
+    __slots__ = ("width", "height", "chars", "styles", "damage")
 
     def __init__(self, width: int, height: int, style: Style = PLAIN):
+        self.damage = None
         self.width = max(0, int(width))
         self.height = max(0, int(height))
         self.chars = [[" "] * self.width for _ in range(self.height)]
@@ -218,6 +225,7 @@ class Canvas:
 
     def copy(self) -> "Canvas":
         out = Canvas.__new__(Canvas)
+        out.damage = None  # the copy is about to be written to
         out.width, out.height = self.width, self.height
         out.chars = [list(r) for r in self.chars]
         out.styles = [list(r) for r in self.styles]

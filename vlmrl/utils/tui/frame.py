@@ -105,13 +105,21 @@ class FrameEncoder:
                 self._emit(out, nch[y], nst[y], 0, width, y, width)
         else:
             pch, pst = prev.chars, prev.styles
-            for y in range(canvas.height):
-                nc, pc = nch[y], pch[y]
-                ns, ps = nst[y], pst[y]
-                if (nc is pc or nc == pc) and (ns is ps or ns == ps):
-                    continue
-                for s, e in _changed_runs(pc, ps, nc, ns, width):
-                    self._emit(out, nc, ns, s, e, y, width)
+            damage = canvas.damage
+            if damage is not None and damage[0] is prev:
+                # built from the frame on screen: only the spans it names can differ
+                for y, spans in sorted(damage[1].items()):
+                    for x0, x1 in sorted(spans):
+                        for s, e in _changed_runs(pch[y], pst[y], nch[y], nst[y], width, x0, x1):
+                            self._emit(out, nch[y], nst[y], s, e, y, width)
+            else:
+                for y in range(canvas.height):
+                    nc, pc = nch[y], pch[y]
+                    ns, ps = nst[y], pst[y]
+                    if (nc is pc or nc == pc) and (ns is ps or ns == ps):
+                        continue
+                    for s, e in _changed_runs(pc, ps, nc, ns, width):
+                        self._emit(out, nc, ns, s, e, y, width)
         self.prev = canvas
         if not out:
             return b""
@@ -190,13 +198,14 @@ def _cells_text(chars, s: int, e: int, width: int) -> str:
 CHUNK = 16
 
 
-def _changed_runs(pc, ps, nc, ns, width: int) -> List[tuple]:
-    """[(start, end)) runs of changed cells in one row, merged across short gaps, never
-    splitting a wide character (on either the old or the new screen)."""
+def _changed_runs(pc, ps, nc, ns, width: int, lo: int = 0, hi: Optional[int] = None) -> List[tuple]:
+    """[(start, end)) runs of changed cells in one row (within columns [lo, hi)), merged
+    across short gaps, never splitting a wide character (on either the old or the new screen)."""
     runs = []
     start = last = -1
-    for c0 in range(0, width, CHUNK):
-        c1 = c0 + CHUNK if c0 + CHUNK < width else width
+    hi = width if hi is None or hi > width else hi
+    for c0 in range(lo, hi, CHUNK):
+        c1 = c0 + CHUNK if c0 + CHUNK < hi else hi
         if nc[c0:c1] == pc[c0:c1] and ns[c0:c1] == ps[c0:c1]:
             continue
         for x in range(c0, c1):

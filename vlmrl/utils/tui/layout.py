@@ -172,7 +172,7 @@ def _dashboard(state, view, width, height, now, theme) -> Canvas:
     reuse = None
     if last is not None and last[0] is recipe:
         reuse = (last[2], last[1])
-    screen = _assemble(recipe, panels, width, height, reuse, [r.y for r, _ in canvases])
+    screen = _assemble(recipe, panels, width, height, reuse, [r for r, _ in canvases])
     _CACHE.screen = (frame_key, screen)
     _CACHE.last = (recipe, panels, screen)
     return screen
@@ -204,27 +204,31 @@ def _recipe(rects, width: int, height: int, theme):
     return tuple(rows)
 
 
-def _assemble(recipe, canvases, width: int, height: int, reuse=None, origins=None) -> Canvas:
+def _assemble(recipe, canvases, width: int, height: int, reuse=None, rects=None) -> Canvas:
     """The screen built row by row from the panels' row lists (list extends in C, no
     per-cell work). Panels are separate canvases, so no wide char straddles a seam.
 
-    `reuse` is (previous screen of the same recipe, its panel canvases) and `origins` the
-    panels' top rows: only screen rows holding a panel row that differs (a new canvas
+    `reuse` is (previous screen of the same recipe, its panel canvases) and `rects` the
+    panels' rectangles: only screen rows holding a panel row that differs (a new canvas
     whose row lists are not equal: compared in C) are rebuilt; every other row is the
     previous screen's row list itself (screens are read-only), which also lets the frame
-    diff skip it at identity speed."""
+    diff skip it at identity speed. The new screen's `damage` names those panel spans, so
+    the diff scans only them."""
+    spans = None
     if reuse is not None:
         prev, old = reuse
-        dirty = set()
+        spans = {}
         for a, (new_c, old_c) in enumerate(zip(canvases, old)):
             if new_c is old_c:
                 continue
-            y0 = origins[a]
+            r = rects[a]
+            span = (r.x, r.x + r.width)
             for b, (nc, oc, ns, os_) in enumerate(zip(new_c.chars, old_c.chars, new_c.styles, old_c.styles)):
                 if (nc is not oc and nc != oc) or (ns is not os_ and ns != os_):
-                    dirty.add(y0 + b)
+                    spans.setdefault(r.y + b, []).append(span)
         chars, styles = list(prev.chars), list(prev.styles)
-        rows = sorted(dirty)
+        rows = sorted(spans)
+        prev.damage = None  # superseded: never chain screens back in time
     else:
         chars, styles = [None] * height, [None] * height
         rows = range(height)
@@ -244,6 +248,7 @@ def _assemble(recipe, canvases, width: int, height: int, reuse=None, origins=Non
     screen = Canvas.__new__(Canvas)
     screen.width, screen.height = width, height
     screen.chars, screen.styles = chars, styles
+    screen.damage = None if spans is None else (prev, spans)
     return screen
 
 
