@@ -61,10 +61,16 @@ def to_event(item: Any) -> Event:
     raise ValueError(f"LiveTUI.queue: cannot make a {kind!r} event from {type(payload).__name__}")
 
 
-def _default_screen(state, view, width, height, now, theme):
-    from vlmrl.utils.tui.layout import render_screen
+_render_screen = None
 
-    return render_screen(state, view, width, height, now, theme)
+
+def _default_screen(state, view, width, height, now, theme):
+    # imported on first use (plain-log runs never need the panels), then kept: an import
+    # statement per frame is a measurable share of a frame's CPU
+    global _render_screen
+    if _render_screen is None:
+        from vlmrl.utils.tui.layout import render_screen as _render_screen
+    return _render_screen(state, view, width, height, now, theme)
 
 
 class LiveTUI:

@@ -26,8 +26,16 @@ def fmt_num(value, digits: int = 3, signed: bool = False) -> str:
         return NA
     if not math.isfinite(v):
         return NA
-    v = round(v, digits) + 0.0  # no "-0.000"
-    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
+    spec = _NUM_SPECS.get((digits, signed))
+    if spec is None:
+        spec = _NUM_SPECS[(digits, signed)] = f"{'+' if signed else ''}.{int(digits)}f"
+    s = format(v, spec)
+    if s[0] == "-" and s[1] == "0" and not s.strip("-0."):  # rounds to zero: no "-0.000"
+        s = ("+" if signed else "") + s[1:]
+    return s
+
+
+_NUM_SPECS: dict = {}  # (digits, signed) -> format spec; called for most figures every frame
 
 
 def fmt_int(value) -> str:
