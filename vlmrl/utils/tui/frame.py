@@ -131,14 +131,23 @@ class FrameEncoder:
     def _emit(self, out: List[str], chars, styles, s: int, e: int, y: int, width: int) -> None:
         out.append(cup(s, y))
         cur = self._cur
+        seg = chars[s:e]
+        text = "".join(seg)
+        # the common run: one safe one-cell char per cell; its pieces are slices of `text`
+        simple = len(text) == e - s and "" not in seg and (
+            (text.isascii() and text.isprintable()) or _ONE_CELL.issuperset(text))
         x = s
         while x < e:
             st = styles[x]
             # extent of this style inside the run
             j = x + 1
-            # never split a wide char from its right half: that half would be drawn alone
-            while j < e and (styles[j] is st or chars[j] == "" or styles[j] == st):
-                j += 1
+            if simple:
+                while j < e and (styles[j] is st or styles[j] == st):
+                    j += 1
+            else:
+                # never split a wide char from its right half: that half would be drawn alone
+                while j < e and (styles[j] is st or chars[j] == "" or styles[j] == st):
+                    j += 1
             if st is not cur:
                 # keyed by identity (cheap to hash); the entry holds both styles, so
                 # their ids cannot be reused while it exists
@@ -147,7 +156,7 @@ class FrameEncoder:
                 if sg:
                     out.append(sg)
                 cur = st
-            out.append(_cells_text(chars, x, j, width))
+            out.append(text[x - s:j - s] if simple else _cells_text(chars, x, j, width))
             x = j
         self._cur = cur
 
