@@ -105,13 +105,51 @@ def title_rule(canvas: Canvas, y: int, title: str, theme, right="", right_style:
     w = canvas.width
     if w <= 0 or y < 0 or y >= canvas.height:
         return
+    paste_row(canvas, y, title_row(w, title, theme, right, right_style))
+
+
+def title_row(width: int, title: str, theme, right="", right_style: Optional[Style] = None,
+              cache: bool = True) -> tuple:
+    """The (chars, styles) row `title_rule` draws, for panels that write nothing else on
+    their title row: they share it (`share_row`) instead of copying it every frame.
+    `cache=False` for a figure that changes with every token: caching those rows would
+    only evict the titles that repeat, so the bare title is cached and the figure laid
+    on a copy of it."""
     alts = (right,) if isinstance(right, str) else tuple(right)
     rstyle = right_style or theme.value
-    key = (title, alts, rstyle, w, id(theme))
-    paste_row(canvas, y, _TITLES.get(key, w, lambda row: _draw_title(row, title, alts, rstyle, theme)))
+    if cache:
+        key = (title, alts, rstyle, width, id(theme))
+        hit = _TITLES.rows.get(key)  # the common case: no closure built
+        if hit is None:
+            hit = _TITLES.get(key, width, lambda row: _draw_title(row, title, alts, rstyle, theme))
+        return hit
+    key = (title, width, id(theme))
+    bare = _BARE_TITLES.get(key)
+    if bare is None:
+        if len(_BARE_TITLES) >= 256:
+            _BARE_TITLES.clear()
+        row = Canvas(width, 1)
+        x = _draw_title(row, title, (), rstyle, theme)
+        bare = _BARE_TITLES[key] = (row.chars[0], row.styles[0], x)
+    chars, styles, x = bare
+    alt = alts[0] if len(alts) == 1 else None
+    if alt is None or not (alt.isascii() and alt.isprintable()):
+        row = Canvas(width, 1)
+        _draw_title(row, title, alts, rstyle, theme)
+        return row.chars[0], row.styles[0]
+    rx = width - len(alt) - 3
+    if not alt or rx <= x:
+        return chars, styles  # no figure shown: the bare row itself
+    # what _draw_title's put of the figure writes (printable ASCII on the rule)
+    n = len(alt) + 2
+    chars, styles = chars[:], styles[:]
+    chars[rx:rx + n] = f" {alt} "
+    styles[rx:rx + n] = [rstyle] * n
+    return chars, styles
 
 
-def _draw_title(row: Canvas, title: str, alts, rstyle: Style, theme) -> None:
+def _draw_title(row: Canvas, title: str, alts, rstyle: Style, theme) -> int:
+    """Draws the title row; returns the column after the title."""
     w = row.width
     row.chars[0][:] = [RULE] * w
     row.styles[0][:] = [theme.rule] * w
@@ -123,6 +161,7 @@ def _draw_title(row: Canvas, title: str, alts, rstyle: Style, theme) -> None:
         if rx > x:  # the right-hand value is shown whole or not at all
             put(row, rx, 0, f" {alt} ", rstyle)
             break
+    return x
 
 
 def put_pairs(canvas: Canvas, x: int, y: int, pairs: Sequence, theme, sep: str = "  ") -> int:
@@ -283,6 +322,7 @@ def message(canvas: Canvas, y: int, text: str, theme) -> None:
 
 
 _TITLES = RowCache(limit=1024)
+_BARE_TITLES: dict = {}  # (title, width, theme id) -> (chars, styles, column after the title)
 
 
 def open_panel(state, view, width: int, height: int):

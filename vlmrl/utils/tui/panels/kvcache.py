@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 
-from vlmrl.utils.tui.canvas import Canvas
+from vlmrl.utils.tui.canvas import PLAIN, Canvas
 from vlmrl.utils.tui.palette import hbar
 from vlmrl.utils.tui.panels import flow
 from vlmrl.utils.tui.panels.attention import page_bounds
-from vlmrl.utils.tui.panels.common import (NA, RowCache, fmt_bytes_pair, open_panel, put, put_pairs,
-                                           share_row, title_rule)
+from vlmrl.utils.tui.panels.common import NA, fmt_bytes_pair, put, share_row, title_row
+from vlmrl.utils.tui.panels.rows import bar_cells, compose_row, pairs_line, sparse_canvas
 
 TITLE = "KV CACHE MEMORY"
 PAGE_TOKENS = 16
@@ -39,10 +39,41 @@ def _bytes_per_token(run):
     RunInfo, or a dtype name numpy does not know, e.g. from a foreign recording)."""
     if run is None:
         return None
+    # numpy's dtype lookup is the slow part and the figures rarely change: by value
+    key = (run.dtype, run.num_layers, run.num_kv_heads, run.head_dim, run.batch)
     try:
-        return int(run.kv_bytes_per_token())
+        return _PER_TOKEN[key]
+    except KeyError:
+        pass
+    except TypeError:  # unhashable fields: not cached
+        key = None
+    try:
+        value = int(run.kv_bytes_per_token())
     except (TypeError, ValueError):
-        return None
+        value = None
+    if key is not None and len(_PER_TOKEN) < 64:
+        _PER_TOKEN[key] = value
+    return value
+
+
+_PER_TOKEN: dict = {}
+
+
+def _device(in_use, limit) -> str:
+    """fmt_bytes_pair of the device memory, which changes only with a new RunInfo."""
+    key = (in_use, limit)
+    try:
+        text = _DEVICE.get(key)
+    except TypeError:  # unhashable figures: not cached
+        return fmt_bytes_pair(in_use, limit)
+    if text is None:
+        if len(_DEVICE) >= 64:
+            _DEVICE.clear()
+        text = _DEVICE[key] = fmt_bytes_pair(in_use, limit)
+    return text
+
+
+_DEVICE: dict = {}
 
 
 def cache_key(state, view, now):
@@ -61,12 +92,16 @@ def _status_style(st, flash, theme):
 
 
 def render(state, view, width, height, now, theme) -> Canvas:
-    c, b, d = open_panel(state, view, width, height)
+    b = view.batch_index % state.batch_size()
+    d = state.decode_for(b)
+    # Rows are shared: the cached title and bar rows, the composed figure lines
+    c = sparse_canvas(width, height)
     if width <= 0 or height <= 0:
         return c
     run = state.run
     st = status(state, b, now)
-    title_rule(c, 0, TITLE, theme, right=st or NA, right_style=_status_style(st, view.flash_on(now), theme))
+    share_row(c, 0, title_row(width, TITLE, theme, right=st or NA,
+                              right_style=_status_style(st, view.flash_on(now), theme)))
     used = None if d is None else int(d.cache_len)
     cap = int(d.cache_max) if d is not None and d.cache_max else (int(run.max_cache) if run else None)
     per_tok = _bytes_per_token(run)
@@ -75,22 +110,22 @@ def render(state, view, width, height, now, theme) -> Canvas:
         alloc_b = per_tok * cap if per_tok is not None and cap else None
         pairs = [("KV", fmt_bytes_pair(used_b, alloc_b))]
         if run is not None and run.device_memory_in_use is not None and run.device_memory_limit:
-            dev = fmt_bytes_pair(run.device_memory_in_use, run.device_memory_limit)
+            dev = _device(run.device_memory_in_use, run.device_memory_limit)
         else:
             dev = NA
         pairs.append(("device", dev))
         if alloc_b is not None and run is not None and run.device_memory_limit:
             pairs.append(("KV/device", f"{100.0 * alloc_b / run.device_memory_limit:.1f}%"))
-        put_pairs(c, 1, 1, pairs, theme)
+        pairs_line(c, 1, pairs, theme)
     if height > 2:
         pages = NA if used is None or not cap else f"{math.ceil(used / PAGE_TOKENS)}/{math.ceil(cap / PAGE_TOKENS)}"
-        dt = SHORT_DTYPE.get(run.dtype, run.dtype) if run is not None else ""
-        shape = "" if run is None else f"2×{run.num_layers}L×{run.num_kv_heads}kv×{run.head_dim}d×{dt}×b{run.batch}"
         slots = NA if used is None or not cap else f"{used}/{cap}"
         pairs = [("slots", slots), ("pages", pages)]
         if run is not None:  # the exact-bytes formula, shown only when it is known
+            dt = SHORT_DTYPE.get(run.dtype, run.dtype)
+            shape = f"2×{run.num_layers}L×{run.num_kv_heads}kv×{run.head_dim}d×{dt}×b{run.batch}"
             pairs += [("", shape), ("", f"({PAGE_TOKENS} tok/page)")]
-        put_pairs(c, 1, 2, pairs, theme)
+        pairs_line(c, 2, pairs, theme)
     rows = height - 1 - INFO_ROWS
     L = state.num_layers()
     if rows <= 0 or L is None or used is None or not cap:
@@ -106,35 +141,50 @@ def _bars(c: Canvas, y0: int, lo: int, hi: int, d, used: int, cap: int, theme) -
     repeat on every row and change on every row each step)."""
     label_w = len(f"L{hi - 1}") + 1
     bar_w = max(4, c.width - label_w - 3)
-    bar = hbar(used / cap, bar_w)
+    bar = bar_cells(used / cap, bar_w)
+    if type(bar) is not str:
+        bar = hbar(used / cap, bar_w)
     span = d.vision_span
     v0 = v1 = 0
     if span is not None:
         # cells covering the image-token slots, coloured as vision
         v0 = int(int(span[0]) / cap * bar_w)
         v1 = min(len(bar.rstrip()), max(v0 + 1, int(math.ceil(int(span[1]) / cap * bar_w))))
-    width, tid = c.width, id(theme)
-    for r, layer in enumerate(range(lo, hi)):
-        y = y0 + r
-        if y >= c.height:
-            break
-        # rows repeat while the bar does not move (a cell holds 8 fill steps), so each
-        # (bar, layer) row is drawn once
-        key = (bar, v0, v1, label_w, layer, width, tid)
-        row = _ROWS.rows.get(key)
-        if row is None:
-            row = _ROWS.get(key, width, lambda t, layer=layer: _bar_row(t, layer, label_w, bar, v0, v1, theme))
-        share_row(c, y, row)
+    # the rows repeat while the bar does not move (a cell holds 8 fill steps): the
+    # whole block of shown layers is built once per bar
+    n = max(0, min(hi - lo, c.height - y0))
+    key = (bar, v0, v1, label_w, lo, lo + n, c.width, id(theme))
+    block = _BLOCKS.get(key)
+    if block is None:
+        if len(_BLOCKS) >= 256:
+            _BLOCKS.clear()
+        rows = [_bar_row(layer, c.width, label_w, bar, v0, v1, theme) for layer in range(lo, lo + n)]
+        block = _BLOCKS[key] = ([r[0] for r in rows], [r[1] for r in rows])
+    # the cached row lists themselves: canvases are read-only once returned
+    c.chars[y0:y0 + n] = block[0]
+    c.styles[y0:y0 + n] = block[1]
 
 
-def _bar_row(row: Canvas, layer: int, label_w: int, bar: str, v0: int, v1: int, theme) -> None:
-    put(row, 0, 0, f"L{layer}".rjust(label_w - 1), theme.label)
-    x = put(row, label_w, 0, "▕", theme.rule)
+def _bar_row(layer: int, width: int, label_w: int, bar: str, v0: int, v1: int, theme) -> tuple:
+    """`  L5 ▕█████▍   ▏`, the image-token cells in the vision colour."""
+    label = f"L{layer}".rjust(label_w - 1)
+    if len(label) < label_w and 0 <= v0:
+        if v1 <= v0:
+            v0 = v1 = 0
+        row = compose_row(width, 0, [(label, theme.label), (" " * (label_w - len(label)), PLAIN),
+                                     ("▕", theme.rule), (bar[:v0], theme.good), (bar[v0:v1], theme.vision),
+                                     (bar[v1:], theme.good), ("▏", theme.rule)])
+        if row is not None:
+            return row
+    r = Canvas(width, 1)
+    x = put(r, 0, 0, label, theme.label)
+    x = put(r, label_w, 0, "▕", theme.rule)
     start = x
-    x = put(row, x, 0, bar, theme.good)
+    x = put(r, x, 0, bar, theme.good)
     if v1 > v0:
-        put(row, start + v0, 0, bar[v0:v1], theme.vision)
-    put(row, x, 0, "▏", theme.rule)
+        put(r, start + v0, 0, bar[v0:v1], theme.vision)
+    put(r, x, 0, "▏", theme.rule)
+    return r.chars[0], r.styles[0]
 
 
-_ROWS = RowCache(limit=2048)
+_BLOCKS: dict = {}

@@ -7,7 +7,8 @@ text positions run behind the slots (Qwen3-VL's rope_deltas).
 from __future__ import annotations
 
 from vlmrl.utils.tui.canvas import Canvas
-from vlmrl.utils.tui.panels.common import NA, message, put_pairs, open_panel, title_rule
+from vlmrl.utils.tui.panels.common import NA, message, share_row, title_row
+from vlmrl.utils.tui.panels.rows import fresh_row, pairs_line, sparse_canvas
 
 TITLE = "mRoPE"
 
@@ -18,19 +19,24 @@ def cache_key(state, view, now):
 
 
 def render(state, view, width, height, now, theme) -> Canvas:
-    c, b, d = open_panel(state, view, width, height)
+    b = view.batch_index % state.batch_size()
+    d = state.decode_for(b)
+    c = sparse_canvas(width, height)  # both rows are shared: composed, never written into
     if width <= 0 or height <= 0:
         return c
     if d is None:
-        title_rule(c, 0, TITLE, theme, right=f"T {NA} H {NA} W {NA}", right_style=theme.na)
+        share_row(c, 0, title_row(width, TITLE, theme, right=f"T {NA} H {NA} W {NA}", right_style=theme.na))
         if height > 1:
+            fresh_row(c, 1)
             message(c, 1, "no token yet", theme)
         return c
     t, h, w = int(d.mrope_t), int(d.mrope_h), int(d.mrope_w)
     kind = "text token (T=H=W)" if t == h == w else "image token (grid)"
-    title_rule(c, 0, TITLE, theme, right=f"T {t} H {h} W {w}")
+    # the position changes with every token: composed, not cached
+    share_row(c, 0, title_row(width, TITLE, theme, right=f"T {t} H {h} W {w}", cache=False))
     if height > 1:
         slot = int(d.cache_len) - 1
         offset = f"{t - slot:+d}" if slot >= 0 else NA
-        put_pairs(c, 1, 1, [("", kind), ("T-slot", offset)], theme, sep=" · ")
+        # the offset only moves after an image: the line is cached
+        pairs_line(c, 1, [("", kind), ("T-slot", offset)], theme, sep=" · ", cache=True)
     return c
