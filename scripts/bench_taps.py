@@ -116,6 +116,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--emit-rate", type=float, default=30.0)
     ap.add_argument("--contexts", default="256,8192", help="cache sizes for the bytes-per-emit column")
     args = ap.parse_args(argv)
+    try:
+        contexts = [int(c) for c in args.contexts.split(",") if c]
+    except ValueError:
+        ap.error(f"--contexts: expected comma-separated integers, got {args.contexts!r}")
+    if not contexts or min(contexts) <= 64:
+        ap.error(f"--contexts: each cache size must exceed the 64-token prompt bucket, got {args.contexts!r}")
 
     t_start = time.perf_counter()
     model = build_model(args.preset, args.dtype)
@@ -146,7 +152,6 @@ def main(argv=None) -> dict:
     emits = on.host.decode_callbacks - cb0
     dash.stop()
     dropped = dash.sub.total_dropped
-    contexts = [int(c) for c in args.contexts.split(",") if c]
     bpe = {str(c): bytes_per_emit(model, c, args.batch) for c in contexts}
 
     ratio = statistics.median(ratios)
