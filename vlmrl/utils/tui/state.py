@@ -5,8 +5,10 @@ panels' inputs can be read in one place.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
+from collections.abc import Mapping as _MappingABC
 from types import MappingProxyType
 from typing import Any, List, Mapping, NamedTuple, Optional, Tuple
 
@@ -57,6 +59,94 @@ class HistoryPoint(NamedTuple):
 _EMPTY: Mapping = MappingProxyType({})
 
 
+def _step_of(item) -> int:
+    return item.step
+
+
+class StepLog:
+    """Items sorted by .step, one per step, the newest `limit` kept (the Store's per-row
+    recent tokens and explorer steps), with O(1) read-only views for snapshots.
+
+    A snapshot is taken every frame while items arrive at 30+/s. Copying the log into a
+    tuple per frame (up to EXPLORER_STEPS items, each copy touching every item's refcount,
+    cold between frames) cost more than the rest of the snapshot. So the backing list is
+    only ever appended to: a view (list, start, stop) stays valid for good, and a late or
+    duplicate item (rare) or a compaction of the trimmed prefix moves to a new list.
+    """
+
+    __slots__ = ("items", "start", "limit")
+
+    def __init__(self, limit: int, items=()):
+        self.items = list(items)
+        self.start = 0  # items[:start] were trimmed (kept only until the next compaction)
+        self.limit = limit
+
+    def __len__(self) -> int:
+        return len(self.items) - self.start
+
+    def add(self, item) -> None:
+        """Insert by step (a duplicate step replaces: last write wins); keep the newest `limit`."""
+        items = self.items
+        if len(items) == self.start or items[-1].step < item.step:
+            items.append(item)  # the common, in-order case
+            if len(items) - self.start > self.limit:
+                self.start = len(items) - self.limit
+                # Bounded dead prefix (a few % of a copy per append): trimmed items, and
+                # the attention rows they hold, do not outlive the snapshots that show them.
+                if self.start >= max(16, self.limit // 8):
+                    self.items, self.start = items[self.start:], 0
+            return
+        live = items[self.start:]  # a new list: views handed out keep the old one as it was
+        i = bisect.bisect_left(live, item.step, key=_step_of)
+        if i < len(live) and live[i].step == item.step:
+            live[i] = item
+        else:
+            live.insert(i, item)
+        if len(live) > self.limit:
+            del live[: len(live) - self.limit]
+        self.items, self.start = live, 0
+
+    def view(self) -> tuple:
+        """(list, start, stop): the current items, unchanged by later `add`s."""
+        return (self.items, self.start, len(self.items))
+
+    def copy(self) -> "StepLog":
+        return StepLog(self.limit, self.items[self.start:])
+
+
+class FrozenLogs(_MappingABC):
+    """Read-only {batch row: tuple of items} over `StepLog.view()`s; a row's tuple is made
+    on first read (most frames read one row's recent tokens and no explorer steps)."""
+
+    __slots__ = ("_views", "_made")
+
+    def __init__(self, views: dict):
+        self._views = views
+        self._made: dict = {}
+
+    def __getitem__(self, key) -> tuple:
+        made = self._made.get(key)
+        if made is None:
+            items, start, stop = self._views[key]
+            made = self._made[key] = tuple(items[start:stop])  # memo: the view never changes
+        return made
+
+    def get(self, key, default=None):
+        return self[key] if key in self._views else default
+
+    def __contains__(self, key) -> bool:
+        return key in self._views
+
+    def __iter__(self):
+        return iter(self._views)
+
+    def __len__(self) -> int:
+        return len(self._views)
+
+    def __repr__(self) -> str:
+        return f"FrozenLogs({dict(self)!r})"
+
+
 def _empty():
     return dataclasses.field(default_factory=lambda: _EMPTY)
 
@@ -104,6 +194,14 @@ class DashboardState:
     # Set by the live loop through `with_meta`: "dropped" (int or {kind: n}), "fps",
     # "frame_ms", "error" (str), "source" (str: live / replay / attach).
     meta: Mapping[str, Any] = _empty()
+
+    @classmethod
+    def _make(cls, fields: Mapping[str, Any]) -> "DashboardState":
+        """A state from a full {field: value} dict (`Store.snapshot`, once per frame): the
+        frozen dataclass __init__ sets ~30 fields one object.__setattr__ at a time."""
+        out = object.__new__(cls)
+        out.__dict__.update(fields)
+        return out
 
     def with_meta(self, meta: Optional[Mapping[str, Any]]) -> "DashboardState":
         if not meta:
@@ -180,3 +278,10 @@ class DashboardState:
 
     def uptime(self, now: float) -> float:
         return max(0.0, now - self.started_at)
+
+
+# Every field at its default: `Store.snapshot` starts from a copy and sets what it knows.
+DEFAULT_FIELDS = {
+    f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    for f in dataclasses.fields(DashboardState)
+}

@@ -9,11 +9,13 @@ by step (a duplicate replaces, a late arrival is inserted in order). A prefill e
 a step far below the newest one, starts a new generation for that row when its wall time
 is newer (a late duplicate is not a new generation). Malformed events are rejected whole
 and listed in `problems`. `snapshot()` returns an immutable view, rebuilt only when
-something changed.
+something changed, and then only the sections that did (it runs every frame on a thread
+that sleeps in between, so each object it touches is a cache miss).
 """
 from __future__ import annotations
 
 import bisect
+import operator
 import time
 from types import MappingProxyType
 from typing import Any, Callable, Dict, List, Optional
@@ -32,9 +34,14 @@ from vlmrl.instrument.events import (
 )
 
 from vlmrl.utils.tui.state import (  # noqa: F401  (re-exported: panels import them from here)
-    EXPLORER_STEPS, HEAT_HZ, HISTORY, MAX_PROBLEMS, RECENT_TOKENS, REORDER_WINDOW,
-    DashboardState, ExplorerStep, HistoryPoint, TokenRecord, _STORE_IDS,
+    DEFAULT_FIELDS, EXPLORER_STEPS, HEAT_HZ, HISTORY, MAX_PROBLEMS, RECENT_TOKENS, REORDER_WINDOW,
+    DashboardState, ExplorerStep, FrozenLogs, HistoryPoint, StepLog, TokenRecord, _STORE_IDS, _step_of,
 )
+
+_F32 = np.dtype(np.float32)
+# For the C-level check of a decode event's usual stats (see Store._record_stats).
+_STAT_NAMES, _NDARRAY, _F32_SET, _TWO = frozenset(ATTN_STATS), {np.ndarray}, {_F32}, {2}
+_DTYPE, _NDIM = operator.attrgetter("dtype"), operator.attrgetter("ndim")
 
 
 class _Row:
@@ -47,12 +54,12 @@ class _Row:
         self.latest: Optional[DecodeState] = None
         self.arrived: Optional[float] = None
         self.gap: Optional[float] = None
-        self.recent: List[TokenRecord] = []
-        self.explorer: List[ExplorerStep] = []
+        self.recent = StepLog(RECENT_TOKENS)  # TokenRecords
+        self.explorer = StepLog(EXPLORER_STEPS)  # ExplorerSteps
         self.stats: Dict[str, np.ndarray] = {}
         self.stat_step: Dict[str, int] = {}
         self.v = 0
-        self.frozen = None  # (v, recent, explorer, stats) as last handed to a snapshot
+        self.frozen = None  # (stats_v, read-only view of `stats`) as last handed out
         self.stats_v = 0  # bumped when `stats` changes
         self.stats_tick: Optional[int] = None  # HEAT_HZ tick in which `stats` last changed
         # (stats, stats_v, step) as they stood before that tick; None: no older stats
@@ -65,28 +72,34 @@ class _Row:
             return (frozen_stats, self.stats_v, max(self.stat_step.values(), default=-1)), False
         return self.prev, True
 
-    def freeze(self):
-        """Immutable views of this row, rebuilt only when the row changed since last time."""
-        if self.frozen is None or self.frozen[0] != self.v:
-            self.frozen = (self.v, tuple(self.recent), tuple(self.explorer), MappingProxyType(dict(self.stats)))
-        return self.frozen
+    def frozen_stats(self):
+        """A read-only copy of `stats`, made once per change of them."""
+        if self.frozen is None or self.frozen[0] != self.stats_v:
+            self.frozen = (self.stats_v, MappingProxyType(dict(self.stats)))
+        return self.frozen[1]
 
 
 _RUN_INTS = ("num_layers", "num_heads", "num_kv_heads", "head_dim", "max_cache", "batch")
 _DECODE_INTS = ("step", "token_id", "cache_len", "cache_max", "active_layer", "active_head", "mrope_t",
                 "mrope_h", "mrope_w", "seq_index", "batch_size")
+_GET_DECODE_INTS = operator.attrgetter(*_DECODE_INTS)
 
 
-def _ints(ev, names) -> None:
-    """Raise ValueError/TypeError naming the first field that is not a non-negative integer."""
+_INT_TYPE = {int}
+
+
+def _ints(ev, names, get=None) -> None:
+    """Raise ValueError/TypeError naming the first field that is not a non-negative integer.
+
+    `get` (an operator.attrgetter of `names`) checks the usual all-int case in C first."""
+    if get is not None:
+        values = get(ev)
+        if set(map(type, values)) == _INT_TYPE and min(values) >= 0:
+            return
     for name in names:
         value = getattr(ev, name)
         if isinstance(value, bool) or int(value) != value or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-
-
-def _step_of(item) -> int:
-    return item.step
 
 
 def _insert_by_step(items: list, item, limit: int) -> None:
@@ -122,6 +135,12 @@ class Store:
         self._v = {"all": 0, "run": 0, "decode": 0, "train": 0, "credit": 0, "matrix": 0}
         self._snap: Optional[DashboardState] = None
         self._heat_held: Optional[int] = None  # tick in which some row's newer stats are held back
+        # Bumped before anything touches a row (even by an event later rejected): the
+        # snapshot rebuilds its per-row sections only when it moved.
+        self._rows_v = 0
+        # The next snapshot's fields; `snapshot` refreshes the sections that changed.
+        self._fields = dict(DEFAULT_FIELDS, store_id=self._id, started_at=self._started)
+        self._built = {"rows": None, "train": None}  # versions the sections in _fields are of
         self._handlers = {
             DecodeState: self._on_decode,
             TrainingState: self._on_training,
@@ -133,16 +152,20 @@ class Store:
     # -- intake -----------------------------------------------------------------------
     def apply(self, event: Any) -> None:
         """Fold one event in. Dicts (recorded form) are decoded; unknown types are counted."""
-        if isinstance(event, dict):
+        handler = self._handlers.get(type(event))
+        if handler is None and isinstance(event, dict):
             try:
                 event = event_from_dict(event)
             except (ValueError, TypeError) as exc:
                 self._problem(f"bad event dict: {exc}")
                 return
-        handler = self._handlers.get(type(event))
-        kind = getattr(event, "kind", type(event).__name__) if isinstance(event, Event) else "unknown"
+            handler = self._handlers.get(type(event))
+        if handler is not None:
+            kind = event.kind
+        else:
+            kind = getattr(event, "kind", type(event).__name__) if isinstance(event, Event) else "unknown"
         self._counts[kind] = self._counts.get(kind, 0) + 1
-        self._last_event_at = self._clock()
+        self._last_event_at = self._clock()  # handlers read it as the arrival time
         self._v["all"] += 1
         if handler is None:
             self._problem(f"ignored event of type {type(event).__name__}")
@@ -197,14 +220,21 @@ class Store:
 
     def _on_decode(self, ev: DecodeState) -> None:
         # Panels trust these types; a malformed event is rejected whole (reported by apply).
-        _ints(ev, _DECODE_INTS)
-        for name, n in (("vision_span", 2), ("vision_grid", 3)):
-            value = getattr(ev, name)
-            if value is not None and len([int(v) for v in value]) != n:
-                raise ValueError(f"{name} must have {n} integers, got {value!r}")
-        now = self._clock()
+        _ints(ev, _DECODE_INTS, _GET_DECODE_INTS)
         b = int(ev.seq_index)
         row = self._rows.get(b)
+        last = None if row is None else row.latest
+        for name, n in (("vision_span", 2), ("vision_grid", 3)):
+            value = getattr(ev, name)
+            if value is None:
+                continue
+            seen = None if last is None else getattr(last, name)
+            if type(value) is tuple and type(seen) is tuple and value == seen:
+                continue  # the image placement of the row's latest event: checked then
+            if len([int(v) for v in value]) != n:
+                raise ValueError(f"{name} must have {n} integers, got {value!r}")
+        now = self._last_event_at
+        self._rows_v += 1
         if row is None:
             row = self._rows[b] = _Row()
         latest = row.latest
@@ -216,7 +246,8 @@ class Store:
             and ((ev.phase == "prefill" and latest.phase != "prefill") or ev.step < latest.step - REORDER_WINDOW)
         )
         if new_gen:
-            row.recent, row.explorer, row.stats, row.stat_step = [], [], {}, {}
+            row.recent, row.explorer = StepLog(RECENT_TOKENS), StepLog(EXPLORER_STEPS)
+            row.stats, row.stat_step = {}, {}
             row.stats_v += 1
             row.stats_tick, row.prev = None, None  # a new generation's stats show at once
             latest = None
@@ -228,21 +259,22 @@ class Store:
         if latest is None or ev.step >= latest.step:
             row.latest = ev
         row.arrived = now
-        row.v += 1  # first: even a half-applied bad event invalidates the row's frozen views
-        self._bump("decode")
-        self._record_tokens(row, ev)
-        self._record_stats(row, ev, now)
-
-    def _record_tokens(self, row: _Row, ev: DecodeState) -> None:
+        row.v += 1  # before recording: even a half-applied bad event changes row_version
+        self._v["decode"] += 1
         step = int(ev.step)
-        record = TokenRecord(step, int(ev.token_id), str(ev.token_text), float(ev.token_prob))
-        _insert_by_step(row.recent, record, RECENT_TOKENS)
-        if ev.attention_row is not None:
-            arr = np.asarray(ev.attention_row, dtype=np.float32).reshape(-1)
-            item = ExplorerStep(step, int(ev.token_id), str(ev.token_text), int(ev.cache_len), arr)
-            _insert_by_step(row.explorer, item, EXPLORER_STEPS)
+        self._record_tokens(row, ev, step)
+        self._record_stats(row, ev, now, step)
 
-    def _record_stats(self, row: _Row, ev: DecodeState, now: float) -> None:
+    def _record_tokens(self, row: _Row, ev: DecodeState, step: int) -> None:
+        token_id, text = int(ev.token_id), str(ev.token_text)
+        row.recent.add(TokenRecord(step, token_id, text, float(ev.token_prob)))
+        arr = ev.attention_row
+        if arr is not None:
+            if type(arr) is not np.ndarray or arr.dtype is not _F32 or arr.ndim != 1:
+                arr = np.asarray(arr, dtype=np.float32).reshape(-1)
+            row.explorer.add(ExplorerStep(step, token_id, text, int(ev.cache_len), arr))
+
+    def _record_stats(self, row: _Row, ev: DecodeState, now: float, step: int) -> None:
         given = ev.attn_stats or {}
         if "focus" not in given and ev.attention_pattern is not None:
             given = dict(given, focus=ev.attention_pattern)
@@ -253,14 +285,24 @@ class Store:
             # the first update of a new tick: what stood before it is what the heatmap
             # shows until the next tick begins
             if row.stats:
-                row.prev = (MappingProxyType(dict(row.stats)), row.stats_v, max(row.stat_step.values(), default=-1))
+                row.prev = (row.frozen_stats(), row.stats_v, max(row.stat_step.values(), default=-1))
             row.stats_tick = tick
-        step = int(ev.step)
+        vals = given.values()
+        if (given.keys() <= _STAT_NAMES and set(map(type, vals)) == _NDARRAY and set(map(_DTYPE, vals)) == _F32_SET
+                and set(map(_NDIM, vals)) == _TWO and step >= max(row.stat_step.values(), default=step)):
+            # The usual event, checked in C: known float32 [layers, heads] stats of a step
+            # no older than any held, so every one is taken (as the loop below would).
+            row.stats.update(given)
+            row.stat_step.update(dict.fromkeys(given, step))
+            row.stats_v += len(given)
+            return
         for name, value in given.items():
             if name not in ATTN_STATS:
                 self._problem(f"unknown attention stat {name!r}")
                 continue
-            arr = np.asarray(value, dtype=np.float32)  # no copy when already float32
+            arr = value
+            if type(arr) is not np.ndarray or arr.dtype is not _F32:
+                arr = np.asarray(value, dtype=np.float32)  # no copy when already float32
             if arr.ndim != 2:
                 self._problem(f"attn stat {name!r} step {ev.step}: expected [layers, heads], got {arr.shape}")
                 continue
@@ -285,7 +327,7 @@ class Store:
         for b, row in self._rows.items():
             r = out._rows[b] = _Row()
             r.latest, r.arrived, r.gap, r.v = row.latest, row.arrived, row.gap, row.v
-            r.recent, r.explorer = list(row.recent), list(row.explorer)
+            r.recent, r.explorer = row.recent.copy(), row.explorer.copy()  # never share a StepLog
             r.stats, r.stat_step = dict(row.stats), dict(row.stat_step)  # arrays are never mutated
             r.stats_v, r.stats_tick, r.prev = row.stats_v, row.stats_tick, row.prev
         return out
@@ -295,42 +337,53 @@ class Store:
         """The current state; the same object until the next event changes something (or,
         while newer heatmap stats are held back, until the next HEAT_HZ tick)."""
         tick = int(self._clock() * HEAT_HZ)
-        if self._snap is not None and self._snap.version == self._v["all"] and (
+        v = self._v
+        if self._snap is not None and self._snap.version == v["all"] and (
                 self._heat_held is None or self._heat_held == tick):
             return self._snap
-        rows = sorted(self._rows.items())
-        v = self._v
-        decodes = {b: r.latest for b, r in rows if r.latest is not None}
-        frozen = {b: r.freeze() for b, r in rows}
-        heat = {b: r.heat(tick, frozen[b][3]) for b, r in rows}
-        self._heat_held = tick if any(h[1] for h in heat.values()) else None
-        self._snap = DashboardState(
-            store_id=self._id,
-            row_v=MappingProxyType({b: r.v for b, r in rows}),
-            batch=DashboardState._batch_of(decodes, self._run),
-            version=v["all"],
-            run_v=v["run"],
-            decode_v=v["decode"],
-            train_v=v["train"],
-            credit_v=v["credit"],
-            matrix_v=v["matrix"],
-            started_at=self._started,
-            last_event_at=self._last_event_at,
-            run=self._run,
-            decodes=MappingProxyType(decodes),
-            decode_at=MappingProxyType({b: r.arrived for b, r in rows if r.latest is not None}),
-            decode_gap=MappingProxyType({b: r.gap for b, r in rows if r.gap is not None}),
-            recent=MappingProxyType({b: f[1] for b, f in frozen.items()}),
-            stats=MappingProxyType({b: f[3] for b, f in frozen.items()}),
-            heat=MappingProxyType({b: h[0][0] for b, h in heat.items()}),
-            heat_step=MappingProxyType({b: h[0][2] for b, h in heat.items() if h[0][2] >= 0}),
-            heat_v=MappingProxyType({b: h[0][1] for b, h in heat.items()}),
-            training=self._training,
-            history=tuple(self._history),
-            credit=self._credit,
-            matrix=self._matrix,
-            explorer=MappingProxyType({b: f[2] for b, f in frozen.items()}),
-            counts=MappingProxyType(dict(self._counts)),
-            problems=tuple(self._problems),
-        )
+        f, built = self._fields, self._built
+        # Held-back heat changes with the tick alone; otherwise rows change only by events.
+        if built["rows"] != self._rows_v or self._heat_held is not None:
+            self._heat_held = self._row_fields(f, tick)
+            built["rows"] = self._rows_v
+        if built["train"] != v["train"]:
+            f["history"] = tuple(self._history)
+            built["train"] = v["train"]
+        f["batch"] = DashboardState._batch_of(f["decodes"], self._run)
+        f["version"], f["run_v"], f["decode_v"] = v["all"], v["run"], v["decode"]
+        f["train_v"], f["credit_v"], f["matrix_v"] = v["train"], v["credit"], v["matrix"]
+        f["last_event_at"], f["run"], f["training"] = self._last_event_at, self._run, self._training
+        f["credit"], f["matrix"] = self._credit, self._matrix
+        f["counts"] = MappingProxyType(dict(self._counts))
+        f["problems"] = tuple(self._problems)
+        self._snap = DashboardState._make(f)
         return self._snap
+
+    def _row_fields(self, f: dict, tick: int) -> Optional[int]:
+        """Set the per batch-row fields in `f` (one pass over the rows); return `tick`
+        when some row's newer heatmap stats are held back until the next tick, else None."""
+        row_v, decodes, decode_at, gap, recent, explorer = {}, {}, {}, {}, {}, {}
+        stats, heat, heat_step, heat_v = {}, {}, {}, {}
+        held = None
+        for b in sorted(self._rows):
+            r = self._rows[b]
+            row_v[b] = r.v
+            if r.latest is not None:
+                decodes[b] = r.latest
+                decode_at[b] = r.arrived
+            if r.gap is not None:
+                gap[b] = r.gap
+            recent[b] = r.recent.view()
+            explorer[b] = r.explorer.view()
+            stats[b] = s = r.frozen_stats()
+            (heat[b], heat_v[b], step), held_back = r.heat(tick, s)
+            if step >= 0:
+                heat_step[b] = step
+            if held_back:
+                held = tick
+        f["row_v"], f["decodes"] = MappingProxyType(row_v), MappingProxyType(decodes)
+        f["decode_at"], f["decode_gap"] = MappingProxyType(decode_at), MappingProxyType(gap)
+        f["recent"], f["explorer"] = FrozenLogs(recent), FrozenLogs(explorer)
+        f["stats"], f["heat"] = MappingProxyType(stats), MappingProxyType(heat)
+        f["heat_step"], f["heat_v"] = MappingProxyType(heat_step), MappingProxyType(heat_v)
+        return held

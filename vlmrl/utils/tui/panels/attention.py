@@ -9,13 +9,14 @@ least `display_layers` rows when it can), and `[` / `]` page through the rest (w
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
-from vlmrl.utils.tui.canvas import Canvas
+from vlmrl.utils.tui.canvas import PLAIN, Canvas
 from vlmrl.utils.tui.palette import NOT_MEASURED, RAMP
-from vlmrl.utils.tui.panels.common import message, put, title_rule
+from vlmrl.utils.tui.panels.common import RowCache, message, put, share_row, title_rule
 
 TITLE = "ATTENTION FLOW"
 GLYPHS = tuple(RAMP) + (NOT_MEASURED,)  # index -1 (NaN) picks the last entry
@@ -33,6 +34,16 @@ def ramp_indices(values: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         idx = np.clip(np.floor(v * 4.0), 0, 3)  # NaN stays NaN through floor and clip
     return np.where(np.isnan(v), -1, idx).astype(np.int8)
+
+
+# Right-closed ramp edges; NaN sorts after every number, so `levels` is one C call.
+_EDGES = np.array([0.25, 0.5, 0.75, np.nan], dtype=np.float32)
+
+
+def levels(values: np.ndarray) -> np.ndarray:
+    """`ramp_indices` with 4 (not -1) for NaN: one searchsorted instead of ~6 array ops.
+    Both index GLYPHS-shaped tables the same way (entry 4 is the last)."""
+    return np.searchsorted(_EDGES, np.asarray(values, dtype=np.float32), side="right")
 
 
 def glyph_rows(idx: np.ndarray):
@@ -95,27 +106,53 @@ def render(state, view, width, height, now, theme) -> Canvas:
     if rows <= 0:
         return c
     flash = view.heat_flash_on(now)
-    idx = ramp_indices(arr[lo:hi])
     label_w = len(f"L{L - 1}") + 1
     heads_fit = max(0, min(H, width - label_w - 2))
-    hot = theme.heat_flash if flash else theme.heat[3]
-    by_level = (theme.heat[0], theme.heat[1], theme.heat[2], hot, theme.na)  # [-1] = NaN
-    glyph_strs = glyph_rows(idx[:, :heads_fit])
-    style_table = np.empty(len(by_level), dtype=object)
-    for i, st in enumerate(by_level):  # element-wise: Styles are tuples numpy would unpack
-        style_table[i] = st
-    style_rows = style_table[idx[:, :heads_fit]].tolist()  # one C call for all cells
-    label_styles = [theme.label] * label_w
+    tail = f"+{H - heads_fit}" if heads_fit < H else ""
+    # Rows are "  L7 " + one glyph per head (+ "+n" heads that did not fit), then blanks.
     # No per-row numbers: they would change every step on every row and swell the diffs;
-    # the glyphs carry the values.
-    for r in range(hi - lo):
-        # One slice assignment per row: "  L7 " + glyphs (+ "+n" heads that did not fit).
-        tail = f"+{H - heads_fit}" if heads_fit < H else ""
-        text = f"L{lo + r}".rjust(label_w - 1) + " " + glyph_strs[r] + tail
-        n = min(len(text), width)
-        c.chars[1 + r][:n] = text[:n]
-        c.styles[1 + r][:n] = (label_styles + style_rows[r] + [theme.dim] * len(tail))[:n]
-    if legend:
-        full = LEGEND + " · s stat · [ ] page"
-        put(c, 1, 1 + rows, full if len(full) <= width - 2 else LEGEND, theme.dim, max_width=width - 2)
+    # the glyphs carry the values. Each row is built as three list pieces (cells and styles
+    # of the glyphs gathered in C from the ramp levels), not cell by cell.
+    lv = levels(arr[lo:hi, :heads_fit])
+    glyph_table, style_table = _tables(theme, flash)
+    n = label_w + heads_fit + len(tail)
+    pad = max(0, width - n)
+    tail_c, tail_s = list(tail) + [" "] * pad, [theme.dim] * len(tail) + [PLAIN] * pad
+    label_s = [theme.label] * label_w
+    rows_c = [lab + g + tail_c for lab, g in zip(_labels(lo, hi, label_w), glyph_table[lv].tolist())]
+    rows_s = [label_s + st + tail_s for st in style_table[lv].tolist()]
+    if n > width:  # a panel narrower than its labels
+        rows_c, rows_s = [r[:width] for r in rows_c], [r[:width] for r in rows_s]
+    c.chars[1:1 + hi - lo] = rows_c  # hi - lo < rows on a short last page
+    c.styles[1:1 + hi - lo] = rows_s
+    if legend:  # the same row every time: drawn once (a non-ASCII put walks it char by char)
+        share_row(c, 1 + rows, _LEGENDS.get((width, id(theme)), width, lambda row: _legend(row, theme)))
     return c
+
+
+_LEGENDS = RowCache(limit=64)
+@functools.lru_cache(maxsize=64)
+def _labels(lo: int, hi: int, label_w: int):
+    """The label cells ("  L7 ") of layers lo..hi-1; read-only (rows copy them)."""
+    return tuple(list(f"L{layer}".rjust(label_w - 1) + " ") for layer in range(lo, hi))
+
+
+_TABLES: dict = {}
+
+
+def _tables(theme, flash: bool):
+    """(glyph, style) per ramp level (4: not measured) as object arrays, to gather in C."""
+    key = (id(theme), flash)
+    hit = _TABLES.get(key)
+    if hit is None or hit[0] is not theme:
+        hot = theme.heat_flash if flash else theme.heat[3]
+        glyphs, styles = np.empty(len(GLYPHS), dtype=object), np.empty(len(GLYPHS), dtype=object)
+        for i, st in enumerate((theme.heat[0], theme.heat[1], theme.heat[2], hot, theme.na)):
+            glyphs[i], styles[i] = GLYPHS[i], st  # one by one: Styles are tuples numpy would unpack
+        hit = _TABLES[key] = (theme, glyphs, styles)  # holding theme: its id is not reused
+    return hit[1], hit[2]
+
+
+def _legend(row: Canvas, theme) -> None:
+    full = LEGEND + " · s stat · [ ] page"
+    put(row, 1, 0, full if len(full) <= row.width - 2 else LEGEND, theme.dim, max_width=row.width - 2)

@@ -47,15 +47,12 @@ def render(state, view, width, height, now, theme) -> Canvas:
         if height > 1:
             message(c, 1, "no credit assigned yet", theme)
         return c
-    items = ranked(cr)
+    items, scale, pos_w = _ranked_once(cr)
     title_rule(c, 0, TITLE, theme, right=f"step {fmt_int(cr.step)} · {len(items)} tokens")
     if not items:
         if height > 1:
             message(c, 1, "empty credit list", theme)
         return c
-    finite = [abs(v) for _, _, v in items if math.isfinite(v)]
-    scale = max(finite) if finite else 0.0
-    pos_w = len(f"#{len(items) - 1}") + 1
     value_w = 10
     half = max(1, (width - 2 - pos_w - (TOKEN_CELLS + 2) - value_w - 3) // 2)
     flash = view.heat_flash_on(now)  # with the hot heads: a toggle per 1/flash_hz
@@ -68,6 +65,17 @@ def render(state, view, width, height, now, theme) -> Canvas:
 
 
 _ROWS = RowCache()
+_LAST: list = [None, None]  # [credit event, (items, scale, pos_w)] of the last render
+
+
+def _ranked_once(cr):
+    """(ranked items, bar scale, position column width) of a credit event. The panel redraws
+    for the top row's flash with the same (never mutated) event, so the last is kept."""
+    if _LAST[0] is not cr:
+        items = ranked(cr)
+        finite = [abs(v) for _, _, v in items if math.isfinite(v)]
+        _LAST[:] = [cr, (items, max(finite) if finite else 0.0, len(f"#{len(items) - 1}") + 1)]
+    return _LAST[1]
 
 
 def _draw_row(row: Canvas, i, tok, v, top, flash, scale, half, pos_w, theme) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vlmrl.utils.tui.canvas import Canvas, text_width, truncate
 from vlmrl.utils.tui.palette import sparkline
-from vlmrl.utils.tui.panels.common import NA, fmt_duration, fmt_int, fmt_num, fmt_rate, put
+from vlmrl.utils.tui.panels.common import NA, fmt_duration, fmt_int, fmt_num, fmt_rate, put, put_glyphs
 
 SEP = " │ "
 MIN_SPARK = 8  # sparkline cells worth drawing
@@ -37,10 +37,11 @@ def _frame_ms(state):
 
 
 def cache_key(state, view, now):
-    fps = state.meta.get("fps")
-    # fps as shown (one decimal), so a jittering float does not force a redraw
+    meta = state.meta
+    fps, ms = meta.get("fps"), meta.get("frame_ms")
+    # fps and frame ms as shown, so a jittering float does not force a redraw
     return (state.train_v, state.run_v, state.dropped, None if fps is None else fmt_num(fps, 1),
-            int(state.uptime(now)), tuple(_frame_ms(state)))
+            int(state.uptime(now)), None if ms is None else fmt_num(ms, 2))
 
 
 def render(state, view, width, height, now, theme) -> Canvas:
@@ -92,11 +93,28 @@ def _sparklines(c: Canvas, state, rows, theme) -> None:
     x = x0
     if x0:
         x = put(c, x0 - len(SEP), y, SEP, theme.rule)
+    reward, kl = _sparks(hist, each)
+    # The spark glyphs are one cell each and land on blank cells (a free row, or past the
+    # row's end), so they are slice-assigned rather than put char by char.
     x = put(c, x, y, "reward ", theme.label)
-    x = put(c, x, y, sparkline([h.reward_mean for h in hist], each), theme.good)
+    x = put_glyphs(c, x, y, reward, [theme.good] * len(reward))
     x = put(c, x, y, SEP, theme.rule)
     x = put(c, x, y, "KL ", theme.label)
-    put(c, x, y, sparkline([h.kl for h in hist], each), theme.warn)
+    put_glyphs(c, x, y, kl, [theme.warn] * len(kl))
+
+
+_SPARKS: list = [None, 0, None]  # [history, cells, (reward, kl)] of the last render
+
+
+def _sparks(hist, each: int):
+    """Reward and KL sparklines of the last `each` points. The header redraws every second
+    (uptime) with the same history tuple (the store keeps it until a training step), so
+    the last pair is kept; only the points shown are read."""
+    if _SPARKS[0] is not hist or _SPARKS[1] != each:
+        tail = hist[-each:]
+        _SPARKS[:] = [hist, each, (sparkline([h.reward_mean for h in tail], each),
+                                   sparkline([h.kl for h in tail], each))]
+    return _SPARKS[2]
 
 
 def _row_end(c: Canvas, y: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vlmrl.utils.tui.canvas import Canvas
-from vlmrl.utils.tui.panels.attention import glyph_rows, ramp_indices
+from vlmrl.utils.tui.panels.attention import GLYPHS, levels
 from vlmrl.utils.tui.panels.common import NA, put, put_glyphs, put_pairs, open_panel, title_rule
 
 TITLE = "VISION INJECTION"
@@ -16,9 +16,13 @@ def cache_key(state, view, now):
     d = state.decode_for(b)
     # the lines read only the image placement (fixed for a generation) and the shares
     # (the throttled heatmap stats), so a new token alone does not redraw the panel
-    span = None if d is None else tuple(None if v is None else tuple(int(i) for i in v)
-                                        for v in (d.vision_span, d.vision_grid))
+    span = None if d is None else (_ints(d.vision_span), _ints(d.vision_grid))
     return (span, d is None, state.heat_version(b), state.run_v, b)
+
+
+def _ints(v):
+    """A comparable form of a vision span / grid (a tuple already is: the usual case)."""
+    return v if v is None or type(v) is tuple else tuple(int(i) for i in v)
 
 
 def layer_shares(state, batch_index: int):
@@ -27,9 +31,14 @@ def layer_shares(state, batch_index: int):
     arr = state.heat.get(batch_index, {}).get("vision")
     if arr is None or arr.shape[1] == 0:
         return None
+    sums = arr.sum(axis=1)
+    # NaN in arr makes its layer's sum NaN: checking the L sums, not the L x H cells, finds
+    # the common case (nothing unmeasured) without the NaN bookkeeping
+    if not np.isnan(sums).any():
+        return sums / arr.shape[1]
     nan = np.isnan(arr)
-    if not nan.any():
-        return arr.sum(axis=1) / arr.shape[1]  # the common case, without the NaN bookkeeping
+    if not nan.any():  # NaN from inf - inf, not from unmeasured heads
+        return sums / arr.shape[1]
     counts = (~nan).sum(axis=1)
     return np.where(counts > 0, np.nansum(arr, axis=1) / np.maximum(counts, 1), np.nan)
 
@@ -73,13 +82,14 @@ def _shares(c: Canvas, y: int, state, b: int, theme) -> None:
     if shares is None:
         put(c, x, y, NA, theme.na)
         return
-    idx = ramp_indices(shares)
-    styles = [theme.vision if i >= 0 else theme.na for i in idx.tolist()]
-    x = put_glyphs(c, x, y, glyph_rows(idx[None, :])[0], styles)
+    lv = levels(shares).tolist()  # 4: not measured (NaN)
+    by_level = (theme.vision,) * 4 + (theme.na,)
+    x = put_glyphs(c, x, y, "".join(map(GLYPHS.__getitem__, lv)), list(map(by_level.__getitem__, lv)))
     values = shares.tolist()
-    finite = [(v, i) for i, v in enumerate(values) if v == v]
+    finite = [v for v in values if v == v]
     if finite:
-        v, top = max(finite, key=lambda t: t[0])
+        v = max(finite)
+        top = values.index(v)  # the first layer holding the largest share
         text = f"max {v:.2f}@L{top}"
         if x + 1 + len(text) <= c.width:
             put(c, x + 1, y, text, theme.value)
