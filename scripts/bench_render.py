@@ -13,9 +13,11 @@ and encoded by `frame.FrameEncoder`. Medians over the steady-state frames:
 Live: a LiveTUI on a pseudo-terminal at 160x50 and 20 FPS fed by a paced synthetic
 producer, counted after a 2 s start-up:
   cpu_share   the render thread's CPU time over wall time
-  enqueue_us  median time of the producer's LiveTUI.update_decode (mean, p99 beside it),
-              with the clock's own floor (an empty timed region at the same place), and
-              the same loop with no dashboard (enqueue_us_no_dashboard)
+  enqueue_us  median time of the producer's LiveTUI.update_decode (mean, p99 beside it);
+              split into the first publish after each wake and the rest, each beside the
+              clock's own floor there (an empty timed region at the same place), and net
+              of that floor (enqueue_us_net); the same loop with no dashboard
+              (enqueue_us_no_dashboard) and a warm tight loop (enqueue_us_tight)
 Also the wall time from launching `--synthetic` to its first frame (first_frame_s).
 
 The last line is JSON: ms_160x50 (diff_ms at 160x50), steady_bytes_ratio, cpu_share,
@@ -140,35 +142,57 @@ def bench_live(seconds: float, tokens_per_sec: float, w: int = 160, h: int = 50)
     reader.join(1)
     os.close(master)
     os.close(slave)
-    enqueue.sort()
     return {"cpu_share": cpu / wall, "frames": frames, "fps": frames / wall, "bytes_per_s": got[0] / wall,
-            "enqueue_us": statistics.median(enqueue) / 1e3, "enqueue_us_mean": statistics.mean(enqueue) / 1e3,
-            "enqueue_us_p99": enqueue[int(0.99 * len(enqueue))] / 1e3, "enqueue_us_tight": tight,
-            "timer_floor_us": statistics.median(floor) / 1e3}
+            "enqueue_us_tight": tight, **enqueue_figures(enqueue, floor)}
+
+
+def enqueue_figures(timed, floor) -> dict:
+    """Raw figures of the timed publishes, and per position (first publish after a wake,
+    the rest) the medians of publish and of the empty region; `enqueue_us_net` is their
+    difference weighted by how often each position occurs: what publishing adds."""
+    raw = sorted(ns for _, ns in timed)
+    out = {"enqueue_us": statistics.median(raw) / 1e3, "enqueue_us_mean": statistics.mean(raw) / 1e3,
+           "enqueue_us_p99": raw[int(0.99 * len(raw))] / 1e3}
+    net, n = 0.0, 0
+    for name, first in (("first", True), ("rest", False)):
+        pub = [ns for f, ns in timed if f is first]
+        emp = [ns for f, ns in floor if f is first]
+        if pub and emp:
+            out[f"enqueue_us_{name}"] = statistics.median(pub) / 1e3
+            out[f"timer_floor_us_{name}"] = statistics.median(emp) / 1e3
+            net += len(pub) * (out[f"enqueue_us_{name}"] - out[f"timer_floor_us_{name}"])
+            n += len(pub)
+    out["enqueue_us_net"] = net / n if n else float("nan")
+    return out
 
 
 def paced_producer(publish, events, seconds: float, tokens_per_sec: float) -> tuple:
     """A producer at `tokens_per_sec` decode steps a second: per step it builds the batch's
     events and publishes them, sleeping in between like a tap waiting on the device.
-    Every other event is timed around `publish`; the others time an empty region at the
-    same place (then publish untimed): the floor of the clock itself in that state.
-    Returns (publish ns, empty-region ns)."""
+    On alternate steps every publish is timed; on the others an empty region is timed at
+    the same places (then the event is published untimed): the floor of the clock itself.
+    Whole steps alternate, so both sets mix the first publish after a wake (cold caches)
+    and the ones after it in the same proportion. Returns (publish, empty region): lists
+    of (first after a wake?, ns)."""
     timed, floor = [], []
     end = time.monotonic() + seconds
     nxt = time.monotonic()
-    i = 0
+    step = 0
+    first = True
     while time.monotonic() < end:
         ev = next(events)
-        i += 1
-        if i % 2:
+        if step % 2:
             t0 = time.perf_counter_ns()
             publish(ev)
-            timed.append(time.perf_counter_ns() - t0)
+            timed.append((first, time.perf_counter_ns() - t0))
         else:
             t0 = time.perf_counter_ns()
-            floor.append(time.perf_counter_ns() - t0)
+            floor.append((first, time.perf_counter_ns() - t0))
             publish(ev)
+        first = False
         if isinstance(ev, DecodeState) and ev.seq_index == ev.batch_size - 1:
+            step += 1
+            first = True
             nxt += 1.0 / tokens_per_sec
             time.sleep(max(0.0, nxt - time.monotonic()))
     return timed, floor
@@ -189,6 +213,7 @@ def enqueue_baseline(seconds: float, tokens_per_sec: float) -> float:
     t = threading.Thread(target=drain, daemon=True)
     t.start()
     times, _ = paced_producer(bus.publish, SyntheticRun(seed=1, prefill_walk=8).events(), seconds, tokens_per_sec)
+    times = [ns for _, ns in times]
     done.set()
     t.join(1)
     return statistics.median(times) / 1e3
@@ -240,8 +265,11 @@ def main() -> None:
     print(f"live 160x50 @ {FPS:.0f} FPS: render-thread CPU {100 * live['cpu_share']:.1f}% of one core, "
           f"{live['fps']:.1f} frames/s, {live['bytes_per_s'] / 1024:.1f} KiB/s to the terminal, "
           f"enqueue median {live['enqueue_us']:.2f} us, mean {live['enqueue_us_mean']:.2f} us, "
-          f"p99 {live['enqueue_us_p99']:.1f} us (the clock alone: {live['timer_floor_us']:.2f} us); "
-          f"warm tight loop {live['enqueue_us_tight']:.2f} us")
+          f"p99 {live['enqueue_us_p99']:.1f} us; warm tight loop {live['enqueue_us_tight']:.2f} us")
+    print(f"  first publish after a wake: {live.get('enqueue_us_first', float('nan')):.2f} us "
+          f"(the clock alone there: {live.get('timer_floor_us_first', float('nan')):.2f} us); later ones: "
+          f"{live.get('enqueue_us_rest', float('nan')):.2f} us ({live.get('timer_floor_us_rest', float('nan')):.2f} us); "
+          f"net of the clock: {live['enqueue_us_net']:.2f} us")
     base = enqueue_baseline(min(args.seconds, 3.0), args.tokens_per_sec)
     print(f"same producer loop without the dashboard: enqueue median {base:.2f} us")
     first = first_frame_seconds()
@@ -255,7 +283,9 @@ def main() -> None:
            "full_bytes_160x50": r160["full_B"], "steady_bytes_160x50": round(r160["steady_B"], 1),
            "live_fps": round(live["fps"], 2), "enqueue_us_tight": round(live["enqueue_us_tight"], 3),
            "enqueue_us_mean": round(live["enqueue_us_mean"], 3), "enqueue_us_p99": round(live["enqueue_us_p99"], 2),
-           "enqueue_us_no_dashboard": round(base, 3), "timer_floor_us": round(live["timer_floor_us"], 3), "first_frame_s": round(first, 3), "depth": args.depth}
+           "enqueue_us_no_dashboard": round(base, 3), "enqueue_us_net": round(live["enqueue_us_net"], 3),
+           **{k: round(live[k], 3) for k in ("enqueue_us_first", "timer_floor_us_first", "enqueue_us_rest",
+                                             "timer_floor_us_rest") if k in live}, "first_frame_s": round(first, 3), "depth": args.depth}
     print(json.dumps(out))
 
 

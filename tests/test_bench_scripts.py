@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {
     "bench_render": (["--frames", "4", "--seconds", "1.5"],
                      {"ms_160x50", "steady_bytes_ratio", "cpu_share", "enqueue_us", "enqueue_us_no_dashboard",
-                      "timer_floor_us", "first_frame_s"}),
+                      "enqueue_us_net", "first_frame_s"}),
     "bench_matrix": (["--repeats", "2", "--width", "100", "--height", "30"], {"ms_64", "ms_4096", "ratio_4096_64"}),
     "bench_taps": (["--new-tokens", "8", "--reps", "1", "--prompt-len", "8", "--contexts", "128"],
                    {"ratio_on_off", "bytes_per_emit", "callback_errors", "bus_dropped"}),
