@@ -20,7 +20,7 @@ def test_flood_with_a_stalled_consumer_never_blocks_and_counts_drops_by_kind():
     t.start()
     t.join(timeout=60)
     assert done.is_set(), "publish blocked on a consumer that never drains"
-    assert len(stalled) == 100 and bus.published == 20_000
+    assert len(stalled) == 100 and stalled.received == 20_000
     assert stalled.total_dropped == 19_900
     assert stalled.dropped["decode"] == 15_000 - 75 and stalled.dropped["training"] == 5_000 - 25
     kept = stalled.drain()
@@ -96,3 +96,35 @@ def test_zero_capacity_is_a_clear_error():
 
     with pytest.raises(ValueError, match="'bad'.*capacity"):
         Subscription("bad", 0)
+
+
+def test_subscribers_coming_and_going_mid_run_never_cost_the_others_an_event():
+    """A recorder or a second dashboard attaching and leaving while taps publish: the
+    producer never raises, and a subscription present throughout gets every event."""
+    bus = Bus(capacity=100_000)
+    steady = bus.subscribe("dashboard")
+    errors = []
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            extra = [bus.subscribe(f"extra{i}", capacity=1 + i) for i in range(3)]
+            for sub in reversed(extra):
+                bus.unsubscribe(sub)
+
+    def produce():
+        try:
+            for i in range(30_000):
+                bus.publish(DecodeState(step=i))
+        except Exception as exc:  # pragma: no cover - the failure being tested for
+            errors.append(exc)
+
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    producer = threading.Thread(target=produce)
+    producer.start()
+    producer.join(timeout=60)
+    stop.set()
+    churner.join(timeout=10)
+    assert not errors
+    assert [e.step for e in steady.drain()] == list(range(30_000))
