@@ -11,7 +11,8 @@ from test_sampling_fake import fake_sampler_kwargs, tiny_fake
 from vlmrl.core.sampling import Sampler, SamplingConfig
 from vlmrl.instrument.bus import Bus
 from vlmrl.instrument.events import ATTN_STATS
-from vlmrl.instrument.taps import CALLBACK_PRIMITIVES, CallContext, TapConfig, TapHost, pool_factor, pool_matrix
+from vlmrl.instrument.tap_host import CallContext, TapHost
+from vlmrl.instrument.taps import CALLBACK_PRIMITIVES, TapConfig, pool_factor, pool_matrix
 
 ON = TapConfig(enabled=True)
 

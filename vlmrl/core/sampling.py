@@ -22,7 +22,8 @@ from flax import nnx
 from jax import lax
 
 from vlmrl.instrument import taps as taps_lib
-from vlmrl.instrument.taps import CallContext, TapConfig, TapHost
+from vlmrl.instrument.tap_host import CallContext, TapHost
+from vlmrl.instrument.taps import TapConfig
 
 
 @dataclasses.dataclass(frozen=True)
