@@ -317,16 +317,6 @@ def test_recent_tokens_sweep_one_row_per_step():
         assert len(changed) == 2  # the new token's row and the old ▶ row (one cell)
 
 
-def test_a_new_store_never_reuses_another_stores_cached_panels():
-    """A replay rebuilds a Store per seek: equal version numbers must not reuse a panel."""
-    a, b = Store(clock=Clock(1.0)), Store(clock=Clock(1.0))
-    a.apply(decode_event(1, text=" first"))
-    b.apply(decode_event(1, text=" second"))
-    ta = screen_text(a, size=(120, 40), now=1.0)
-    tb = screen_text(b, size=(120, 40), now=1.0)
-    assert '" first"' in ta and '" second"' in tb and '" first"' not in tb
-
-
 def test_lit_indicator_flashes_at_flash_hz_with_its_colour():
     clock = Clock(10.0)
     store = Store(clock=clock)
@@ -362,36 +352,6 @@ def test_tui_cores_synthetic_run_renders_every_panel():
             assert title in text, (size, title)
         assert "n/a" not in text.split("KV CACHE MEMORY")[1].splitlines()[1]  # bytes known from RunInfo
     assert not store.snapshot().problems
-
-
-def test_cached_screens_equal_fresh_renders_frame_by_frame():
-    """The layout reuses panel canvases and shares unchanged rows with the previous
-    screen; every screen must still equal a render from empty caches, and a screen
-    already handed out must never change afterwards."""
-    from vlmrl.utils.tui.synthetic import SyntheticRun
-
-    clock = Clock(0.0)
-    store = Store(clock=clock, started_at=0.0)
-    run = SyntheticRun(seed=3, prefill_walk=4, clock=lambda: 1000.0 + clock.t)
-    events = run.events()
-    view = ViewState()
-    kept = []
-    for i in range(120):
-        clock.t = i / 20.0
-        for _ in range(3):
-            store.apply(next(events))
-        state = store.snapshot()
-        screen = layout.render_screen(state, view, 160, 50, clock.t, COLOR)
-        kept.append((screen, [list(r) for r in screen.chars], [list(r) for r in screen.styles]))
-        saved = layout._CACHE
-        layout._CACHE = layout._Cache()
-        try:
-            fresh = layout.render_screen(state, view, 160, 50, clock.t, COLOR)
-        finally:
-            layout._CACHE = saved
-        assert fresh.chars == screen.chars and fresh.styles == screen.styles, i
-    for screen, chars, styles in kept:
-        assert screen.chars == chars and screen.styles == styles
 
 
 def test_header_shows_the_run_status_until_training_starts():

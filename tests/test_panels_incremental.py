@@ -5,13 +5,17 @@ The sweep only touches the slots of records that left or arrived since the last 
 a bug there shows as a stale row. Hypothesis drives in-order tokens, tokens at a stride, duplicates (a
 callback delivered twice), late tokens, a new generation restarting at step 0, batch-row
 switches and resizes, and each frame is compared with a render from a cleared sweep.
+The layout's panel and row caches are held to the same rule: whole screens against
+renders from empty caches.
 """
 from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from test_panels import Clock, decode_event, screen_text
 from vlmrl.instrument.events import DecodeState
+from vlmrl.utils.tui import layout
 from vlmrl.utils.tui.palette import COLOR
 from vlmrl.utils.tui.panels import decode
 from vlmrl.utils.tui.store import Store
@@ -64,3 +68,43 @@ def test_recent_list_with_memory_equals_a_fresh_render(moves):
         decode._SWEEPS.clear()
         decode._SWEEPS.update(memory)
         assert _grid(with_memory) == _grid(fresh)
+
+
+def test_a_new_store_never_reuses_another_stores_cached_panels():
+    """A replay rebuilds a Store per seek: equal version numbers must not reuse a panel."""
+    a, b = Store(clock=Clock(1.0)), Store(clock=Clock(1.0))
+    a.apply(decode_event(1, text=" first"))
+    b.apply(decode_event(1, text=" second"))
+    ta = screen_text(a, size=(120, 40), now=1.0)
+    tb = screen_text(b, size=(120, 40), now=1.0)
+    assert '" first"' in ta and '" second"' in tb and '" first"' not in tb
+
+
+def test_cached_screens_equal_fresh_renders_frame_by_frame():
+    """The layout reuses panel canvases and shares unchanged rows with the previous
+    screen; every screen must still equal a render from empty caches, and a screen
+    already handed out must never change afterwards."""
+    from vlmrl.utils.tui.synthetic import SyntheticRun
+
+    clock = Clock(0.0)
+    store = Store(clock=clock, started_at=0.0)
+    run = SyntheticRun(seed=3, prefill_walk=4, clock=lambda: 1000.0 + clock.t)
+    events = run.events()
+    view = ViewState()
+    kept = []
+    for i in range(120):
+        clock.t = i / 20.0
+        for _ in range(3):
+            store.apply(next(events))
+        state = store.snapshot()
+        screen = layout.render_screen(state, view, 160, 50, clock.t, COLOR)
+        kept.append((screen, [list(r) for r in screen.chars], [list(r) for r in screen.styles]))
+        saved = layout._CACHE
+        layout._CACHE = layout._Cache()
+        try:
+            fresh = layout.render_screen(state, view, 160, 50, clock.t, COLOR)
+        finally:
+            layout._CACHE = saved
+        assert fresh.chars == screen.chars and fresh.styles == screen.styles, i
+    for screen, chars, styles in kept:
+        assert screen.chars == chars and screen.styles == styles
