@@ -159,3 +159,15 @@ def test_init_model_is_hf_style_and_starts_near_uniform(tmp_path):
     logp = np.asarray(jnp.log(jnp.exp(model(ids)[0, -1]) / jnp.exp(model(ids)[0, -1]).sum()))
     entropy = -(np.exp(logp) * logp).sum()
     assert entropy > 0.95 * np.log(config.text.vocab_size)  # a near-uniform first policy
+
+
+def test_credit_panel_shows_a_sample_that_kept_a_completion():
+    """Row 0 cut to nothing (it sampled a vision placeholder first) must not leave the
+    TOKEN CREDIT panel with an empty list when another sample has tokens."""
+    from vlmrl.core.train import credit_row
+
+    mask = np.array([[False, False], [True, True], [True, False]])
+    assert credit_row(np.zeros(3), mask) == 1  # no signal anywhere: the first kept completion
+    assert credit_row(np.array([0.5, 0.0, -0.5]), mask) == 2  # signal, and tokens to show
+    assert credit_row(np.array([0.5, 0.0, 0.0]), mask) == 1
+    assert credit_row(np.zeros(2), np.zeros((2, 3), bool)) == 0  # nothing kept anywhere

@@ -114,6 +114,17 @@ def validate(args: Args) -> None:
             raise UsageError(f"--record {args.record!r}: directory {parent} does not exist")
 
 
+def credit_row(adv: np.ndarray, completion_mask: np.ndarray) -> int:
+    """The sample the TOKEN CREDIT panel shows: the first one that carried signal (non-zero
+    advantage) and kept a completion, else the first that kept one. A completion can be
+    empty when its first token was a vision placeholder (the rollout cuts it there)."""
+    kept = completion_mask.any(axis=1)
+    for candidates in (kept & (np.abs(adv) > 0), kept):
+        if candidates.any():
+            return int(np.argmax(candidates))
+    return 0
+
+
 def progress_line(m: dict) -> str:
     return (f"step {m['step']:4d}  reward {m['reward/mean']:.3f}±{m['reward/std']:.3f}  "
             f"loss {m['loss/total']:+.4f}  kl {m['policy/kl_ref']:.4f}  ent {m['policy/entropy']:.3f}  "
@@ -226,7 +237,7 @@ class Trainer:
                 loss=m["loss/total"], tokens_per_sec=m["times/rollout_tok_s"], policy_entropy=m["policy/entropy"],
                 clip_fraction=m["policy/clip_frac"], grad_norm=m["optim/grad_norm"], learning_rate=m["optim/lr"],
                 update_tokens_per_sec=m["times/update_tok_s"]))
-            row = int(np.argmax(np.abs(np.asarray(adv)) > 0))  # a sample that carried signal, if any
+            row = credit_row(np.asarray(adv), ro.completion_mask)
             mask = ro.completion_mask[row]
             self.bus.publish(CreditState(tokens=[self.codec.id_to_token(t) for t in ro.ids[row, ro.prompt_len:][mask]],
                                          credits=[float(c) for c in np.asarray(credits)[row][mask]], step=self.step))
