@@ -105,6 +105,13 @@ def test_warmup_schedule_reports_the_lr_used():
     assert [float(cfg.schedule()(i)) for i in (0, 2, 4, 9)] == [0.0, 0.5, 1.0, 1.0]
 
 
+def test_cosine_decay_reaches_the_final_fraction_and_stays():
+    cfg = ppo.PPOConfig(lr=1.0, warmup_steps=10, total_steps=110, final_lr_frac=0.1)
+    lrs = [float(cfg.schedule()(i)) for i in (0, 5, 10, 60, 110, 500)]
+    assert np.allclose(lrs, [0.0, 0.5, 1.0, 0.55, 0.1, 0.1], atol=1e-6)
+    assert float(ppo.PPOConfig(lr=1.0, total_steps=110, final_lr_frac=1.0).schedule()(100)) == 1.0
+
+
 def test_scanned_update_equals_a_plain_loop_over_minibatches():
     V, C, apply_fn = _toy()
     cfg = ppo.PPOConfig(lr=0.05, kl_coef=0.1, ent_coef=0.01, minibatches=2, epochs=2)

@@ -29,6 +29,7 @@ def run_cli(*flags, timeout=600):
     (["--batch", "3", "--group", "3", "--minibatches", "2"], "9 rows do not split into --minibatches 2"),
     (["--resume"], "--resume needs --ckpt DIR"),
     (["--model", "huge"], "--model 'huge': only 'tiny' is built in"),
+    (["--lr_final", "2"], "--lr_final must be a fraction of --lr in [0, 1], got 2.0"),
 ])
 def test_bad_flags_exit_2_naming_the_culprit(flags, message):
     res = run_cli(*flags)

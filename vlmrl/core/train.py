@@ -39,6 +39,7 @@ class Args:
     max_new_tokens: Optional[int] = _f(None, "completion length cap (None: the env's default)")
     temperature: float = _f(1.0, "rollout sampling temperature")
     lr: float = _f(7e-4, "AdamW learning rate")
+    lr_final: float = _f(0.1, "learning rate at the last of --steps, as a fraction of --lr (cosine decay; 1: constant)")
     kl_coef: float = _f(0.01, "KL penalty weight to the frozen reference")
     ent_coef: float = _f(0.03, "entropy bonus weight (keeps exploring until the image matters)")
     epochs: int = _f(2, "passes over each rollout")
@@ -97,6 +98,8 @@ def validate(args: Args) -> None:
         raise UsageError(f"--temperature must be > 0 for PPO rollouts, got {args.temperature}")
     if not args.lr > 0:
         raise UsageError(f"--lr must be > 0, got {args.lr}")
+    if not 0 <= args.lr_final <= 1:
+        raise UsageError(f"--lr_final must be a fraction of --lr in [0, 1], got {args.lr_final}")
     if args.resume and not args.ckpt:
         raise UsageError("--resume needs --ckpt DIR")
     if args.model_dir is not None:
@@ -163,7 +166,8 @@ class Trainer:
         self.graphdef, self.params = nnx.split(model)
         self.ref_params = jax.tree_util.tree_map(jnp.copy, self.params)  # frozen reference policy
         self.ppo_cfg = ppo.PPOConfig(lr=args.lr, kl_coef=args.kl_coef, ent_coef=args.ent_coef, epochs=args.epochs,
-                                     minibatches=args.minibatches)
+                                     minibatches=args.minibatches, final_lr_frac=args.lr_final,
+                                     total_steps=args.steps * args.epochs * args.minibatches)
         self.optimizer = self.ppo_cfg.optimizer()
         self.opt_state = self.optimizer.init(self.params)
         self.sampler = Sampler(model, rollout.sampling_config(self.codec), tap=tap, bus=bus,
