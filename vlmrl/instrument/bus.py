@@ -17,7 +17,7 @@ DEFAULT_CAPACITY = 100
 class Subscription:
     """One consumer's view of the bus: a bounded queue it drains at its own pace.
 
-    The producer's path is one `deque.append` (atomic in CPython) and two attribute reads:
+    The producer's path is one `deque.append` (atomic in CPython) and one attribute read:
     on a virtualised host, taking a lock or setting an Event right after the producer
     thread wakes costs 20-50 us of cold page walks, ten times the append. The lock is
     taken only to make room when the queue is full and by the consumer, so every event is
@@ -91,7 +91,7 @@ def _publisher():
     usual single subscriber. Right after the producer thread wakes (a tap waiting on the
     device) each distinct object touched is a cold cache miss; on a 2-core VM an extra
     Python frame with its lookups cost about 1.5 us of the 5 us budget, a loop over a
-    routing tuple about 0.5 us (scripts/bench_render.py). The table is one tuple swapped
+    routing tuple about 0.5 us (bench_render.py's paced producer). The table is one tuple swapped
     whole, so a publish racing a subscribe sees the old table or the new one.
     Returns (publish, set_routes).
     """
