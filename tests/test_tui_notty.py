@@ -91,3 +91,28 @@ def test_only_process_zero_draws_or_logs():
     finally:
         tui.stop()
     assert sink.getvalue() == ""
+
+
+def test_update_calls_reach_the_bus_and_a_subclass_override_is_kept():
+    """update_decode/update_training/publish are the bus's publisher itself (no wrapper
+    frame on the producer's path), unless a subclass overrides one."""
+    bus = Bus()
+    sub = bus.subscribe("t")
+    tui = LiveTUI(bus=bus, plain_stream=io.StringIO())
+    tui.update_decode(DecodeState(step=1))
+    tui.update_training(TrainingState(step=2))
+    tui.publish(DecodeState(step=3))
+    assert [e.step for e in sub.drain()] == [1, 2, 3]
+
+    seen = []
+
+    class Filtered(LiveTUI):
+        def update_decode(self, state):
+            seen.append(state.step)
+            if state.step % 2:
+                super().update_decode(state)
+
+    mine = Filtered(bus=bus, plain_stream=io.StringIO())
+    for step in (4, 5):
+        mine.update_decode(DecodeState(step=step))
+    assert seen == [4, 5] and [e.step for e in sub.drain()] == [5]
