@@ -63,6 +63,20 @@ def _step_of(item) -> int:
     return item.step
 
 
+def insert_by_step(items: list, item, limit: int) -> None:
+    """Keep `items` sorted by .step with one entry per step; cap to the newest `limit`."""
+    if not items or items[-1].step < item.step:
+        items.append(item)  # the common, in-order case
+    else:
+        i = bisect.bisect_left(items, item.step, key=_step_of)
+        if i < len(items) and items[i].step == item.step:
+            items[i] = item  # duplicate callback: last write wins
+        else:
+            items.insert(i, item)
+    if len(items) > limit:
+        del items[: len(items) - limit]
+
+
 class StepLog:
     """Items sorted by .step, one per step, the newest `limit` kept (the Store's per-row
     recent tokens and explorer steps), with O(1) read-only views for snapshots.
@@ -97,13 +111,7 @@ class StepLog:
                     self.items, self.start = items[self.start:], 0
             return
         live = items[self.start:]  # a new list: views handed out keep the old one as it was
-        i = bisect.bisect_left(live, item.step, key=_step_of)
-        if i < len(live) and live[i].step == item.step:
-            live[i] = item
-        else:
-            live.insert(i, item)
-        if len(live) > self.limit:
-            del live[: len(live) - self.limit]
+        insert_by_step(live, item, self.limit)
         self.items, self.start = live, 0
 
     def view(self) -> tuple:

@@ -14,7 +14,6 @@ that sleeps in between, so each object it touches is a cache miss).
 """
 from __future__ import annotations
 
-import bisect
 import operator
 import time
 from types import MappingProxyType
@@ -35,7 +34,7 @@ from vlmrl.instrument.events import (
 
 from vlmrl.utils.tui.state import (  # noqa: F401  (re-exported: panels import them from here)
     DEFAULT_FIELDS, EXPLORER_STEPS, HEAT_HZ, HISTORY, MAX_PROBLEMS, RECENT_TOKENS, REORDER_WINDOW,
-    DashboardState, ExplorerStep, FrozenLogs, HistoryPoint, StepLog, TokenRecord, _STORE_IDS, _step_of,
+    DashboardState, ExplorerStep, FrozenLogs, HistoryPoint, StepLog, TokenRecord, _STORE_IDS, insert_by_step,
 )
 
 _F32 = np.dtype(np.float32)
@@ -100,20 +99,6 @@ def _ints(ev, names, get=None) -> None:
         value = getattr(ev, name)
         if isinstance(value, bool) or int(value) != value or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-
-
-def _insert_by_step(items: list, item, limit: int) -> None:
-    """Keep `items` sorted by .step with one entry per step; cap to the newest `limit`."""
-    if not items or items[-1].step < item.step:
-        items.append(item)  # the common, in-order case
-    else:
-        i = bisect.bisect_left(items, item.step, key=_step_of)
-        if i < len(items) and items[i].step == item.step:
-            items[i] = item  # duplicate callback: last write wins
-        else:
-            items.insert(i, item)
-    if len(items) > limit:
-        del items[: len(items) - limit]
 
 
 class Store:
@@ -199,7 +184,7 @@ class Store:
         if self._training is None or ev.step >= self._training.step:
             self._training = ev
         point = HistoryPoint(int(ev.step), float(ev.reward_mean), float(ev.reward_std), float(ev.kl))
-        _insert_by_step(self._history, point, HISTORY)
+        insert_by_step(self._history, point, HISTORY)
         self._bump("train")
 
     def _on_credit(self, ev: CreditState) -> None:
