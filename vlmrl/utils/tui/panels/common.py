@@ -126,11 +126,9 @@ def title_row(width: int, title: str, theme, right="", right_style: Optional[Sty
     key = (title, width, id(theme))
     bare = _BARE_TITLES.get(key)
     if bare is None:
-        if len(_BARE_TITLES) >= 256:
-            _BARE_TITLES.clear()
         row = Canvas(width, 1)
         x = _draw_title(row, title, (), rstyle, theme)
-        bare = _BARE_TITLES[key] = (row.chars[0], row.styles[0], x)
+        bare = remember(_BARE_TITLES, key, (row.chars[0], row.styles[0], x), 256)
     chars, styles, x = bare
     alt = alts[0] if len(alts) == 1 else None
     if alt is None or not (alt.isascii() and alt.isprintable()):
@@ -179,9 +177,7 @@ def put_pairs(canvas: Canvas, x: int, y: int, pairs: Sequence, theme, sep: str =
     except TypeError:  # an unhashable value: compose without the cache
         key, hit = None, _compose_pairs(x, canvas.width - 1, pairs, theme, sep)
     if hit is None:
-        if len(_PAIRS) >= 2048:
-            _PAIRS.clear()
-        hit = _PAIRS[key] = _compose_pairs(x, canvas.width - 1, pairs, theme, sep)
+        hit = remember(_PAIRS, key, _compose_pairs(x, canvas.width - 1, pairs, theme, sep), 2048)
     pieces, text, styles = hit
     if not pieces:
         return x
@@ -263,6 +259,15 @@ def put(canvas: Canvas, x: int, y: int, text: str, style: Style, max_width: Opti
     return canvas.put(x, y, text, style, max_width)
 
 
+def remember(cache: dict, key, value, limit: int):
+    """`cache[key] = value` in a memo bounded by clearing it when full; returns value.
+    Callers look hits up inline (`cache.get(key)`): only a miss pays for this call."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
 class RowCache:
     """Rendered rows (chars, styles) by key, so rows that only move between frames (recent
     tokens, credit list) are drawn once. Bounded: cleared when it grows past `limit`."""
@@ -274,11 +279,9 @@ class RowCache:
     def get(self, key, width: int, draw) -> tuple:
         hit = self.rows.get(key)
         if hit is None:
-            if len(self.rows) >= self.limit:
-                self.rows.clear()
             row = Canvas(width, 1)
             draw(row)
-            hit = self.rows[key] = (row.chars[0], row.styles[0])
+            hit = remember(self.rows, key, (row.chars[0], row.styles[0]), self.limit)
         return hit
 
 

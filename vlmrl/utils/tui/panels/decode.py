@@ -6,7 +6,7 @@ import functools
 
 from vlmrl.utils.tui.canvas import PLAIN, Canvas, text_width, truncate
 from vlmrl.utils.tui.palette import hbar, spark_glyph
-from vlmrl.utils.tui.panels.common import NA, fmt_int, fmt_num, message, put, put_pairs, share_row, title_row
+from vlmrl.utils.tui.panels.common import NA, fmt_int, fmt_num, message, put, put_pairs, remember, share_row, title_row
 from vlmrl.utils.tui.panels.rows import (bar_cells, blank_row, fresh_row, pairs_row, sparse_canvas, text_cells,
                                          title_width)
 
@@ -187,9 +187,7 @@ def _recent_list(c: Canvas, y: int, recent, rows: int, theme, b: int = 0) -> Non
     key = (b, width, rows, id(theme))
     sw = _SWEEPS.get(key)
     if sw is None:
-        if len(_SWEEPS) >= 32:
-            _SWEEPS.clear()
-        sw = _SWEEPS[key] = _Sweep(rows, blank_row(width))
+        sw = remember(_SWEEPS, key, _Sweep(rows, blank_row(width)), 32)
     old, base, owners, chars, styles = sw.shown, sw.base, sw.owners, sw.chars, sw.styles
     # shown = old[d:] + shown[m:]: the records kept (equal records draw equal rows in
     # equal slots) and the new ones; else nothing is carried over (d = len(old))

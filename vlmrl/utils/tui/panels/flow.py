@@ -8,7 +8,7 @@ With no event for a while the flow reads `idle`. The lit indicator flashes at fl
 from __future__ import annotations
 
 from vlmrl.utils.tui.canvas import PLAIN, Canvas, text_width
-from vlmrl.utils.tui.panels.common import RowCache, age, fmt_int, message, put, share_row, title_row
+from vlmrl.utils.tui.panels.common import RowCache, age, fmt_int, message, put, remember, share_row, title_row
 from vlmrl.utils.tui.panels.rows import compose_row, fresh_row, sparse_canvas, text_cells
 
 TITLE = "COMPUTATION FLOW"
@@ -129,9 +129,7 @@ def render(state, view, width, height, now, theme) -> Canvas:
         key = (stage, flash, len(active), len(slot), width, id(theme))
         tpl = _TEMPLATES.get(key)
         if tpl is None:
-            if len(_TEMPLATES) >= 256:
-                _TEMPLATES.clear()
-            tpl = _TEMPLATES[key] = _indicator_row(width, stage, flash, active, slot, theme)
+            tpl = remember(_TEMPLATES, key, _indicator_row(width, stage, flash, active, slot, theme), 256)
         row, at_active, at_slot = tpl
         if row is not None and (active or slot):
             chars = row[0][:]

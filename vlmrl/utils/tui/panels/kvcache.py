@@ -13,7 +13,7 @@ from vlmrl.utils.tui.canvas import PLAIN, Canvas
 from vlmrl.utils.tui.palette import hbar
 from vlmrl.utils.tui.panels import flow
 from vlmrl.utils.tui.panels.attention import page_bounds
-from vlmrl.utils.tui.panels.common import NA, fmt_bytes_pair, put, share_row, title_row
+from vlmrl.utils.tui.panels.common import NA, fmt_bytes_pair, put, remember, share_row, title_row
 from vlmrl.utils.tui.panels.rows import bar_cells, compose_row, pairs_line, sparse_canvas
 
 TITLE = "KV CACHE MEMORY"
@@ -51,8 +51,8 @@ def _bytes_per_token(run):
         value = int(run.kv_bytes_per_token())
     except (TypeError, ValueError):
         value = None
-    if key is not None and len(_PER_TOKEN) < 64:
-        _PER_TOKEN[key] = value
+    if key is not None:
+        remember(_PER_TOKEN, key, value, 64)
     return value
 
 
@@ -67,9 +67,7 @@ def _device(in_use, limit) -> str:
     except TypeError:  # unhashable figures: not cached
         return fmt_bytes_pair(in_use, limit)
     if text is None:
-        if len(_DEVICE) >= 64:
-            _DEVICE.clear()
-        text = _DEVICE[key] = fmt_bytes_pair(in_use, limit)
+        text = remember(_DEVICE, key, fmt_bytes_pair(in_use, limit), 64)
     return text
 
 
@@ -156,10 +154,8 @@ def _bars(c: Canvas, y0: int, lo: int, hi: int, d, used: int, cap: int, theme) -
     key = (bar, v0, v1, label_w, lo, lo + n, c.width, id(theme))
     block = _BLOCKS.get(key)
     if block is None:
-        if len(_BLOCKS) >= 256:
-            _BLOCKS.clear()
         rows = [_bar_row(layer, c.width, label_w, bar, v0, v1, theme) for layer in range(lo, lo + n)]
-        block = _BLOCKS[key] = ([r[0] for r in rows], [r[1] for r in rows])
+        block = remember(_BLOCKS, key, ([r[0] for r in rows], [r[1] for r in rows]), 256)
     # the cached row lists themselves: canvases are read-only once returned
     c.chars[y0:y0 + n] = block[0]
     c.styles[y0:y0 + n] = block[1]

@@ -16,16 +16,14 @@ from typing import Optional, Sequence
 
 from vlmrl.utils.tui.canvas import PLAIN, Canvas, text_width
 from vlmrl.utils.tui.palette import hbar
-from vlmrl.utils.tui.panels.common import NA, put_pairs
+from vlmrl.utils.tui.panels.common import NA, put_pairs, remember
 
 
 def blank_row(width: int) -> tuple:
     """One shared blank (chars, styles) row per width."""
     hit = _BLANKS.get(width)
     if hit is None:
-        if len(_BLANKS) >= 64:
-            _BLANKS.clear()
-        hit = _BLANKS[width] = ([" "] * width, [PLAIN] * width)
+        hit = remember(_BLANKS, width, ([" "] * width, [PLAIN] * width), 64)
     return hit
 
 
@@ -150,9 +148,7 @@ def pairs_line(canvas: Canvas, y: int, pairs: Sequence, theme, sep: str = "  ", 
         put_pairs(canvas, x, y, pairs, theme, sep)
         return
     if key is not None:
-        if len(_PAIR_ROWS) >= 1024:
-            _PAIR_ROWS.clear()
-        _PAIR_ROWS[key] = row
+        remember(_PAIR_ROWS, key, row, 1024)
     canvas.chars[y], canvas.styles[y] = row
 
 
@@ -167,9 +163,7 @@ def bar_cells(frac: float, width: int):
         key = (round(frac * width * 8), width)  # hbar's rounding of an unclipped fraction
         bar = _BARS.get(key)
         if bar is None:
-            if len(_BARS) >= 8192:
-                _BARS.clear()
-            bar = _BARS[key] = text_cells(hbar(frac, width))
+            bar = remember(_BARS, key, text_cells(hbar(frac, width)), 8192)
         return bar
     return text_cells(hbar(frac, width))
 
