@@ -153,7 +153,7 @@ def test_hostile_token_text_is_sanitised_and_layout_holds():
 def test_heatmap_ramp_thresholds():
     values = [0.0, 0.2499, 0.25, 0.4999, 0.5, 0.7499, 0.75, 1.0, float("nan"), -0.5, 1.7]
     expect = "░░▒▒▓▓██·░█"
-    assert "".join(attention.glyph_rows(attention.ramp_indices(np.array([values])))) == expect
+    assert "".join(attention.GLYPHS[i] for i in attention.levels(np.array(values))) == expect
     assert "".join(palette.ramp_glyph(v) for v in values) == expect
     focus = np.zeros((2, len(values)), np.float32)
     focus[1] = values

@@ -19,21 +19,9 @@ from vlmrl.utils.tui.palette import NOT_MEASURED, RAMP
 from vlmrl.utils.tui.panels.common import RowCache, message, put, share_row, title_rule
 
 TITLE = "ATTENTION FLOW"
-GLYPHS = tuple(RAMP) + (NOT_MEASURED,)  # index -1 (NaN) picks the last entry
+GLYPHS = tuple(RAMP) + (NOT_MEASURED,)  # by `levels`: 4 (NaN) picks the last entry
 LEGEND = "░<.25 ▒<.5 ▓<.75 █≥.75 (flash)"
 STAT_LABEL = {"focus": "focus", "max": "max weight", "vision": "vision share", "sink": "sink share"}
-
-
-# Glyph per ramp level; index -1 (NaN) picks the last entry.
-_GLYPH_ARRAY = np.array(list(RAMP) + [NOT_MEASURED])
-
-
-def ramp_indices(values: np.ndarray) -> np.ndarray:
-    """Ramp level per value: 0..3 at 0.25 steps (clipped), -1 where NaN (not measured)."""
-    v = np.asarray(values, dtype=np.float32)
-    with np.errstate(invalid="ignore"):
-        idx = np.clip(np.floor(v * 4.0), 0, 3)  # NaN stays NaN through floor and clip
-    return np.where(np.isnan(v), -1, idx).astype(np.int8)
 
 
 # Right-closed ramp edges; NaN sorts after every number, so `levels` is one C call.
@@ -41,20 +29,9 @@ _EDGES = np.array([0.25, 0.5, 0.75, np.nan], dtype=np.float32)
 
 
 def levels(values: np.ndarray) -> np.ndarray:
-    """`ramp_indices` with 4 (not -1) for NaN: one searchsorted instead of ~6 array ops.
-    Both index GLYPHS-shaped tables the same way (entry 4 is the last)."""
+    """Ramp level per value, an index into GLYPHS-shaped tables: 0..3 at 0.25 steps
+    (clipped below 0 and above 1), 4 where NaN (not measured)."""
     return np.searchsorted(_EDGES, np.asarray(values, dtype=np.float32), side="right")
-
-
-def glyph_rows(idx: np.ndarray):
-    """Per row of ramp levels, the glyph string (one char per value).
-
-    The [n, w] array of 1-char strings is viewed as n strings of w chars: no Python loop.
-    """
-    n, w = idx.shape
-    if w == 0:
-        return [""] * n
-    return np.ascontiguousarray(_GLYPH_ARRAY[idx]).view(f"<U{w}").ravel().tolist()
 
 
 def page_bounds(num_layers: int, rows: int, page: int):
