@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from vlmrl.instrument.events import (ATTN_STATS, EVENT_TYPES, AttentionMatrix, CreditState, DecodeState, RunInfo,
-                                     TrainingState, event_from_dict)
+from vlmrl.instrument.events import (ATTN_STATS, EVENT_TYPES, AttentionMatrix, CreditState, DecodeState, RunEnd,
+                                     RunInfo, TrainingState, event_from_dict)
 
 
 def _samples():
@@ -23,6 +23,7 @@ def _samples():
         CreditState(tokens=["a", "b"], credits=[0.5, -0.25], step=2),
         AttentionMatrix(layer=None, head=2, query_tokens=["x", "y"], key_tokens=["x", "y"],
                         token_types=["text", "vision"], matrix=rng.random((2, 2)).astype(np.float16), pool=4),
+        RunEnd(step=41, reason="stopped", seconds=12.5),
     ]
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from vlmrl.instrument.bus import Bus
-from vlmrl.instrument.events import (SCHEMA_VERSION, AttentionMatrix, CreditState, DecodeState, RunInfo,
+from vlmrl.instrument.events import (SCHEMA_VERSION, AttentionMatrix, CreditState, DecodeState, RunEnd, RunInfo,
                                      TrainingState)
 from vlmrl.instrument.record import LogFormatError, Recorder, encode_event, read_log
 
@@ -36,6 +36,7 @@ def sample_events(n=20, seed=0):
     out.append(CreditState(tokens=["a", "b"], credits=[0.5, -0.25], step=3))
     out.append(AttentionMatrix(layer=None, head=2, query_tokens=["x", "y"], key_tokens=["x", "y"],
                                token_types=["special", "text"], matrix=np.array([[1, 0], [0.25, 0.75]], np.float16)))
+    out.append(RunEnd(step=3, reason="finished", seconds=4.25))
     return out
 
 

@@ -220,7 +220,18 @@ class AttentionMatrix(Event):
     wall_time: float = dataclasses.field(default_factory=time.time)
 
 
-EVENT_TYPES = {cls.kind: cls for cls in (RunInfo, DecodeState, TrainingState, CreditState, AttentionMatrix)}
+@dataclasses.dataclass
+class RunEnd(Event):
+    """The last record of a run, so a viewer of its log can say "finished" and stop waiting."""
+
+    kind: ClassVar[str] = "run_end"
+    step: Optional[int] = None  # the last update that finished; None when none did
+    reason: str = "finished"  # "finished" (all steps) | "stopped" (asked to) | "interrupted" | "failed"
+    seconds: float = 0.0  # wall time from the start of the run to this record
+    wall_time: float = dataclasses.field(default_factory=time.time)
+
+
+EVENT_TYPES = {cls.kind: cls for cls in (RunInfo, DecodeState, TrainingState, CreditState, AttentionMatrix, RunEnd)}
 
 
 def event_from_dict(data: dict) -> Event:
