@@ -1,4 +1,4 @@
-"""Every event type round-trips through to_dict -> JSON -> event_from_dict unchanged
+"""Every event type round-trips through to_dict -> JSON -> decode_event unchanged
 (numpy dtypes and shapes, tuples, nested dicts), and bad input is named."""
 import dataclasses
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vlmrl.instrument.events import (ATTN_STATS, EVENT_TYPES, AttentionMatrix, CreditState, DecodeState, RunEnd,
-                                     RunInfo, TrainingState, event_from_dict)
+                                     RunInfo, TrainingState, decode_event)
 
 
 def _samples():
@@ -40,7 +40,7 @@ def _equal(a, b):
 @pytest.mark.parametrize("event", _samples(), ids=lambda e: e.kind)
 def test_round_trip_through_json_preserves_every_field(event):
     data = json.loads(json.dumps(event.to_dict()))
-    back = event_from_dict(data)
+    back = decode_event(data)
     assert type(back) is type(event)
     for f in dataclasses.fields(event):
         assert _equal(getattr(event, f.name), getattr(back, f.name)), f.name
@@ -52,8 +52,8 @@ def test_every_event_type_has_a_unique_kind_and_is_covered():
 
 def test_unknown_kind_is_named_and_unknown_fields_are_ignored():
     with pytest.raises(ValueError, match="'bogus'"):
-        event_from_dict({"kind": "bogus"})
-    ev = event_from_dict({"kind": "decode", "step": 4, "from_a_newer_writer": 1})
+        decode_event({"kind": "bogus"})
+    ev = decode_event({"kind": "decode", "step": 4, "from_a_newer_writer": 1})
     assert isinstance(ev, DecodeState) and ev.step == 4
 
 

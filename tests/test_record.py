@@ -14,7 +14,7 @@ import pytest
 from vlmrl.instrument.bus import Bus
 from vlmrl.instrument.events import (SCHEMA_VERSION, AttentionMatrix, CreditState, DecodeState, RunEnd, RunInfo,
                                      TrainingState)
-from vlmrl.instrument.record import LogFormatError, Recorder, encode_event, read_log
+from vlmrl.instrument.record import LogFormatError, Recorder, encode_line, read_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,7 +91,7 @@ def test_lines_are_compact_json_that_jq_reads(tmp_path):
     # attention_pattern is attn_stats["focus"] (as taps send it): written once plus a reference
     assert b'"attention_pattern":{"ref":"attn_stats.focus"}' in lines[2]  # after header and RunInfo
     # A float32 such as 0.1 is written as its own shortest decimal, not 17 digits.
-    line = encode_event(DecodeState(attention_row=np.array([0.1, 0.2], np.float32)))
+    line = encode_line(DecodeState(attention_row=np.array([0.1, 0.2], np.float32)))
     assert '"v":[0.1,0.2]' in line
     if shutil.which("jq"):
         out = subprocess.run(["jq", "-c", "select(.kind==\"decode\") | .step"], stdin=open(path, "rb"),
@@ -101,7 +101,7 @@ def test_lines_are_compact_json_that_jq_reads(tmp_path):
 
 def test_large_arrays_are_smaller_than_decimal_lists(tmp_path):
     m = np.random.default_rng(1).random((256, 256)).astype(np.float32)
-    line = encode_event(AttentionMatrix(matrix=m))
+    line = encode_line(AttentionMatrix(matrix=m))
     assert len(line) < 1.5 * m.nbytes  # nested 17-digit lists would be ~5x
     assert len(json.dumps(m.astype(np.float64).tolist())) > 3 * len(line)
 

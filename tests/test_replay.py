@@ -11,7 +11,7 @@ import pytest
 
 from vlmrl.instrument.bus import Bus
 from vlmrl.instrument.events import AttentionMatrix, DecodeState, RunInfo, TrainingState
-from vlmrl.instrument.record import LogFormatError, Recorder, encode_event, header_line
+from vlmrl.instrument.record import LogFormatError, Recorder, encode_line, header_line
 from vlmrl.utils.tui import replay as rp
 from vlmrl.utils.tui.layout import render_screen
 from vlmrl.utils.tui.palette import palette_for
@@ -174,15 +174,15 @@ def test_attach_picks_up_lines_appended_after_it_started(tmp_path):
     t.start()  # before the file even exists
     time.sleep(0.05)
     _write(path, (header_line(RunInfo(num_layers=3)) + "\n").encode())
-    _write(path, (encode_event(DecodeState(step=0)) + "\n").encode())
+    _write(path, (encode_line(DecodeState(step=0)) + "\n").encode())
     assert _wait_for(lambda: len(out) == 2), out
-    line = (encode_event(DecodeState(step=1, attention_row=np.arange(100, dtype=np.float32))) + "\n").encode()
+    line = (encode_line(DecodeState(step=1, attention_row=np.arange(100, dtype=np.float32))) + "\n").encode()
     _write(path, line[:37])  # half a line: nothing yet
     time.sleep(0.1)
     assert len(out) == 2
-    _write(path, line[37:] + (encode_event(DecodeState(step=2)) + "\n").encode())
+    _write(path, line[37:] + (encode_line(DecodeState(step=2)) + "\n").encode())
     assert _wait_for(lambda: len(out) == 4), out
-    _write(path, b"garbage line\n" + (encode_event(DecodeState(step=3)) + "\n").encode())
+    _write(path, b"garbage line\n" + (encode_line(DecodeState(step=3)) + "\n").encode())
     assert _wait_for(lambda: len(out) == 5), out
     stop.set()
     t.join(5)
@@ -274,12 +274,12 @@ def test_log_of_a_sigkilled_run_replays_every_complete_event(tmp_path):
 def test_follower_takes_a_line_longer_than_its_read_chunk_in_one_poll(tmp_path):
     path = tmp_path / "big.jsonl"
     big = AttentionMatrix(matrix=np.random.default_rng(0).random((64, 64)).astype(np.float32))
-    path.write_bytes((header_line() + "\n" + encode_event(big) + "\n").encode())
+    path.write_bytes((header_line() + "\n" + encode_line(big) + "\n").encode())
     follower = rp.LogFollower(str(path), chunk=256)
     got = follower.poll()
     assert len(got) == 1 and np.array_equal(got[0].matrix, big.matrix)
     assert follower.poll() == []
-    _write(path, (encode_event(DecodeState(step=5)) + "\n").encode())
+    _write(path, (encode_line(DecodeState(step=5)) + "\n").encode())
     assert [e.step for e in follower.poll()] == [5]
 
 

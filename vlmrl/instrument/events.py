@@ -2,9 +2,10 @@
 
 Plain dataclasses of Python scalars and small numpy arrays. No JAX here: the dashboard
 and `--attach` must run on a machine without it. Every event has a stable `kind` and
-round-trips exactly through `to_dict` / `event_from_dict` (JSON-safe dicts: arrays as
-short decimals or base64 of their bytes, non-finite floats as {"nf": ...}; the recorder
-writes the same encoding).
+round-trips exactly through `encode_event` / `decode_event` (JSON-safe dicts: arrays as
+short decimals or base64 of their bytes, non-finite floats as {"nf": ...}); the recorder
+writes that dict as one JSON line. `decode_event` is the one way from a dict to an event:
+the log readers, `LiveTUI.queue` and the store all use it.
 """
 from __future__ import annotations
 
@@ -98,10 +99,8 @@ class Event:
     kind: ClassVar[str] = "event"
 
     def to_dict(self) -> dict:
-        out = {"kind": self.kind}
-        for f in dataclasses.fields(self):
-            out[f.name] = encode_value(getattr(self, f.name))
-        return out
+        """The JSON-safe dict of this event (`encode_event`)."""
+        return encode_event(self)
 
 
 @dataclasses.dataclass
@@ -234,17 +233,94 @@ class RunEnd(Event):
 EVENT_TYPES = {cls.kind: cls for cls in (RunInfo, DecodeState, TrainingState, CreditState, AttentionMatrix, RunEnd)}
 
 
-def event_from_dict(data: dict) -> Event:
-    """Rebuild an event from `to_dict` output; raises ValueError naming an unknown kind."""
+# ---------------------------------------------------------------- the codec
+
+# Taps send the focus statistic twice (attention_pattern is attn_stats["focus"]): the dict
+# holds it once and a reference, a fifth of a decode line at 28 layers x 16 heads.
+_FOCUS_REF = {"ref": "attn_stats.focus"}
+
+
+def _same_as_focus(event: Event) -> bool:
+    pat = getattr(event, "attention_pattern", None)
+    focus = (getattr(event, "attn_stats", None) or {}).get("focus")
+    return (isinstance(pat, np.ndarray) and isinstance(focus, np.ndarray) and pat.dtype == focus.dtype
+            and pat.shape == focus.shape and (pat is focus or np.array_equal(pat, focus, equal_nan=True)))
+
+
+def encode_event(event: Event) -> dict:
+    """The JSON-safe dict of an event ("kind" first, then every field)."""
+    data = {"kind": event.kind}
+    for f in dataclasses.fields(event):
+        data[f.name] = encode_value(getattr(event, f.name))
+    if _same_as_focus(event):
+        data["attention_pattern"] = _FOCUS_REF
+    return data
+
+
+_TUPLE_FIELDS = ("vision_span", "vision_grid", "deepstack_layers")
+
+
+def decode_event(data: Any) -> Event:
+    """Rebuild an event from `encode_event` output (a parsed log line or a queued dict).
+
+    Fields the event type does not have are ignored (a newer writer); a value that is
+    missing keeps its default. Raises ValueError naming the problem when `data` is not a
+    valid event, so a caller can reject it whole.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"an event must be a JSON object, got {type(data).__name__}")
     kind = data.get("kind")
-    cls = EVENT_TYPES.get(kind)
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ValueError(f"unknown event kind {kind!r}")
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: decode_value(v) for k, v in data.items() if k in names}
-    for key in ("vision_span", "vision_grid", "deepstack_layers"):
+    try:
+        kwargs = {k: decode_value(v) for k, v in data.items() if k in names}
+    except (KeyError, TypeError, OverflowError, ValueError) as exc:
+        raise ValueError(f"{kind}: bad encoded value ({type(exc).__name__}: {exc})") from None
+    if kwargs.get("attention_pattern") == _FOCUS_REF:
+        stats = kwargs.get("attn_stats")
+        if not isinstance(stats, dict) or not isinstance(stats.get("focus"), np.ndarray):
+            raise ValueError("attention_pattern refers to a missing attn_stats.focus")
+        kwargs["attention_pattern"] = stats["focus"]
+    for key in _TUPLE_FIELDS:
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
-    if "top_k" in kwargs:
-        kwargs["top_k"] = [tuple(t) for t in kwargs["top_k"]]
-    return cls(**kwargs)
+    if isinstance(kwargs.get("top_k"), list):
+        kwargs["top_k"] = [tuple(t) if isinstance(t, list) else t for t in kwargs["top_k"]]
+    event = cls(**kwargs)
+    validate(event)
+    return event
+
+
+# ---------------------------------------------------------------- validation
+
+# Events from a file or a queue are untrusted: a field of the wrong type would make a
+# panel raise later, far from the cause. Each field is checked against its annotation.
+_CHECKS = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "list": lambda v: isinstance(v, list),
+    "dict": lambda v: isinstance(v, dict),
+    "tuple": lambda v: isinstance(v, tuple),
+    "np.ndarray": lambda v: isinstance(v, np.ndarray),
+}
+
+
+def _type_ok(annotation: str, value: Any) -> bool:
+    ann = annotation.replace(" ", "")
+    if ann.startswith("Optional[") and ann.endswith("]"):
+        if value is None:
+            return True
+        ann = ann[len("Optional["):-1]
+    check = _CHECKS.get(ann)
+    return True if check is None else check(value)
+
+
+def validate(event: Event) -> None:
+    """Raise ValueError naming the first field of `event` that a panel could not show."""
+    for f in dataclasses.fields(event):
+        value = getattr(event, f.name)
+        if not _type_ok(str(f.type), value):
+            raise ValueError(f"{event.kind}.{f.name}: unexpected value type {type(value).__name__}")

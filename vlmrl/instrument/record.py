@@ -21,11 +21,9 @@ import json
 import os
 import sys
 import threading
-from typing import Any, Optional
+from typing import Optional
 
-import numpy as np
-
-from vlmrl.instrument.events import EVENT_TYPES, SCHEMA_VERSION, Event, RunInfo, decode_value, encode_value, event_from_dict
+from vlmrl.instrument.events import SCHEMA_VERSION, Event, RunInfo, decode_event, encode_event
 
 HEADER_KEY = "vlmrl_log"
 class LogFormatError(ValueError):
@@ -33,85 +31,21 @@ class LogFormatError(ValueError):
 
 
 
-# Taps send the focus statistic twice (attention_pattern is attn_stats["focus"]): the log
-# stores it once and a reference, a fifth of a decode line at 28 layers x 16 heads.
-_FOCUS_REF = {"ref": "attn_stats.focus"}
-
-
-def _same_as_focus(event: Event) -> bool:
-    pat = getattr(event, "attention_pattern", None)
-    focus = (getattr(event, "attn_stats", None) or {}).get("focus")
-    return (isinstance(pat, np.ndarray) and isinstance(focus, np.ndarray) and pat.dtype == focus.dtype
-            and pat.shape == focus.shape and (pat is focus or np.array_equal(pat, focus, equal_nan=True)))
-
-
-def encode_event(event: Event) -> str:
+def encode_line(event: Event) -> str:
     """One compact JSON line (no newline) for an event."""
-    data = {"kind": event.kind}
-    for f in dataclasses.fields(event):
-        data[f.name] = encode_value(getattr(event, f.name))
-    if _same_as_focus(event):
-        data["attention_pattern"] = _FOCUS_REF
     # ensure_ascii keeps the line pure ASCII: no raw control or lone-surrogate bytes.
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return json.dumps(encode_event(event), separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
 def header_line(run_info: Optional[RunInfo] = None, process_index: int = 0) -> str:
     head = {
         HEADER_KEY: SCHEMA_VERSION,
         "kind": "header",
-        "run_info": json.loads(encode_event(run_info)) if run_info is not None else None,
+        "run_info": encode_event(run_info) if run_info is not None else None,
         "process_index": process_index,
         "pid": os.getpid(),
     }
     return json.dumps(head, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-# ---------------------------------------------------------------- field validation
-
-# Files are untrusted: a field of the wrong type would make a panel raise later, far from
-# the cause. So each line is checked against the dataclass annotations here.
-_CHECKS = {
-    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "str": lambda v: isinstance(v, str),
-    "list": lambda v: isinstance(v, list),
-    "dict": lambda v: isinstance(v, dict),
-    "tuple": lambda v: isinstance(v, (tuple, list)),
-    "np.ndarray": lambda v: isinstance(v, np.ndarray),
-}
-
-
-def _type_ok(annotation: str, value: Any) -> bool:
-    ann = annotation.replace(" ", "")
-    if ann.startswith("Optional[") and ann.endswith("]"):
-        if value is None:
-            return True
-        ann = ann[len("Optional["):-1]
-    check = _CHECKS.get(ann)
-    return True if check is None else check(value)
-
-
-def decode_event(data: Any) -> Event:
-    """Rebuild an event from one parsed log line; ValueError when it is not a valid event."""
-    if not isinstance(data, dict):
-        raise ValueError("line is not a JSON object")
-    cls = EVENT_TYPES.get(data.get("kind"))
-    if cls is None:
-        raise ValueError(f"unknown event kind {data.get('kind')!r}")
-    decoded = {k: decode_value(v) for k, v in data.items()}
-    if decoded.get("attention_pattern") == _FOCUS_REF:
-        stats = decoded.get("attn_stats")
-        if not isinstance(stats, dict) or not isinstance(stats.get("focus"), np.ndarray):
-            raise ValueError("attention_pattern refers to a missing attn_stats.focus")
-        decoded["attention_pattern"] = stats["focus"]
-    for f in dataclasses.fields(cls):
-        if f.name in decoded and not _type_ok(str(f.type), decoded[f.name]):
-            raise ValueError(f"{cls.kind}.{f.name}: unexpected value type {type(decoded[f.name]).__name__}")
-    try:
-        return event_from_dict(decoded)
-    except TypeError as exc:
-        raise ValueError(str(exc)) from exc
 
 
 def parse_header(line: bytes | str, path: str = "log") -> dict:
@@ -255,7 +189,7 @@ class Recorder:
         lines = []
         for event in batch:
             try:
-                lines.append(encode_event(event))
+                lines.append(encode_line(event))
             except Exception as exc:  # an unencodable event must not end the recording
                 self.errors += 1
                 if not self.first_error:

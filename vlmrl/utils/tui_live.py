@@ -21,7 +21,7 @@ import traceback
 from typing import Any, Callable, Optional
 
 from vlmrl.instrument.bus import Bus, default_bus
-from vlmrl.instrument.events import CreditState, DecodeState, Event, RunInfo, TrainingState, event_from_dict
+from vlmrl.instrument.events import CreditState, DecodeState, Event, RunInfo, TrainingState, decode_event
 from vlmrl.utils.tui import theme as _theme
 from vlmrl.utils.tui.frame import FrameEncoder
 from vlmrl.utils.tui.plainlog import FdWriter, PlainLog
@@ -55,9 +55,9 @@ def to_event(item: Any) -> Event:
             raise ValueError(f"LiveTUI.queue: kind {kind!r} does not match payload kind {payload.kind!r}")
         return payload
     if isinstance(payload, dict):
-        return event_from_dict({**payload, "kind": kind})
+        return decode_event({**payload, "kind": kind})
     if kind == "credit" and isinstance(payload, (tuple, list)) and len(payload) == 2:
-        return CreditState(tokens=list(payload[0]), credits=[float(c) for c in payload[1]])
+        return decode_event({"kind": "credit", "tokens": list(payload[0]), "credits": [float(c) for c in payload[1]]})
     raise ValueError(f"LiveTUI.queue: cannot make a {kind!r} event from {type(payload).__name__}")
 
 

@@ -29,7 +29,7 @@ from vlmrl.instrument.events import (
     Event,
     RunInfo,
     TrainingState,
-    event_from_dict,
+    decode_event,
 )
 
 from vlmrl.utils.tui.state import (  # noqa: F401  (re-exported: panels import them from here)
@@ -140,7 +140,7 @@ class Store:
         handler = self._handlers.get(type(event))
         if handler is None and isinstance(event, dict):
             try:
-                event = event_from_dict(event)
+                event = decode_event(event)
             except (ValueError, TypeError) as exc:
                 self._problem(f"bad event dict: {exc}")
                 return
