@@ -27,11 +27,18 @@ INIT_STD = 0.02  # Hugging Face's initializer_range: near-uniform first policy, 
 
 # ---- the policy -----------------------------------------------------------------------------
 
-def load_codec(path: str) -> TextCodec:
-    """A checkpoint directory's (or our word-level) tokenizer.json, via the processor's loader."""
+def load_codec(path: str, image_config=None) -> TextCodec:
+    """A checkpoint directory's (or our word-level) tokenizer.json, via the processor's loader,
+    with its chat template and token texts as the tokenizer's decoder means them."""
     from vlmrl.models.qwen3vl.processor import load_tokenizer
 
-    return TextCodec(load_tokenizer(path).tokenizer)
+    return codec_from(load_tokenizer(path), image_config)
+
+
+def codec_from(qt, image_config=None) -> TextCodec:
+    """A TextCodec over a loaded `QwenTokenizer`: its token texts and its chat template (if any)."""
+    chat = None if qt.chat_template is None else qt.render_chat
+    return TextCodec(qt.tokenizer, token_text=qt.token_text, chat=chat, image_config=image_config)
 
 
 def tiny_config(codec: TextCodec) -> Qwen3VLConfig:
@@ -45,7 +52,7 @@ def tiny_config(codec: TextCodec) -> Qwen3VLConfig:
         vision_end_token_id=codec.token_id("<|vision_end|>"), name="tiny-rl")
 
 
-def init_model(config: Qwen3VLConfig, seed: int):
+def init_model(config: Qwen3VLConfig, seed: int, dtype=jnp.float32):
     """A fresh Qwen3VL with HF-style init: weight matrices N(0, 0.02), norm scales 1, biases 0.
 
     nnx's default embedding init (std 1) makes a tied output layer emit near one-hot
@@ -54,7 +61,7 @@ def init_model(config: Qwen3VLConfig, seed: int):
     """
     from vlmrl.models.qwen3vl.model import Qwen3VL
 
-    abstract = nnx.eval_shape(lambda: Qwen3VL(config, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: Qwen3VL(config, dtype=dtype, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     rng = np.random.default_rng(seed)
     flat = []
@@ -70,7 +77,8 @@ def init_model(config: Qwen3VLConfig, seed: int):
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
-def build_policy(model_name: str, env, seed: int, model_dir: Optional[str] = None, workdir: Optional[str] = None):
+def build_policy(model_name: str, env, seed: int, model_dir: Optional[str] = None, workdir: Optional[str] = None,
+                 dtype=jnp.float32):
     """(model, config, codec) for `--model tiny` or `--model_dir HF_DIR`.
 
     tiny: writes our word-level tokenizer.json (the env's answers in its vocabulary) into
@@ -78,10 +86,21 @@ def build_policy(model_name: str, env, seed: int, model_dir: Optional[str] = Non
     path, then builds the model from it.
     """
     if model_dir is not None:
-        from vlmrl.models.qwen3vl.load import load_hf_checkpoint
+        from vlmrl.models.qwen3vl.load import load_hf_checkpoint, read_config
+        from vlmrl.models.qwen3vl.processor import ImageProcessorConfig, load_tokenizer
 
-        codec = load_codec(model_dir)
-        model, config = load_hf_checkpoint(model_dir)
+        config = read_config(model_dir)
+        qt = load_tokenizer(model_dir)
+        qt.check_special_ids(config)  # before the weights: a mismatch is one clear error
+        images = ImageProcessorConfig.from_pretrained(model_dir)
+        if (images.patch_size, images.merge_size, images.temporal_patch_size) != (
+                config.vision.patch_size, config.vision.spatial_merge_size, config.vision.temporal_patch_size):
+            raise ValueError(f"preprocessor_config.json patch/merge/temporal size {images.patch_size}/"
+                             f"{images.merge_size}/{images.temporal_patch_size} disagree with config.json's "
+                             f"{config.vision.patch_size}/{config.vision.spatial_merge_size}/"
+                             f"{config.vision.temporal_patch_size}")
+        codec = codec_from(qt, images)
+        model, config = load_hf_checkpoint(model_dir, dtype=dtype)
         return model, config, codec
     if model_name != "tiny":
         raise ValueError(f"--model {model_name!r}: only 'tiny' is built in; pass --model_dir for a checkpoint")
@@ -91,7 +110,7 @@ def build_policy(model_name: str, env, seed: int, model_dir: Optional[str] = Non
     else:
         codec = load_codec(write_tokenizer_dir(workdir, env.answers))
     config = tiny_config(codec)
-    return init_model(config, seed), config, codec
+    return init_model(config, seed, dtype), config, codec
 
 
 def sampling_config(codec: TextCodec):
@@ -111,15 +130,23 @@ def sampling_config(codec: TextCodec):
 def make_batch(env, codec, seed: int, start: int, n: int) -> PromptBatch:
     """Examples start..start+n of `env` as sampler inputs, through the Qwen3-VL processor:
     the chat template with one image (pads expanded for its grid) and its pixel patches.
-    Images keep their drawn size (no resize): min/max pixels are pinned to it."""
+    A checkpoint's own template and preprocessor values are used when the codec has them;
+    otherwise images keep their drawn size (min/max pixels pinned to it)."""
     from vlmrl.models.qwen3vl import processor
 
     exs = env.examples(seed, start, n)
     prompts, pixels, grids = [], [], []
+    cfg = codec.image_config
+    merge = 2 if cfg is None else cfg.merge_size
     for ex in exs:
-        area = int(ex.image.shape[0] * ex.image.shape[1])
-        pv, grid = processor.preprocess_images([ex.image], min_pixels=area, max_pixels=area)
-        prompts.append(np.asarray(codec.encode(processor.build_prompt(ex.question, grid)), np.int32))
+        if cfg is None:
+            area = int(ex.image.shape[0] * ex.image.shape[1])
+            pv, grid = processor.preprocess_images([ex.image], min_pixels=area, max_pixels=area)
+        else:
+            pv, grid = processor.preprocess_images([ex.image], cfg)
+        chat = codec.chat(ex.question, 1) if codec.chat is not None else processor.render_chat(ex.question, 1)
+        text = processor.expand_image_pads(chat, grid, merge)
+        prompts.append(np.asarray(codec.encode(text), np.int32))
         pixels.append(pv)
         grids.append(grid[0])
     return PromptBatch(prompts, np.concatenate(pixels), np.asarray(grids, np.int64), exs)

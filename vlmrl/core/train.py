@@ -171,7 +171,7 @@ class Trainer:
         self.optimizer = self.ppo_cfg.optimizer()
         self.opt_state = self.optimizer.init(self.params)
         self.sampler = Sampler(model, rollout.sampling_config(self.codec), tap=tap, bus=bus,
-                               detok=self.codec.id_to_token)
+                               detok=self.codec.token_text)
         self.key = jax.random.PRNGKey(args.seed)
         self.step = 0
         self._fns = None  # jitted score/update/credit, built at the first rollout (prompt length known)
@@ -243,7 +243,7 @@ class Trainer:
                 update_tokens_per_sec=m["times/update_tok_s"]))
             row = credit_row(np.asarray(adv), ro.completion_mask)
             mask = ro.completion_mask[row]
-            self.bus.publish(CreditState(tokens=[self.codec.id_to_token(t) for t in ro.ids[row, ro.prompt_len:][mask]],
+            self.bus.publish(CreditState(tokens=[self.codec.token_text(t) for t in ro.ids[row, ro.prompt_len:][mask]],
                                          credits=[float(c) for c in np.asarray(credits)[row][mask]], step=self.step))
         self.step += 1
         return m

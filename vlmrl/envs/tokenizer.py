@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 # Qwen's special tokens, in Qwen's order (their ids differ here: they follow the words).
 QWEN_SPECIAL_TOKENS = (
@@ -62,8 +62,16 @@ class TextCodec:
     the dashboard sanitises it before display.
     """
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, token_text: Optional[Callable[[int], str]] = None,
+                 chat: Optional[Callable[[str, int], str]] = None, image_config=None):
         self.tok = tokenizer
+        # One token's text as its decoder means it (a checkpoint's byte-level BPE needs the
+        # model side's byte table); default: the library's decode of that one id.
+        self._token_text = token_text
+        # (question, number of images) -> chat prompt before pad expansion; None: built-in format.
+        self.chat = chat
+        # The checkpoint's image preprocessing values; None: keep each image at its drawn size.
+        self.image_config = image_config
 
     @property
     def vocab_size(self) -> int:
@@ -76,8 +84,15 @@ class TextCodec:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
 
     def id_to_token(self, i: int) -> str:
+        """The raw vocabulary piece (e.g. "Ġred" in a byte-level BPE); for display use token_text."""
         t = self.tok.id_to_token(int(i))
         return "" if t is None else t
+
+    def token_text(self, i: int) -> str:
+        """What token `i` reads as: " red" for the byte-level piece "Ġred"."""
+        if self._token_text is not None:
+            return self._token_text(int(i))
+        return self.tok.decode([int(i)], skip_special_tokens=False)
 
     def token_id(self, token: str) -> int:
         i = self.tok.token_to_id(token)

@@ -1,9 +1,10 @@
-"""Qwen3-VL input side: image preprocessing, chat prompts, and the tokenizer.
+"""Qwen3-VL input side: image preprocessing and chat prompts (the tokenizer is `tokenizer.py`).
 
 Images follow HF's `Qwen2VLImageProcessorPil` with the Qwen3-VL preprocessor values
-(QWEN3VL.md §6): smart_resize to multiples of patch*merge, PIL bicubic, x/255, (x-0.5)/0.5,
-then patches flattened in merge-window order, each frame repeated over the temporal patch.
-Prompts follow the Instruct chat format (§7) with one <|image_pad|> per merged 2x2 window.
+(`docs/tokenizer.md`): smart_resize to multiples of patch*merge, PIL bicubic, x/255,
+(x-0.5)/0.5, then patches flattened in merge-window order, each frame repeated over the
+temporal patch. Prompts use the checkpoint's chat template (else Qwen's Instruct format)
+and then get one <|image_pad|> per merged 2x2 window.
 """
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import dataclasses
 import json
 import math
 import os
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
 
-IM_START, IM_END, ENDOFTEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
-VISION_START, VISION_END, IMAGE_PAD = "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"
+from vlmrl.models.qwen3vl.tokenizer import (  # noqa: F401  (re-exported: the processor's public names)
+    ENDOFTEXT, IM_END, IM_START, IMAGE_PAD, VISION_END, VISION_START, QwenTokenizer, builtin_chat, load_tokenizer)
 MAX_ASPECT_RATIO = 200
 
 # PIL modes HF's convert("RGB") handles faithfully; 16-bit / float modes would be clipped to 8 bits.
@@ -199,14 +200,12 @@ def num_image_tokens(grid_thw, merge_size: int = 2) -> int:
 
 
 def render_chat(text: str, num_images: int = 0, system: Optional[str] = None,
-                add_generation_prompt: bool = True) -> str:
-    """One user turn (images first, then text) before pad expansion: one <|image_pad|> per image."""
-    if num_images < 0:
-        raise ValueError(f"num_images must be >= 0, got {num_images}")
-    out = f"{IM_START}system\n{system}{IM_END}\n" if system else ""
-    content = (VISION_START + IMAGE_PAD + VISION_END) * num_images + text
-    out += f"{IM_START}user\n{content}{IM_END}\n"
-    return out + (f"{IM_START}assistant\n" if add_generation_prompt else "")
+                add_generation_prompt: bool = True, tokenizer: Optional[QwenTokenizer] = None) -> str:
+    """One user turn (images first, then text) before pad expansion: one <|image_pad|> per image,
+    in the tokenizer's own chat template when it has one, else Qwen's built-in format."""
+    if tokenizer is not None:
+        return tokenizer.render_chat(text, num_images, system, add_generation_prompt)
+    return builtin_chat(text, num_images, system, add_generation_prompt)
 
 
 def expand_image_pads(prompt: str, image_grid_thw, merge_size: int = 2) -> str:
@@ -222,93 +221,19 @@ def expand_image_pads(prompt: str, image_grid_thw, merge_size: int = 2) -> str:
 
 
 def build_prompt(text: str, image_grid_thw=None, *, system: Optional[str] = None, merge_size: int = 2,
-                 add_generation_prompt: bool = True) -> str:
-    """Chat prompt for `text` with the given images, pads already expanded per image grid."""
+                 add_generation_prompt: bool = True, tokenizer: Optional[QwenTokenizer] = None) -> str:
+    """Chat prompt for `text` with the given images, pads already expanded per image grid
+    (the tokenizer's chat template when given and it has one)."""
     grids = np.zeros((0, 3), np.int64) if image_grid_thw is None else np.asarray(image_grid_thw).reshape(-1, 3)
-    prompt = render_chat(text, len(grids), system, add_generation_prompt)
+    prompt = render_chat(text, len(grids), system, add_generation_prompt, tokenizer)
     return expand_image_pads(prompt, grids, merge_size)
-
-
-# ---- tokenizer ----------------------------------------------------------------------------
-
-class QwenTokenizer:
-    """A thin wrapper over a `tokenizers.Tokenizer`; special ids are looked up by name."""
-
-    def __init__(self, tokenizer, source: str = "<memory>"):
-        self.tokenizer = tokenizer  # the underlying `tokenizers.Tokenizer`
-        self._tok = tokenizer
-        self.source = source
-
-    @property
-    def vocab_size(self) -> int:
-        return self._tok.get_vocab_size(with_added_tokens=True)
-
-    def token_id(self, token: str) -> int:
-        tid = self._tok.token_to_id(token)
-        if tid is None:
-            raise KeyError(f"tokenizer {self.source} has no token {token!r}")
-        return int(tid)
-
-    def maybe_token_id(self, token: str) -> Optional[int]:
-        tid = self._tok.token_to_id(token)
-        return None if tid is None else int(tid)
-
-    @property
-    def image_pad_id(self) -> int:
-        return self.token_id(IMAGE_PAD)
-
-    @property
-    def vision_start_id(self) -> int:
-        return self.token_id(VISION_START)
-
-    @property
-    def vision_end_id(self) -> int:
-        return self.token_id(VISION_END)
-
-    @property
-    def im_end_id(self) -> int:
-        return self.token_id(IM_END)
-
-    @property
-    def stop_ids(self) -> Tuple[int, ...]:
-        """Tokens that end a reply: <|im_end|> and <|endoftext|> (those the vocab has)."""
-        return tuple(t for t in (self.maybe_token_id(IM_END), self.maybe_token_id(ENDOFTEXT)) if t is not None)
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> List[int]:
-        if not isinstance(text, str):
-            raise TypeError(f"encode expects str, got {type(text).__name__}")
-        return list(self._tok.encode(text, add_special_tokens=add_special_tokens).ids)
-
-    def encode_batch(self, texts: Iterable[str], add_special_tokens: bool = True) -> List[List[int]]:
-        return [list(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
-
-    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
-        ids = [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"token ids out of range [0, {self.vocab_size}): {bad[:5]}")
-        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
-
-
-def load_tokenizer(path: str) -> QwenTokenizer:
-    """Load `tokenizer.json` from a checkpoint dir (or the file itself)."""
-    from tokenizers import Tokenizer
-
-    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-    if not os.path.isfile(file):
-        raise FileNotFoundError(f"no tokenizer.json at {file!r}")
-    try:
-        tok = Tokenizer.from_file(file)
-    except Exception as exc:  # the tokenizers library raises a bare Exception on bad JSON
-        raise ValueError(f"{file} is not a usable tokenizer.json ({exc})") from None
-    return QwenTokenizer(tok, source=file)
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> Tuple[np.ndarray, np.ndarray]:
     """Token lists -> (ids int32 [B, S], attention_mask int32 [B, S]), padded on the LEFT.
 
     Left padding puts every row's last prompt token in the same slot, so one cache write
-    index serves the whole batch (TEAM.md, Model API).
+    index serves the whole batch.
     """
     seqs = [list(map(int, s)) for s in sequences]
     if not seqs or any(len(s) == 0 for s in seqs):
