@@ -80,7 +80,7 @@ class _Row:
 
 _RUN_INTS = ("num_layers", "num_heads", "num_kv_heads", "head_dim", "max_cache", "batch")
 _DECODE_INTS = ("step", "token_id", "cache_len", "cache_max", "active_layer", "active_head", "mrope_t",
-                "mrope_h", "mrope_w", "seq_index", "batch_size")
+                "mrope_h", "mrope_w", "seq_index", "batch_size", "generation")
 _GET_DECODE_INTS = operator.attrgetter(*_DECODE_INTS)
 
 
@@ -120,6 +120,7 @@ class Store:
         self._v = {"all": 0, "run": 0, "decode": 0, "train": 0, "credit": 0, "matrix": 0}
         self._snap: Optional[DashboardState] = None
         self._heat_held: Optional[int] = None  # tick in which some row's newer stats are held back
+        self.stale_events = 0  # decode events of an older generation that arrived after a newer one
         # Bumped before anything touches a row (even by an event later rejected): the
         # snapshot rebuilds its per-row sections only when it moved.
         self._rows_v = 0
@@ -223,13 +224,22 @@ class Store:
         if row is None:
             row = self._rows[b] = _Row()
         latest = row.latest
-        # A new generation restarts the step count; a late duplicate of an old callback
-        # also has a low step, but its wall time is older than the newest event's.
-        new_gen = (
-            latest is not None
-            and ev.wall_time > latest.wall_time
-            and ((ev.phase == "prefill" and latest.phase != "prefill") or ev.step < latest.step - REORDER_WINDOW)
-        )
+        if latest is not None and ev.generation and latest.generation:
+            # Taps number their generate() calls: callbacks are unordered, so a prefill that
+            # lands after its own decode steps is the same generation, and a straggler of an
+            # older one is dropped rather than mixed into the newer.
+            if ev.generation < latest.generation:
+                self.stale_events += 1
+                return
+            new_gen = ev.generation > latest.generation
+        else:
+            # No generation ids (older logs): a new generation restarts the step count; a late
+            # duplicate of an old callback also has a low step, but an older wall time.
+            new_gen = (
+                latest is not None
+                and ev.wall_time > latest.wall_time
+                and ((ev.phase == "prefill" and latest.phase != "prefill") or ev.step < latest.step - REORDER_WINDOW)
+            )
         if new_gen:
             row.recent, row.explorer = StepLog(RECENT_TOKENS), StepLog(EXPLORER_STEPS)
             row.stats, row.stat_step = {}, {}
