@@ -68,7 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="updates per trainer before timing (compiles)")
     a = ap.parse_args(argv)
 
-    from vlmrl.core.train import Trainer, parse_args
+    from vlmrl.core.cli import parse_args
+    from vlmrl.core.trainer import Trainer
     from vlmrl.instrument.bus import Bus
     from vlmrl.instrument.taps import TapConfig
     from vlmrl.utils.tui_live import LiveTUI

@@ -73,7 +73,8 @@ def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path):
 
 @pytest.mark.slow
 def test_resume_continues_the_same_curve_and_events_flow(tmp_path):
-    from vlmrl.core.train import Trainer, parse_args
+    from vlmrl.core.cli import parse_args
+    from vlmrl.core.trainer import Trainer
     from vlmrl.instrument.bus import Bus
     from vlmrl.instrument.events import CreditState, DecodeState, TrainingState
     from vlmrl.instrument.taps import TapConfig
@@ -165,7 +166,7 @@ def test_init_model_is_hf_style_and_starts_near_uniform(tmp_path):
 def test_credit_panel_shows_a_sample_that_kept_a_completion():
     """Row 0 cut to nothing (it sampled a vision placeholder first) must not leave the
     TOKEN CREDIT panel with an empty list when another sample has tokens."""
-    from vlmrl.core.train import credit_row
+    from vlmrl.core.telemetry import credit_row
 
     mask = np.array([[False, False], [True, True], [True, False]])
     assert credit_row(np.zeros(3), mask) == 1  # no signal anywhere: the first kept completion

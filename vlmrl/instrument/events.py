@@ -123,6 +123,8 @@ class RunInfo(Event):
     process_count: int = 1
     # What the run is doing when no step has finished yet ("compiling ..."); "" when training.
     status: str = ""
+    # How long the status has lasted, in seconds: a run republishes RunInfo while it compiles.
+    status_seconds: Optional[float] = None
     wall_time: float = dataclasses.field(default_factory=time.time)
 
     def kv_bytes_per_token(self, batch: Optional[int] = None) -> int:

@@ -1,12 +1,14 @@
 """Plain log lines for when there is no terminal to draw on (batch jobs, `| tee`, after `q`).
 
-One line per TrainingState, one line for the RunInfo, and a decode summary at most every
-`summary_every` seconds. Not one escape byte: every piece of text that came from the
+One line per TrainingState, one line for the run's shape (RunInfo, again only when the
+shape changes), one when it starts compiling and one when that is done, one when it ends,
+and a decode summary at most every `summary_every` seconds. Not one escape byte: every piece of text that came from the
 model or a file goes through `canvas.sanitize` (controls become visible pictures), and
 numbers are formatted here.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -14,8 +16,12 @@ import threading
 import time
 from typing import Callable, Optional, TextIO
 
-from vlmrl.instrument.events import CreditState, DecodeState, Event, RunInfo, TrainingState
+from vlmrl.instrument.events import CreditState, DecodeState, Event, RunEnd, RunInfo, TrainingState
 from vlmrl.utils.tui.canvas import sanitize, truncate
+
+
+# RunInfo fields that change while a run keeps its shape
+_VOLATILE = {"status", "status_seconds", "wall_time", "device_memory_in_use"}
 
 
 def _num(value, fmt: str) -> str:
@@ -64,6 +70,10 @@ class PlainLog:
         self.dropped = 0
         self._last_decode: Optional[DecodeState] = None
         self._tokens_since = 0
+        self._row_steps: dict = {}  # row -> (generation, step) of its newest decode event
+        self._span: Optional[list] = None  # [first, last] wall_time of decode events this window
+        self._shape: Optional[tuple] = None  # the RunInfo shape the run line printed
+        self._status = ""
         self._recent: list = []
         self._last_summary = self.t0
         self._last_credit: Optional[CreditState] = None
@@ -84,22 +94,58 @@ class PlainLog:
             self._emit(self.training_line(event))
         elif isinstance(event, DecodeState):
             self._last_decode = event
+            self._count_tokens(event)
             if event.phase != "prefill" and event.seq_index == 0:
-                self._tokens_since += 1
                 self._recent.append(event.token_text)
                 del self._recent[:-12]
         elif isinstance(event, RunInfo):
-            self._emit(self.run_line(event))
+            self._run_info(event)
         elif isinstance(event, CreditState):
             self._last_credit = event
+        elif isinstance(event, RunEnd):
+            step = "no step finished" if event.step is None else f"last step {event.step}"
+            self._emit(f"run {sanitize(str(event.reason))} | {step} | {_num(event.seconds, '.1f')} s")
+
+    def _run_info(self, r: RunInfo) -> None:
+        # a run republishes RunInfo while compiling (status ticks): one line per new shape,
+        # one when the status starts and one when it clears
+        shape = tuple(getattr(r, f.name) for f in dataclasses.fields(r) if f.name not in _VOLATILE)
+        if shape != self._shape:
+            self._shape = shape
+            self._emit(self.run_line(r))
+        status = str(r.status or "")
+        if status and not self._status:
+            self._emit(f"{truncate(status, 80)} ...")
+        elif self._status and not status:
+            self._emit("compiled; training" if self._status.startswith("compiling") else "ready")
+        self._status = status
+
+    def _count_tokens(self, d: DecodeState) -> None:
+        """Tokens the sampler emitted, from the step keys: the taps emit every `stride`-th step,
+        so a row that moved from step a to step b produced b - a tokens in between."""
+        prev = self._row_steps.get(d.seq_index)
+        key = (d.generation, d.step)
+        if prev is None or prev[0] != d.generation:
+            if len(self._row_steps) > 4096:  # bounded: rows of finished generations go
+                self._row_steps.clear()
+            self._tokens_since += 1
+        elif d.step > prev[1]:
+            self._tokens_since += d.step - prev[1]
+        self._row_steps[d.seq_index] = key
+        t = float(d.wall_time) if isinstance(d.wall_time, (int, float)) and math.isfinite(d.wall_time) else None
+        if t is not None:
+            self._span = [t, t] if self._span is None else [min(self._span[0], t), max(self._span[1], t)]
 
     def tick(self, now: Optional[float] = None) -> None:
         """Emit the decode summary when one is due."""
         now = self.clock() if now is None else now
         if now - self._last_summary >= self.summary_every and self._last_decode is not None:
-            elapsed = now - self._last_summary
-            self._emit(self.decode_line(self._last_decode, self._tokens_since / max(elapsed, 1e-9)))
+            # the rate over the events' own clock: right for a live run and for a log read back fast
+            span = self._span[1] - self._span[0] if self._span is not None else 0.0
+            rate = self._tokens_since / span if span > 0 else None
+            self._emit(self.decode_line(self._last_decode, rate))
             self._tokens_since = 0
+            self._span = None
             self._last_summary = now
 
     def training_line(self, t: TrainingState) -> str:
@@ -122,10 +168,10 @@ class PlainLog:
             parts.append(f"dropped {self.dropped}")
         return " | ".join(parts)
 
-    def decode_line(self, d: DecodeState, tok_rate: float) -> str:
+    def decode_line(self, d: DecodeState, tok_rate: Optional[float]) -> str:
         recent = truncate("".join(str(t) for t in self._recent), 48)
         self._recent.clear()
-        return (f"decode step {d.step} | cache {d.cache_len}/{d.cache_max} | {tok_rate:.1f} tok/s | "
+        return (f"decode step {d.step} | cache {d.cache_len}/{d.cache_max} | {_num(tok_rate, '.1f')} tok/s | "
                 f"last {truncate(str(d.token_text), 20)!r} p={_num(d.token_prob, '.2f')} | recent {recent!r}")
 
     def run_line(self, r: RunInfo) -> str:

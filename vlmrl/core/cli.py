@@ -1,0 +1,109 @@
+"""The flags of `python -m vlmrl.core.train`: one dataclass whose every field documents itself.
+
+`parse_args(argv)` -> `Args`; a bad value raises `UsageError` (the CLI prints it and exits 2).
+No JAX here: `--help` and flag errors answer at once.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from typing import List, Optional
+
+
+def _f(default, doc: str):
+    """A dataclass field whose one-line doc is also its --help text."""
+    return dataclasses.field(default=default, metadata={"help": doc})
+
+
+@dataclasses.dataclass
+class Args:
+    env: str = _f("colors", "task: colors | count")
+    model: str = _f("tiny", "built-in model preset (only tiny is built from scratch)")
+    model_dir: Optional[str] = _f(None, "Hugging Face checkpoint directory instead of --model")
+    steps: int = _f(200, "PPO updates to run (total, counting resumed ones)")
+    seed: int = _f(0, "seeds data, init and sampling")
+    batch: int = _f(8, "prompts per update")
+    group: int = _f(8, "samples per prompt (group-relative advantages)")
+    max_new_tokens: Optional[int] = _f(None, "completion length cap (None: the env's default)")
+    temperature: float = _f(1.0, "rollout sampling temperature")
+    lr: float = _f(7e-4, "AdamW learning rate")
+    lr_final: float = _f(0.1, "learning rate at the last of --steps, as a fraction of --lr (cosine decay; 1: constant)")
+    kl_coef: float = _f(0.01, "KL penalty weight to the frozen reference")
+    ent_coef: float = _f(0.03, "entropy bonus weight (keeps exploring until the image matters)")
+    epochs: int = _f(2, "passes over each rollout")
+    minibatches: int = _f(2, "minibatches per pass")
+    tui: bool = _f(False, "live dashboard")
+    record: Optional[str] = _f(None, "write every event to this JSONL log")
+    ckpt: Optional[str] = _f(None, "checkpoint directory")
+    ckpt_every: int = _f(50, "updates between checkpoints (and one at the end)")
+    resume: bool = _f(False, "continue from the newest checkpoint in --ckpt")
+    quiet: bool = _f(False, "no progress lines")
+    compile_cache: Optional[str] = _f(None, "directory of JAX's persistent compilation cache "
+                                            "(None: $XDG_CACHE_HOME/vlmrl/jax, else ~/.cache/vlmrl/jax)")
+    no_compile_cache: bool = _f(False, "compile everything afresh: neither read nor write the compilation cache")
+
+
+class UsageError(ValueError):
+    """A bad flag or input directory; the CLI prints it and exits with code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m vlmrl.core.train", description="PPO on Qwen3-VL with an optional live dashboard.")
+    defaults = Args()
+    for f in dataclasses.fields(Args):
+        flag, default = "--" + f.name, getattr(defaults, f.name)
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", help=f.metadata["help"])
+        else:
+            kind = {"max_new_tokens": int}.get(f.name, type(default) if default is not None else str)
+            p.add_argument(flag, type=kind, default=default, help=f"{f.metadata['help']} (default {default})")
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> Args:
+    """Flags -> Args; argparse exits 2 on unknown flags, `validate` raises UsageError."""
+    ns = build_parser().parse_args(argv)
+    args = Args(**vars(ns))
+    validate(args)
+    return args
+
+
+def validate(args: Args) -> None:
+    from vlmrl.envs.shapes import ENVS
+
+    if args.env not in ENVS:
+        raise UsageError(f"--env {args.env!r}: choose one of {sorted(ENVS)}")
+    if args.model_dir is None and args.model != "tiny":
+        raise UsageError(f"--model {args.model!r}: only 'tiny' is built in; pass --model_dir for a checkpoint")
+    for name in ("steps", "batch", "group", "epochs", "minibatches", "ckpt_every"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.group < 2:
+        raise UsageError(f"--group must be >= 2 (advantages are relative within a group), got {args.group}")
+    if (args.batch * args.group) % args.minibatches:
+        raise UsageError(f"--batch x --group = {args.batch * args.group} rows do not split into "
+                         f"--minibatches {args.minibatches}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UsageError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
+    if not args.temperature > 0:
+        raise UsageError(f"--temperature must be > 0 for PPO rollouts, got {args.temperature}")
+    if not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    if not 0 <= args.lr_final <= 1:
+        raise UsageError(f"--lr_final must be a fraction of --lr in [0, 1], got {args.lr_final}")
+    if args.resume and not args.ckpt:
+        raise UsageError("--resume needs --ckpt DIR")
+    if args.model_dir is not None:
+        d = args.model_dir
+        if not os.path.isdir(d):
+            raise UsageError(f"--model_dir {d!r} is not a directory")
+        missing = [f for f in ("config.json", "tokenizer.json") if not os.path.isfile(os.path.join(d, f))]
+        if missing:
+            raise UsageError(f"--model_dir {d!r} is not a Qwen3-VL checkpoint: missing {', '.join(missing)}")
+        if not any(f.endswith(".safetensors") for f in os.listdir(d)):
+            raise UsageError(f"--model_dir {d!r} has no *.safetensors weights")
+    if args.record:
+        parent = os.path.dirname(os.path.abspath(args.record))
+        if not os.path.isdir(parent):
+            raise UsageError(f"--record {args.record!r}: directory {parent} does not exist")

@@ -1,0 +1,101 @@
+"""What a training run publishes: its RunInfo, a status while it compiles, per-update
+TrainingState and CreditState, the progress line, and the RunEnd record.
+
+Events go to the bus (the dashboard, the recorder and the plain log subscribe to it);
+nothing here draws or writes a file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from vlmrl.core.rollout import make_batch
+from vlmrl.instrument.events import CreditState, RunEnd, RunInfo, TrainingState
+
+
+def run_info(trainer) -> RunInfo:
+    """The shape of the run: model, cache slots of one rollout (prompt + completion buckets), batch rows."""
+    t, sc = trainer.config.text, trainer.sampler.config
+    n = len(make_batch(trainer.env, trainer.codec, trainer.args.seed, 0, 1).prompt_ids[0])
+    cache = (next(b for b in sc.prompt_buckets if b >= n)
+             + next(b for b in sc.new_token_buckets if b >= trainer.max_new))
+    return RunInfo(model_name=trainer.config.name, num_layers=t.num_hidden_layers, num_heads=t.num_attention_heads,
+                   num_kv_heads=t.num_key_value_heads, head_dim=t.head_dim, dtype="float32",
+                   max_cache=cache, batch=trainer.args.batch * trainer.args.group,
+                   vision_depth=trainer.config.vision.depth,
+                   deepstack_layers=tuple(trainer.config.vision.deepstack_visual_indexes))
+
+
+def credit_row(adv: np.ndarray, completion_mask: np.ndarray) -> int:
+    """The sample the TOKEN CREDIT panel shows: the first one that carried signal (non-zero
+    advantage) and kept a completion, else the first that kept one. A completion can be
+    empty when its first token was a vision placeholder (the rollout cuts it there)."""
+    kept = completion_mask.any(axis=1)
+    for candidates in (kept & (np.abs(adv) > 0), kept):
+        if candidates.any():
+            return int(np.argmax(candidates))
+    return 0
+
+
+def publish_update(bus, m: dict, codec, ro, adv: np.ndarray, credits: np.ndarray) -> None:
+    """One update's TrainingState and the CreditState of one of its completions."""
+    bus.publish(TrainingState(
+        step=m["step"], reward_mean=m["reward/mean"], reward_std=m["reward/std"], kl=m["policy/kl_ref"],
+        loss=m["loss/total"], tokens_per_sec=m["times/rollout_tok_s"], policy_entropy=m["policy/entropy"],
+        clip_fraction=m["policy/clip_frac"], grad_norm=m["optim/grad_norm"], learning_rate=m["optim/lr"],
+        update_tokens_per_sec=m["times/update_tok_s"]))
+    row = credit_row(adv, ro.completion_mask)
+    mask = ro.completion_mask[row]
+    bus.publish(CreditState(tokens=[codec.token_text(t) for t in ro.ids[row, ro.prompt_len:][mask]],
+                            credits=[float(c) for c in credits[row][mask]], step=m["step"]))
+
+
+def progress_line(m: dict) -> str:
+    return (f"step {m['step']:4d}  reward {m['reward/mean']:.3f}±{m['reward/std']:.3f}  "
+            f"loss {m['loss/total']:+.4f}  kl {m['policy/kl_ref']:.4f}  ent {m['policy/entropy']:.3f}  "
+            f"clip {m['policy/clip_frac']:.3f}  gnorm {m['optim/grad_norm']:.3f}  "
+            f"rollout {m['times/rollout_tok_s']:.0f} tok/s  update {m['times/update_tok_s']:.0f} tok/s  "
+            f"{m['times/step_s']:.2f}s")
+
+
+class CompileStatus:
+    """Until the first update lands, republish RunInfo once a second with what is compiling
+    (`phase()`) and the seconds since it began, so a viewer sees the wait tick."""
+
+    def __init__(self, bus, info: RunInfo, phase: Callable[[], str], every: float = 1.0):
+        self.bus, self.info, self.phase, self.every = bus, info, phase, every
+        self._done = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> "CompileStatus":
+        self._t0 = time.monotonic()
+        self._publish()
+        self._thread = threading.Thread(target=self._run, name="vlmrl-compile-status", daemon=True)
+        self._thread.start()
+        return self
+
+    def _publish(self) -> None:
+        self.bus.publish(dataclasses.replace(self.info, status=f"compiling {self.phase()}",
+                                             status_seconds=round(time.monotonic() - self._t0, 1),
+                                             wall_time=time.time()))
+
+    def _run(self) -> None:
+        while not self._done.wait(self.every):
+            self._publish()
+
+    def stop(self) -> None:
+        """End the ticking and publish the RunInfo with no status (training from here)."""
+        if self._thread is None:
+            return
+        self._done.set()
+        self._thread.join()
+        self._thread = None
+        self.bus.publish(dataclasses.replace(self.info, status="", status_seconds=None, wall_time=time.time()))
+
+
+def run_end(step: Optional[int], reason: str, seconds: float) -> RunEnd:
+    return RunEnd(step=step, reason=reason, seconds=round(seconds, 3))

@@ -1,0 +1,133 @@
+"""The PPO loop: a policy, its frozen reference, the optimizer, the sampler and the step count.
+
+One update (`Trainer.train_step`) = rollout (`group` samples of each of `batch` prompts
+through the sampler) -> rewards -> group-relative advantages -> one jitted PPO update
+(ppo.py). What an update publishes for the dashboard and the log is in telemetry.py.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vlmrl.core import checkpoint, ppo, rollout, telemetry
+from vlmrl.core.cli import Args, UsageError
+from vlmrl.core.sampling import Sampler
+from vlmrl.envs.shapes import make_env
+
+
+class Trainer:
+    """Owns the policy, its frozen reference, the optimizer, the sampler and the step count."""
+
+    def __init__(self, args: Args, bus=None, tap=None, workdir: Optional[str] = None):
+        self.args, self.bus = args, bus
+        self.env = make_env(args.env)
+        self.max_new = args.max_new_tokens or self.env.max_new_tokens
+        base = workdir or args.ckpt
+        tok_dir = os.path.join(base, "tokenizer") if base else None
+        try:
+            model, self.config, self.codec = rollout.build_policy(args.model, self.env, args.seed, args.model_dir,
+                                                                  workdir=tok_dir)
+        except Exception as exc:  # the user's directory: tokenizers/safetensors raise their own types
+            if args.model_dir is None:
+                raise
+            raise UsageError(f"cannot load --model_dir {args.model_dir!r}: {type(exc).__name__}: {exc}") from exc
+        missing = [a for a in self.env.answers if self.codec.encode(a) == self.codec.encode("[UNK]")]
+        if missing:
+            raise UsageError(f"the tokenizer has no token for the answers {missing} of env {args.env!r}")
+        self.graphdef, self.params = nnx.split(model)
+        self.ref_params = jax.tree_util.tree_map(jnp.copy, self.params)  # frozen reference policy
+        self.ppo_cfg = ppo.PPOConfig(lr=args.lr, kl_coef=args.kl_coef, ent_coef=args.ent_coef, epochs=args.epochs,
+                                     minibatches=args.minibatches, final_lr_frac=args.lr_final,
+                                     total_steps=args.steps * args.epochs * args.minibatches)
+        self.optimizer = self.ppo_cfg.optimizer()
+        self.opt_state = self.optimizer.init(self.params)
+        self.sampler = Sampler(model, rollout.sampling_config(self.codec), tap=tap, bus=bus,
+                               detok=self.codec.token_text)
+        self.key = jax.random.PRNGKey(args.seed)
+        self.step = 0
+        self._fns = None  # jitted score/update/credit, built at the first rollout (prompt length known)
+        self.phase = "rollout (prefill + decode loop)"  # the part of an update running now (what the first compiles)
+
+    # ---- jitted pieces -------------------------------------------------------------------------
+    def _build(self, ro) -> None:
+        graphdef, R = self.graphdef, ro.ids.shape[0]
+
+        def apply_fn(params, b):
+            pv = b["pixel_values"]
+            logits, _, _ = nnx.merge(graphdef, params).forward(
+                b["ids"], b["attn_mask"], b["position_ids"], pixel_values=pv.reshape(-1, pv.shape[-1]),
+                vinputs=b["vinputs"])
+            return logits
+
+        mb_rows = R // self.ppo_cfg.minibatches
+        score = ppo.make_scorer(apply_fn, ro.prompt_len, rollout.vision_inputs(ro.grid, R, self.config.vision))
+        update = ppo.make_update(apply_fn, self.ppo_cfg, self.optimizer, ro.prompt_len,
+                                 rollout.vision_inputs(ro.grid, mb_rows, self.config.vision))
+        credit = jax.jit(lambda *a: ppo.token_credit(*a, self.ppo_cfg))
+        self._fns = (ro.ids.shape, score, update, credit)
+
+    # ---- one update ----------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        a, t0 = self.args, time.perf_counter()
+        k_roll, k_upd = jax.random.split(jax.random.fold_in(self.key, self.step))
+        self.phase = "rollout (prefill + decode loop)"
+        ro = rollout.collect(self.sampler, self.env, self.codec, self.config, seed=a.seed, step=self.step,
+                             batch=a.batch, group=a.group, max_new_tokens=self.max_new,
+                             temperature=a.temperature, key=k_roll)
+        if self._fns is None or self._fns[0] != ro.ids.shape:
+            self._build(ro)
+        _, score, update, credit = self._fns
+        self.phase = "PPO update (score + update)"
+        t1 = time.perf_counter()
+        batch = {"ids": ro.ids, "attn_mask": ro.attn_mask, "position_ids": ro.position_ids,
+                 "pixel_values": ro.pixel_values, "completion_mask": ro.completion_mask}
+        batch = rollout.to_device(batch)
+        adv = ppo.group_advantages(ro.rewards, a.group, self.ppo_cfg.adv_eps)
+        old_logp, _ = score(self.params, batch)
+        ref_logp, _ = score(self.ref_params, batch)
+        credits = credit(old_logp, old_logp, ref_logp, adv, batch["completion_mask"])
+        count = jnp.int32(self.step * a.epochs * a.minibatches)
+        self.params, self.opt_state, metrics = update(
+            self.params, self.opt_state, {**batch, "old_logp": old_logp, "ref_logp": ref_logp, "adv": adv},
+            k_upd, count)
+        m = ppo.numpy_metrics(metrics)  # waits for the update
+        t2 = time.perf_counter()
+        self.sampler.update_params(self.params)
+        self.phase = "done"
+        rows = ro.ids.shape[0]
+        m.update({"step": self.step, "reward/mean": float(ro.rewards.mean()), "reward/std": float(ro.rewards.std()),
+                  "times/rollout_s": t1 - t0, "times/update_s": t2 - t1, "times/step_s": t2 - t0,
+                  "times/rollout_tok_s": ro.gen_tokens / max(ro.seconds, 1e-9),
+                  "times/update_tok_s": rows * ro.ids.shape[1] * a.epochs / max(t2 - t1, 1e-9)})
+        if self.bus is not None:
+            telemetry.publish_update(self.bus, m, self.codec, ro, np.asarray(adv), np.asarray(credits))
+        self.step += 1
+        return m
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def meta(self) -> dict:
+        a = self.args
+        return {"env": a.env, "seed": a.seed, "model": a.model_dir or a.model, "batch": a.batch, "group": a.group}
+
+    def save(self, directory: str) -> str:
+        return checkpoint.save(directory, self.step, self.params, self.opt_state, self.key, self.meta())
+
+    def restore(self, directory: str) -> bool:
+        """Load the newest checkpoint in `directory` if there is one; False when there is none."""
+        if checkpoint.read_manifest(directory) is None:
+            return False
+        step, params, opt_state, rng, meta = checkpoint.restore(directory, self.params, self.opt_state)
+        if meta and meta != self.meta():
+            raise UsageError(f"--resume: checkpoint in {directory} was made with {meta}, this run is {self.meta()}")
+        self.step, self.params, self.opt_state, self.key = step, params, opt_state, jnp.asarray(rng)
+        self.sampler.update_params(self.params)
+        return True
+
+    def run_info(self):
+        return telemetry.run_info(self)
