@@ -1,0 +1,5 @@
+import sys
+
+from vlmrl.analyze.cli import main
+
+sys.exit(main())

@@ -1,0 +1,114 @@
+"""`python -m vlmrl.analyze RUN.jsonl --out DIR`: report.json, PNG figures and index.html.
+
+Every failure a user can cause (not a log, unreadable file, an --out that is a file) is one
+line on stderr and exit status 2. Files are written to a temporary name and renamed, so an
+interrupted run never leaves a half-written report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from typing import List, Optional
+
+from vlmrl.analyze import rowstats
+from vlmrl.analyze.logstream import LogStream, Progress
+from vlmrl.analyze.report import Analysis
+from vlmrl.instrument.record import LogFormatError
+
+
+class UsageError(ValueError):
+    """A bad argument or output directory: printed as one line, exit 2."""
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m vlmrl.analyze",
+                                description="Attention and RL report over a recorded vlmrl event log.")
+    p.add_argument("log", help="event log written by --record (JSON Lines)")
+    p.add_argument("--out", required=True, help="directory for report.json, figures and index.html")
+    p.add_argument("--window", type=int, default=rowstats.DIAGONAL_WINDOW,
+                   help=f"keys the diagonal statistic sums (default {rowstats.DIAGONAL_WINDOW})")
+    p.add_argument("--mass", type=float, default=rowstats.DENSITY_MASS,
+                   help=f"mass the density statistic asks for (default {rowstats.DENSITY_MASS})")
+    p.add_argument("--no-figures", action="store_true", help="write report.json and a page without figures")
+    p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
+                   help="progress bar on stderr (auto: when stderr is a terminal)")
+    args = p.parse_args(argv)
+    if args.window < 1:
+        raise UsageError(f"--window must be >= 1, got {args.window}")
+    if not 0.0 < args.mass <= 1.0:
+        raise UsageError(f"--mass must be in (0, 1], got {args.mass}")
+    return args
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write data to path via a temporary file in the same directory and a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is for others to read
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def analyze(path: str, window: int = rowstats.DIAGONAL_WINDOW, mass: float = rowstats.DENSITY_MASS,
+            progress: Optional[Progress] = None) -> tuple:
+    """(report dict, Analysis) of one log, read as a stream."""
+    stream = LogStream(path, progress=progress)
+    analysis = Analysis(stream.header, window=window, mass=mass)
+    for event, nbytes in stream:
+        analysis.add(event, nbytes)
+    st = stream.stats
+    source = {"path": os.path.abspath(path), "bytes": stream.size, "lines": stream.lines, "events": st.events,
+              "garbage": st.garbage, "truncated": st.truncated, "first_error": st.first_error,
+              "skipped_bytes": stream.garbage_bytes}
+    return analysis.report(source), analysis
+
+
+def _prepare_out(out: str) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    os.makedirs(out, exist_ok=True)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    try:
+        args = parse_args(argv)
+        _prepare_out(args.out)
+        enabled = {"auto": None, "on": True, "off": False}[args.progress]
+        size = os.path.getsize(args.log) if os.path.isfile(args.log) else 0
+        report, analysis = analyze(args.log, args.window, args.mass, Progress(size, enabled=enabled))
+        write_atomic(os.path.join(args.out, "report.json"),
+                     (json.dumps(report, indent=1, allow_nan=False) + "\n").encode("utf-8"))
+        figures, note = {}, ""
+        if not args.no_figures:
+            try:
+                from vlmrl.analyze import figures as figs
+            except ImportError:
+                note = "figures skipped: matplotlib is not installed (pip install 'vlmrl[report]')"
+                print(f"vlmrl.analyze: {note}", file=sys.stderr)
+            else:
+                figures = figs.write_all(report, analysis, args.out, write_atomic)
+        from vlmrl.analyze import page
+
+        write_atomic(os.path.join(args.out, "index.html"), page.render(report, figures, args.out, note).encode("utf-8"))
+    except (UsageError, LogFormatError) as exc:
+        print(f"vlmrl.analyze: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"vlmrl.analyze: {exc.filename or ''}: {exc.strerror or exc}".replace(": : ", ": "), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vlmrl.analyze: interrupted, nothing more written", file=sys.stderr)
+        return 130
+    print(f"vlmrl.analyze: {report['source']['events']} events -> {os.path.join(args.out, 'index.html')}",
+          file=sys.stderr)
+    return 0
