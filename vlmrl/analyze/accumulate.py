@@ -21,37 +21,46 @@ TRAINING_FIELDS = ("reward_mean", "reward_std", "kl", "loss", "policy_entropy", 
 
 @dataclasses.dataclass
 class Summary:
-    """count, sum, sum of squares, min and max of scalars."""
+    """count, mean, spread (Welford's running M2, merged by Chan's rule), min and max of scalars.
+
+    The running M2 keeps the standard deviation exact where sum-of-squares would cancel
+    (next-token entropies of a confident policy differ in the sixth digit).
+    """
 
     n: int = 0
-    s: float = 0.0
-    s2: float = 0.0
+    mu: float = 0.0
+    m2: float = 0.0
     lo: float = math.inf
     hi: float = -math.inf
 
     def add(self, x: float) -> None:
         self.n += 1
-        self.s += x
-        self.s2 += x * x
+        d = x - self.mu
+        self.mu += d / self.n
+        self.m2 += d * (x - self.mu)
         self.lo = min(self.lo, x)
         self.hi = max(self.hi, x)
 
     def merge(self, o: "Summary") -> None:
-        self.n += o.n
-        self.s += o.s
-        self.s2 += o.s2
+        if not o.n:
+            return
+        n = self.n + o.n
+        d = o.mu - self.mu
+        self.mu += d * o.n / n
+        self.m2 += o.m2 + d * d * self.n * o.n / n
+        self.n = n
         self.lo = min(self.lo, o.lo)
         self.hi = max(self.hi, o.hi)
 
     @property
     def mean(self) -> Optional[float]:
-        return self.s / self.n if self.n else None
+        return self.mu if self.n else None
 
     def to_json(self) -> dict:
         if not self.n:
             return {"count": 0, "mean": None, "std": None, "min": None, "max": None}
-        var = max(self.s2 / self.n - (self.s / self.n) ** 2, 0.0)
-        return {"count": self.n, "mean": self.s / self.n, "std": math.sqrt(var), "min": self.lo, "max": self.hi}
+        return {"count": self.n, "mean": self.mu, "std": math.sqrt(max(self.m2, 0.0) / self.n),
+                "min": self.lo, "max": self.hi}
 
 
 def _finite(x) -> bool:
@@ -65,6 +74,7 @@ class Acc:
         self.by_phase = by_phase
         self.head_sum: dict = {}  # (phase or "all", stat) -> float64 [L, H]
         self.head_n: dict = {}  # (phase or "all", stat) -> events
+        self.head_events = 0  # events that carried at least one statistic
         self.rows = {ph: {k: Summary() for k in rowstats.ROW_STATS} for ph in PHASES}
         self.infl = {"decode": {k: Summary() for k in ("image", "prompt_text", "generated")},
                      "prefill": {k: Summary() for k in ("image", "text")}}
@@ -124,6 +134,7 @@ class Acc:
                 self.training[k].add(float(v))
 
     def merge(self, o: "Acc") -> None:
+        self.head_events += o.head_events
         for key, arr in o.head_sum.items():
             if key[0] != "all" and not self.by_phase:
                 continue

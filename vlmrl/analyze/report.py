@@ -82,6 +82,8 @@ class Analysis:
             arrays = head_arrays(ev, self.shape) if self.shape else {}
             if arrays:
                 self.stat_events += 1
+                self.total.head_events += 1
+                self.pending.head_events += 1
                 attention = True
                 for name, arr in arrays.items():
                     self.total.add_head_stats(ev.phase, name, arr)

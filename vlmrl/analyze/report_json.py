@@ -127,7 +127,7 @@ def _bin_entry(key: int, width: int, acc: Acc, shape: Optional[tuple]) -> dict:
         "updates": [int(u.lo), int(u.hi)] if u.n else [key * width, (key + 1) * width - 1],
         "training_events": u.n,
         "training": {k: acc.training[k].mean for k in TRAINING_FIELDS},
-        "head_stat_events": acc.head_n.get(("all", "focus"), 0) if heads else 0,
+        "head_stat_events": acc.head_events,
         "heads": heads,
         "rows": _rows(acc),
         "influence_decode": {k: s.mean for k, s in acc.infl["decode"].items()},
