@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from vlmrl.instrument.events import ATTN_STATS, AttentionMatrix, CreditState, DecodeState, TrainingState
+from vlmrl.instrument.events import ATTN_STATS, AttentionMatrix, CreditState, DecodeState, RunEnd, TrainingState
 from vlmrl.instrument.record import read_log
 
 PH = ("prefill", "decode")
@@ -197,6 +197,8 @@ def oracle(path, window=8, mass=0.9, max_bins=256):
                       "dtype": info.dtype, "max_cache": info.max_cache, "batch": info.batch,
                       "vision_depth": info.vision_depth, "deepstack_layers": list(info.deepstack_layers)},
             "device": {"kind": info.device_kind, "process_count": info.process_count},
+            "end": next(({"reason": e.reason, "step": e.step, "seconds": e.seconds} for e in reversed(events)
+                         if isinstance(e, RunEnd)), None),
             "updates": {"count": len(trains), "first": min(t.step for t in trains), "last": max(t.step for t in trains)},
             "events": dict(sorted(counts.items())),
             "bytes": {"file": len(raw), "by_kind": dict(sorted(kinds_bytes.items())), "skipped_lines": 0},

@@ -17,7 +17,7 @@ from vlmrl.analyze.cli import analyze, main
 from vlmrl.analyze.logstream import LogStream
 from vlmrl.analyze.report import Analysis
 from vlmrl.instrument.events import AttentionMatrix, DecodeState, RunInfo, TrainingState
-from vlmrl.instrument.record import encode_event, header_line
+from vlmrl.instrument.record import encode_line, header_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runs the CLI with JAX made unimportable: the report must work on a laptop without it.
@@ -34,7 +34,9 @@ def run_cli(*args):
 def recorded(tmp_path_factory):
     """A tiny PPO run recorded through the trainer's own bus and Recorder, with the prefill
     attention matrix on (the mean over layers and heads) and decode steps to record."""
-    from vlmrl.core.train import Trainer, parse_args
+    from vlmrl.core.cli import parse_args
+    from vlmrl.core.telemetry import run_end
+    from vlmrl.core.trainer import Trainer
     from vlmrl.instrument.bus import Bus
     from vlmrl.instrument.record import Recorder
     from vlmrl.instrument.taps import TapConfig
@@ -49,6 +51,7 @@ def recorded(tmp_path_factory):
         bus.publish(info)
         for _ in range(args.steps):
             trainer.train_step()
+        bus.publish(run_end(trainer.step - 1, "finished", 1.5))
     return path
 
 
@@ -147,7 +150,7 @@ def write_log(path, events, info=None, tail=b""):
     with open(path, "wb") as fh:
         fh.write((header_line(info) + "\n").encode())
         for ev in events:
-            fh.write((encode_event(ev) + "\n").encode())
+            fh.write((encode_line(ev) + "\n").encode())
         fh.write(tail)
 
 
@@ -205,7 +208,7 @@ def test_bad_events_are_skipped_counted_and_the_rest_reported(tmp_path):
 def test_long_lines_are_skipped_without_being_held_and_memory_stays_bounded(tmp_path):
     log = tmp_path / "big.jsonl"
     row = decode(attention_row=np.linspace(0.0, 1.0, 4000).astype(np.float32), vision_span=(2, 10))
-    line = (encode_event(row) + "\n").encode()
+    line = (encode_line(row) + "\n").encode()
     huge = b'{"kind": "decode", "pad": "' + b"x" * (3 << 20) + b'"}\n'
     with open(log, "wb") as fh:
         fh.write((header_line(INFO) + "\n").encode())

@@ -14,7 +14,7 @@ import numpy as np
 from vlmrl.analyze import rowstats
 from vlmrl.analyze.accumulate import PHASES, Acc, decode_row, head_arrays, matrix_parts
 from vlmrl.analyze.report_json import build
-from vlmrl.instrument.events import AttentionMatrix, CreditState, DecodeState, RunInfo, TrainingState
+from vlmrl.instrument.events import AttentionMatrix, CreditState, DecodeState, RunEnd, RunInfo, TrainingState
 
 # Updates are grouped into at most this many bins; the bin width doubles when there would be
 # more, so a run of any length costs the same memory and the evolution figure stays readable.
@@ -46,6 +46,7 @@ class Analysis:
         self.stat_events = self.row_events = self.matrix_events = 0
         self.generations: dict = {}  # generation -> [set of steps, rows recorded, batch-size sum]
         self.coverage = {"generations": 0, "steps_recorded": 0, "steps_up_to_last": 0, "rows": 0, "row_slots": 0}
+        self.run_end: Optional[RunEnd] = None
         self.last_matrix: Optional[AttentionMatrix] = None
         self.last_matrix_update: Optional[int] = None
         self._matrix_waiting = False
@@ -68,6 +69,8 @@ class Analysis:
                     a.add_credits(ev.credits)
         elif isinstance(ev, RunInfo) and self.run_info is None:
             self.run_info = ev
+        elif isinstance(ev, RunEnd):
+            self.run_end = ev
 
     def _decode(self, ev: DecodeState) -> None:
         if ev.phase not in PHASES:

@@ -26,6 +26,8 @@ def _run(a, source: dict) -> dict:
             "vision_depth")}
         run["shape"]["deepstack_layers"] = list(info.deepstack_layers)
         run["device"] = {"kind": info.device_kind, "process_count": info.process_count}
+    end = a.run_end
+    run["end"] = {"reason": end.reason, "step": end.step, "seconds": end.seconds} if end is not None else None
     u = a.total.updates
     run["updates"] = {"count": u.n, "first": int(u.lo) if u.n else None, "last": int(u.hi) if u.n else None}
     run["events"] = dict(sorted(a.counts.items()))
