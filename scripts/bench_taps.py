@@ -49,10 +49,11 @@ class Dashboard(threading.Thread):
         self.busy_s = 0.0
         self.kind = "store+render"
         try:
-            from vlmrl.utils.tui import layout, store, view
+            from vlmrl.utils.tui import layout, render_cache, store, view
             self._store = store.Store()
             self._view = view.ViewState()
-            self._render = lambda st, now: layout.render_screen(st, self._view, 160, 48, now)
+            cache = render_cache.RenderCache()  # carried between frames, as LiveTUI does
+            self._render = lambda st, now: layout.render_screen(st, self._view, 160, 48, now, cache=cache)
             self._render(self._store.snapshot(), time.monotonic())
         except Exception as exc:  # the TUI is optional for this measurement
             self.kind = f"numpy reducer ({type(exc).__name__})"

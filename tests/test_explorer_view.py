@@ -6,6 +6,7 @@ from vlmrl.utils.tui import explorer_math as em
 from vlmrl.utils.tui.layout import render_screen
 from vlmrl.utils.tui.palette import palette_for
 from vlmrl.utils.tui.panels import explorer
+from vlmrl.utils.tui.render_cache import RenderCache
 from vlmrl.utils.tui.store import Store
 from vlmrl.utils.tui.view import ViewState, handle_key
 
@@ -44,8 +45,8 @@ def press(view, keys, state):
     return view
 
 
-def text(state, view, w=100, h=30):
-    return render_screen(state, view, w, h, 0.0, palette_for(False)).text()
+def text(state, view, w=100, h=30, cache=None):
+    return render_screen(state, view, w, h, 0.0, palette_for(False), cache=cache).text()
 
 
 def test_links_on_screen_equal_a_direct_computation():
@@ -133,16 +134,18 @@ def test_sparse_emits_keep_true_step_numbers():
 
 def test_processed_attention_is_cached_per_prompt_and_length():
     state, _ = make_state()
+    cache = RenderCache()  # the dashboard's: keys and frames share it
     v = press(ViewState(), ["e"], state)
-    text(state, v)
-    misses = explorer.CACHE.misses
+    text(state, v, cache=cache)
+    lru = explorer.processed(cache)
+    misses = lru.misses
     for key in ["KEY_LEFT", "+", "KEY_DOWN", "a"]:
-        v = handle_key(v, key, state)
-        text(state, v)
-    assert explorer.CACHE.misses == misses  # navigation reuses the processed rows
+        v = handle_key(v, key, state, cache)
+        text(state, v, cache=cache)
+    assert lru.misses == misses  # navigation reuses the processed rows
     state2, _ = make_state(steps=[0, 1])  # same prompt, another length: processed anew
-    text(state2, v)
-    assert explorer.CACHE.misses == misses + 1
+    text(state2, v, cache=cache)
+    assert lru.misses == misses + 1
 
 
 def test_without_attention_rows_it_says_what_to_enable():

@@ -18,6 +18,7 @@ from vlmrl.instrument.events import DecodeState
 from vlmrl.utils.tui import layout
 from vlmrl.utils.tui.palette import COLOR
 from vlmrl.utils.tui.panels import decode
+from vlmrl.utils.tui.render_cache import RenderCache
 from vlmrl.utils.tui.store import Store
 from vlmrl.utils.tui.view import ViewState
 
@@ -42,7 +43,7 @@ def test_recent_list_with_memory_equals_a_fresh_render(moves):
     size = (52, 20)
     step = {0: 0, 1: 0}
     gen = {0: 0, 1: 0}
-    decode._SWEEPS.clear()
+    cache = RenderCache()  # what the live loop carries from frame to frame
     for kind, b, text, prob, action in moves:
         if kind in ("next", "skip"):  # skip: taps at a stride emit every few steps
             step[b] += 1 if kind == "next" else 3
@@ -61,12 +62,8 @@ def test_recent_list_with_memory_equals_a_fresh_render(moves):
         elif action is not None:
             size = action
         state = store.snapshot()
-        with_memory = decode.render(state, view, size[0], size[1], 0.0, COLOR)
-        memory = dict(decode._SWEEPS)  # the sweeps as the live loop would carry them on
-        decode._SWEEPS.clear()
-        fresh = decode.render(state, view, size[0], size[1], 0.0, COLOR)
-        decode._SWEEPS.clear()
-        decode._SWEEPS.update(memory)
+        with_memory = decode.render(state, view, size[0], size[1], 0.0, COLOR, cache)
+        fresh = decode.render(state, view, size[0], size[1], 0.0, COLOR, RenderCache())
         assert _grid(with_memory) == _grid(fresh)
 
 
@@ -92,19 +89,43 @@ def test_cached_screens_equal_fresh_renders_frame_by_frame():
     events = run.events()
     view = ViewState()
     kept = []
+    cache = RenderCache()
     for i in range(120):
         clock.t = i / 20.0
         for _ in range(3):
             store.apply(next(events))
         state = store.snapshot()
-        screen = layout.render_screen(state, view, 160, 50, clock.t, COLOR)
+        screen = layout.render_screen(state, view, 160, 50, clock.t, COLOR, cache=cache)
         kept.append((screen, [list(r) for r in screen.chars], [list(r) for r in screen.styles]))
-        saved = layout._CACHE
-        layout._CACHE = layout._Cache()
-        try:
-            fresh = layout.render_screen(state, view, 160, 50, clock.t, COLOR)
-        finally:
-            layout._CACHE = saved
+        fresh = layout.render_screen(state, view, 160, 50, clock.t, COLOR, cache=RenderCache())
         assert fresh.chars == screen.chars and fresh.styles == screen.styles, i
     for screen, chars, styles in kept:
         assert screen.chars == chars and screen.styles == styles
+
+
+def test_rows_shared_between_canvases_are_immutable():
+    """A row that sits in more than one place (two canvases, two frames, two rows of one
+    canvas) is a tuple: a panel that writes into a shared row fails instead of changing
+    every canvas that holds it."""
+    from vlmrl.utils.tui.synthetic import SyntheticRun
+
+    clock = Clock(0.0)
+    store = Store(clock=clock, started_at=0.0)
+    events = SyntheticRun(seed=5, prefill_walk=4, clock=lambda: 1000.0 + clock.t).events()
+    cache = RenderCache()
+    canvases = {}  # held, so no id is reused
+    for i in range(60):
+        clock.t = i / 20.0
+        for _ in range(3):
+            store.apply(next(events))
+        layout.render_screen(store.snapshot(), ViewState(), 160, 50, clock.t, COLOR, cache=cache)
+        for _, canvas in cache.panels.values():
+            canvases[id(canvas)] = canvas
+    seen = {}
+    for canvas in canvases.values():
+        for rows in (canvas.chars, canvas.styles):
+            for y, row in enumerate(rows):
+                seen.setdefault(id(row), [row, set()])[1].add((id(canvas), id(rows), y))
+    shared = [row for row, places in seen.values() if len(places) > 1]
+    assert shared, "the panels share rows (title rules, blank rows, cached token rows)"
+    assert all(type(row) is tuple for row in shared), [type(r) for r in shared if type(r) is not tuple][:3]

@@ -41,15 +41,15 @@ def test_other_keys_in_a_mode_go_to_its_panel(monkeypatch):
     seen = []
     fake = types.ModuleType("vlmrl.utils.tui.panels.explorer")
 
-    def fake_key(view, key, state):
-        seen.append((view.mode, key, state))
+    def fake_key(view, key, state, cache):
+        seen.append((view.mode, key, state, cache))
         return view.replace(mode_state={"explorer": key})
 
     fake.handle_key = fake_key
     monkeypatch.setitem(sys.modules, "vlmrl.utils.tui.panels.explorer", fake)
     v = press(ViewState(), "e")
-    v = handle_key(v, "KEY_RIGHT", "STATE")
-    assert seen == [("explorer", "KEY_RIGHT", "STATE")] and v.mode_state == {"explorer": "KEY_RIGHT"}
+    v = handle_key(v, "KEY_RIGHT", "STATE", "CACHE")
+    assert seen == [("explorer", "KEY_RIGHT", "STATE", "CACHE")] and v.mode_state == {"explorer": "KEY_RIGHT"}
     assert handle_key(v, "s").stat_index == 0  # dashboard keys do not act in other modes
     assert handle_key(v, "p").paused  # global keys still do
 
@@ -65,7 +65,7 @@ def test_mode_screen_draws_the_panel_full_screen(monkeypatch):
     fake = types.ModuleType("vlmrl.utils.tui.panels.explorer")
     calls = []
 
-    def render(state, view, width, height, now, theme):
+    def render(state, view, width, height, now, theme, cache):
         from vlmrl.utils.tui.canvas import Canvas
         calls.append((width, height))
         c = Canvas(width, height)

@@ -14,6 +14,7 @@ from vlmrl.instrument.events import CreditState, TrainingState
 from vlmrl.utils.tui import layout
 from vlmrl.utils.tui.frame import FrameEncoder
 from vlmrl.utils.tui.palette import COLOR, MONO
+from vlmrl.utils.tui.render_cache import RenderCache
 from vlmrl.utils.tui.view import ViewState, handle_key
 
 
@@ -47,6 +48,7 @@ def test_diff_stream_equals_a_fresh_full_render():
     leave the terminal showing exactly what a fresh full render shows."""
     clock = Clock(T0)
     store = scenario(clock)
+    cache = RenderCache()  # carried from frame to frame, as the live loop does
     view = ViewState()
     enc = FrameEncoder("256")
     size = (120, 40)
@@ -67,7 +69,7 @@ def test_diff_stream_equals_a_fresh_full_render():
         if i in keys:
             view = handle_key(view, keys[i], store.snapshot())
         canvas = layout.render_screen(store.snapshot(), view, size[0], size[1], clock.t, COLOR,
-                                      meta={"dropped": i, "fps": 20.0})
+                                      meta={"dropped": i, "fps": 20.0}, cache=cache)
         stream.feed(enc.encode(canvas))
     fresh_screen, fresh_stream = terminal(*size)
     fresh_stream.feed(FrameEncoder("256").encode(canvas))
@@ -80,9 +82,10 @@ def test_unchanged_frame_sends_nothing():
     store = scenario()
     enc = FrameEncoder("256")
     state = store.snapshot()
-    first = layout.render_screen(state, ViewState(flash_hz=0), 120, 40, T0 + 5.0, COLOR, meta=META)
+    cache = RenderCache()
+    first = layout.render_screen(state, ViewState(flash_hz=0), 120, 40, T0 + 5.0, COLOR, meta=META, cache=cache)
     assert enc.encode(first)
-    again = layout.render_screen(state, ViewState(flash_hz=0), 120, 40, T0 + 5.2, COLOR, meta=META)
+    again = layout.render_screen(state, ViewState(flash_hz=0), 120, 40, T0 + 5.2, COLOR, meta=META, cache=cache)
     assert enc.encode(again) == b""
 
 
@@ -101,6 +104,7 @@ def test_any_diff_stream_leaves_the_fresh_render_on_screen(actions):
     """Cached panels, reused rows and reused screens never leave stale cells behind."""
     clock = Clock(T0)
     store = scenario(clock)
+    cache = RenderCache()  # carried from frame to frame, as the live loop does
     view = ViewState()
     size = (100, 30)
     enc = FrameEncoder("256")
@@ -119,7 +123,8 @@ def test_any_diff_stream_leaves_the_fresh_render_on_screen(actions):
             enc.invalidate()
         else:
             clock.t += a
-        canvas = layout.render_screen(store.snapshot(), view, size[0], size[1], clock.t, COLOR, meta=META)
+        canvas = layout.render_screen(store.snapshot(), view, size[0], size[1], clock.t, COLOR, meta=META,
+                                      cache=cache)
         stream.feed(enc.encode(canvas))
     fresh, fresh_stream = terminal(*size)
     fresh_stream.feed(FrameEncoder("256").encode(canvas))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from vlmrl.utils.tui import layout, theme
 from vlmrl.utils.tui.frame import FrameEncoder, full_bytes
+from vlmrl.utils.tui.render_cache import RenderCache
 from vlmrl.utils.tui.store import Store
 from vlmrl.utils.tui.synthetic import SyntheticRun
 from vlmrl.utils.tui.view import ViewState, handle_key
@@ -32,6 +33,7 @@ step = st.tuples(st.integers(0, 12),  # events applied before this frame
        st.floats(0, 10, allow_nan=False))
 def test_diff_of_real_screens_equals_full_render(steps, depth, t0):
     store = Store(clock=lambda: 0.0, started_at=0.0)
+    cache = RenderCache()  # carried from frame to frame, as the live loop does
     view = ViewState()
     palette = theme.palette_for_depth(depth)
     enc = FrameEncoder(depth)
@@ -48,7 +50,7 @@ def test_diff_of_real_screens_equals_full_render(steps, depth, t0):
         if key:
             view = handle_key(view, key, store.snapshot())
         now = t0 + 0.1 * i  # flashing changes cells between frames too
-        canvas = layout.render_screen(store.snapshot(), view, w, h, now, palette)
+        canvas = layout.render_screen(store.snapshot(), view, w, h, now, palette, cache=cache)
         pyte.ByteStream(screen).feed(enc.encode(canvas))
         fresh = pyte.Screen(w, h)
         pyte.ByteStream(fresh).feed(full_bytes(canvas, depth))
@@ -61,6 +63,7 @@ def test_layout_damage_spans_give_the_same_screen_as_a_full_compare():
     """The layout names the spans it rebuilt (Canvas.damage); the encoder scans only those
     when the base is the frame it sent. That must never change what reaches the screen."""
     store = Store(clock=lambda: 0.0, started_at=0.0)
+    cache = RenderCache()  # carried from frame to frame, as the live loop does
     view = ViewState()
     palette = theme.palette_for_depth("256")
     hinted, plain = FrameEncoder("256"), FrameEncoder("256")
@@ -68,7 +71,7 @@ def test_layout_damage_spans_give_the_same_screen_as_a_full_compare():
     used = 0
     for i, ev in enumerate(EVENTS):
         store.apply(ev)
-        canvas = layout.render_screen(store.snapshot(), view, 100, 30, 0.05 * i, palette)
+        canvas = layout.render_screen(store.snapshot(), view, 100, 30, 0.05 * i, palette, cache=cache)
         used += canvas.damage is not None and canvas.damage[0] is hinted.prev
         pyte.ByteStream(s_hinted).feed(hinted.encode(canvas))
         bare = canvas.copy()  # no damage: the encoder compares every row

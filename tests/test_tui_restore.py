@@ -58,13 +58,13 @@ SCRIPTS = {
             time.sleep(0.05)
     """,
     "render_crash": """
-        from vlmrl.utils.tui_live import _default_screen
+        from vlmrl.utils.tui.layout import render_screen
         calls = [0]
         def screen(*a):
             calls[0] += 1
             if calls[0] > 3:
                 raise ZeroDivisionError("panel bug")
-            return _default_screen(*a)
+            return render_screen(*a)
         tui = LiveTUI(bus=bus, fps=30, screen=screen, summary_every=0.2).start()
         feed(); time.sleep(1.0)
         bus.publish(events[-1])

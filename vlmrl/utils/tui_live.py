@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import functools
 import sys
 import threading
 import time
@@ -61,18 +62,6 @@ def to_event(item: Any) -> Event:
     raise ValueError(f"LiveTUI.queue: cannot make a {kind!r} event from {type(payload).__name__}")
 
 
-_render_screen = None
-
-
-def _default_screen(state, view, width, height, now, theme):
-    # imported on first use (plain-log runs never need the panels), then kept: an import
-    # statement per frame is a measurable share of a frame's CPU
-    global _render_screen
-    if _render_screen is None:
-        from vlmrl.utils.tui.layout import render_screen as _render_screen
-    return _render_screen(state, view, width, height, now, theme)
-
-
 class LiveTUI:
     """The live dashboard. Start it, publish events, stop it (or use it as a context manager).
 
@@ -109,7 +98,8 @@ class LiveTUI:
                 setattr(self, name, self.bus.publish)
         self.queue = EventQueue(self.bus.publish)
         self.term = Terminal(out_fd=out_fd, in_fd=in_fd)
-        self.screen = screen or _default_screen
+        self.screen = screen  # None: the panel layout, drawn with self.render_cache
+        self.render_cache = None  # the RenderCache of the running dashboard
         self.replay = replay
         self.source = source
         self.depth = depth or _theme.detect_color_depth()
@@ -257,11 +247,16 @@ class LiveTUI:
 
     def _dashboard_loop(self) -> bool:
         """Draw until stopped; True when the user pressed q."""
+        # imported here: plain-log runs never need the panels
+        from vlmrl.utils.tui.layout import render_screen
+        from vlmrl.utils.tui.render_cache import RenderCache
         from vlmrl.utils.tui.store import Store
         from vlmrl.utils.tui.view import ViewState, handle_key
 
         term, sub, replay = self.term, self._sub, self.replay
         cpu0 = time.thread_time()
+        cache = self.render_cache = RenderCache()  # what the panels keep between frames
+        screen = self.screen or functools.partial(render_screen, cache=cache)
         store = Store()
         if replay is None:
             # shape to show until the run says otherwise (not published: the recorder skips it)
@@ -294,7 +289,7 @@ class LiveTUI:
                     continue
                 if replay is not None and view.mode == "dashboard" and replay.handle_key(key):
                     continue
-                view = handle_key(view, key, frozen or store.snapshot())
+                view = handle_key(view, key, frozen or store.snapshot(), cache)
             now = time.monotonic()
             if not keys and now < next_frame:
                 continue
@@ -329,7 +324,7 @@ class LiveTUI:
                 size = (w, h, term.generation)
                 enc.invalidate()
             time.sleep(0)  # yield the GIL between stages: a waiting producer goes first
-            canvas = self.screen(state, view, w, h, now, theme)
+            canvas = screen(state, view, w, h, now, theme)
             if now - t_start < HINT_SECONDS:
                 canvas = _with_reset_hint(canvas)
             time.sleep(0)

@@ -47,7 +47,7 @@ class Rect(NamedTuple):
 
 # Bidi controls can reorder what follows them on screen, and other invisible format
 # characters can hide text: both are shown as a visible stand-in.
-_BIDI = set("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 @functools.lru_cache(maxsize=65536)

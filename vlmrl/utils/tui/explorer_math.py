@@ -18,6 +18,7 @@ import collections
 import dataclasses
 import functools
 import re
+from types import MappingProxyType
 from typing import Callable, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -27,12 +28,12 @@ THRESHOLD_MIN, THRESHOLD_MAX, THRESHOLD_STEP = 0.0, 0.2, 0.001
 DEFAULT_THRESHOLD = 0.05
 CACHE_SIZE = 10
 
-_SPECIAL = {
+_SPECIAL = MappingProxyType({
     "<|begin_of_text|>": "[BOS]", "<s>": "[BOS]", "<bos>": "[BOS]", "[CLS]": "[BOS]",
     "<|end_of_text|>": "[EOS]", "</s>": "[EOS]", "<eos>": "[EOS]", "<|endoftext|>": "[EOS]",
     "<|im_end|>": "[EOS]", "<|eot_id|>": "[EOS]", "[SEP]": "[EOS]",
     "<unk>": "[UNK]", "[UNK]": "[UNK]", "<|unk|>": "[UNK]",
-}
+})
 _SPECIAL_RE = re.compile("|".join(re.escape(k) for k in sorted(_SPECIAL, key=len, reverse=True)))
 _BYTE_RE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 # Other chat-template markers (<|im_start|>, <|vision_start|>, <|image_pad|>) keep their

@@ -50,6 +50,10 @@ class FrameEncoder:
         self.sync = sync
         self.prev: Optional[Canvas] = None
         self._moves: dict = {}  # (from style, to style) -> SGR
+        # Characters already checked to be printable, safe and exactly one cell wide: a
+        # run made only of these (one per cell) skips the per-cell path. Bounded (see
+        # _cells_text) so odd text cannot grow it.
+        self._one_cell = set(" ")
         self.last_full = False  # whether the last non-empty frame was a full repaint
         self._repaint = False
 
@@ -135,7 +139,7 @@ class FrameEncoder:
         text = "".join(seg)
         # the common run: one safe one-cell char per cell; its pieces are slices of `text`
         simple = len(text) == e - s and "" not in seg and (
-            (text.isascii() and text.isprintable()) or _ONE_CELL.issuperset(text))
+            (text.isascii() and text.isprintable()) or self._one_cell.issuperset(text))
         x = s
         while x < e:
             st = styles[x]
@@ -156,23 +160,21 @@ class FrameEncoder:
                 if sg:
                     out.append(sg)
                 cur = st
-            out.append(text[x - s:j - s] if simple else _cells_text(chars, x, j, width))
+            out.append(text[x - s:j - s] if simple else _cells_text(chars, x, j, width, self._one_cell))
             x = j
         self._cur = cur
 
 
-# Characters already checked to be printable, safe and exactly one cell wide; a run made
-# only of these (one per cell) skips the per-cell path. Bounded so odd text cannot grow it.
-_ONE_CELL = set(" ")
-_ONE_CELL_MAX = 8192
+ONE_CELL_MAX = 8192  # one-cell characters an encoder remembers
 
 
-def _cells_text(chars, s: int, e: int, width: int) -> str:
-    """Text that draws cells [s, e) exactly e - s columns wide, with nothing unsafe in it."""
+def _cells_text(chars, s: int, e: int, width: int, one_cell: set) -> str:
+    """Text that draws cells [s, e) exactly e - s columns wide, with nothing unsafe in it.
+    `one_cell`: the encoder's known one-cell characters (grown here)."""
     seg = chars[s:e]
     text = "".join(seg)
     if len(text) == e - s and "" not in seg:  # then every cell holds exactly one char
-        if (text.isascii() and text.isprintable()) or _ONE_CELL.issuperset(text):
+        if (text.isascii() and text.isprintable()) or one_cell.issuperset(text):
             return text
     parts = []
     x = s
@@ -196,8 +198,8 @@ def _cells_text(chars, s: int, e: int, width: int) -> str:
             parts.append(" ")  # a cell cannot start with a zero-width character
         else:
             parts.append(safe)
-            if len(c) == 1 and safe == c and len(_ONE_CELL) < _ONE_CELL_MAX:
-                _ONE_CELL.add(c)
+            if len(c) == 1 and safe == c and len(one_cell) < ONE_CELL_MAX:
+                one_cell.add(c)
         x += 1
     return "".join(parts)
 

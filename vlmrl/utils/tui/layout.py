@@ -4,34 +4,38 @@ The dashboard is a header, a body of 1-3 columns of stacked panels and a footer.
 panel gets at least its minimum rows (title plus its key values), then its preferred
 rows, then spare rows go round-robin to the panels that can use more (heatmap layers,
 recent tokens, credit list, cache bars). When even the minimums do not fit, the least
-essential panels are dropped. Panel canvases are cached on their `cache_key`, so a frame
-where nothing a panel reads changed reuses it; a frame where nothing changed at all
-returns the previous screen object (callers treat screens as read-only).
+essential panels are dropped. Panel canvases are kept on their `cache_key` in the
+dashboard's RenderCache, so a frame where nothing a panel reads changed reuses it; a
+frame where nothing changed at all returns the previous screen object (callers treat
+screens as read-only).
 """
 from __future__ import annotations
 
 import functools
 import importlib
-from typing import Dict, List, Optional, Tuple
+from types import MappingProxyType
+from typing import List, Optional, Tuple
 
 from vlmrl.utils.tui.canvas import Canvas, Rect, text_width
 from vlmrl.utils.tui.palette import COLOR, RAMP
 from vlmrl.utils.tui.store import HEAT_HZ
 from vlmrl.utils.tui.panels import attention, credit, decode, flow, footer, header, kvcache, mrope, vision
+from vlmrl.utils.tui.panels.common import remember
+from vlmrl.utils.tui.render_cache import RenderCache
 from vlmrl.utils.tui.view import KEY_HELP
 
 MIN_WIDTH, MIN_HEIGHT = 40, 10
-PANELS = {
+PANELS = MappingProxyType({
     "header": header, "footer": footer, "decode": decode, "flow": flow, "attention": attention,
     "vision": vision, "mrope": mrope, "credit": credit, "kv": kvcache,
-}
+})
 # Dropped first when the minimums do not fit.
 DROP_ORDER = ("mrope", "vision", "credit", "kv", "flow", "attention", "decode")
-COLUMNS = {
+COLUMNS = MappingProxyType({
     1: (("decode", "attention", "flow", "kv", "credit", "vision", "mrope"),),
     2: (("decode", "flow", "attention"), ("vision", "mrope", "credit", "kv")),
     3: (("decode", "flow"), ("attention", "vision", "mrope"), ("credit", "kv")),
-}
+})
 
 
 def _sizes(name: str, num_layers: int, display_layers: int, credit_rows: int = 16) -> Tuple[int, int, int]:
@@ -100,21 +104,8 @@ def plan(width: int, height: int, num_layers: int = 28, display_layers: int = 6,
     return tuple(out)
 
 
-class _Cache:
-    """Last canvas per panel name and the last whole screen."""
-
-    def __init__(self) -> None:
-        self.panels: Dict[str, Tuple[tuple, Canvas]] = {}
-        self.screen: Optional[Tuple[tuple, Canvas]] = None
-        # (recipe, panel canvases, screen) of the last assembled dashboard: rows whose
-        # panels all kept their canvas are shared with the new screen instead of rebuilt
-        self.last: Optional[tuple] = None
-
-
-_CACHE = _Cache()
-
-
-def render_screen(state, view, width: int, height: int, now: float, theme=COLOR, meta=None) -> Canvas:
+def render_screen(state, view, width: int, height: int, now: float, theme=COLOR, meta=None,
+                  cache: Optional[RenderCache] = None) -> Canvas:
     """One full screen of exactly width x height cells.
 
     Args:
@@ -124,17 +115,19 @@ def render_screen(state, view, width: int, height: int, now: float, theme=COLOR,
       now: monotonic seconds (the Store's clock); drives flashing and uptime.
       theme: a palette.Palette (colour off under NO_COLOR).
       meta: live-loop figures {"dropped", "fps", "frame_ms", "error", "source"} or None.
+      cache: the dashboard's RenderCache (what it keeps between frames); None draws cold.
     Returns:
       a Canvas; treat it as read-only (an unchanged frame returns the same object).
     """
     state = state.with_meta(meta)
+    cache = RenderCache() if cache is None else cache
     width, height = max(0, int(width)), max(0, int(height))
     if width < MIN_WIDTH or height < MIN_HEIGHT:
         return _too_small(width, height, theme)
     if view.mode != "dashboard":
-        screen = _mode_screen(state, view, width, height, now, theme)
+        screen = _mode_screen(state, view, width, height, now, theme, cache)
     else:
-        screen = _dashboard(state, view, width, height, now, theme)
+        screen = _dashboard(state, view, width, height, now, theme, cache)
     if view.show_help:
         screen = screen.copy()
         _help_overlay(screen, theme)
@@ -148,45 +141,49 @@ def plan_for(state, view, width: int, height: int) -> Tuple[Tuple[str, Rect], ..
     return plan(width, height, num_layers, view.display_layers, max(4, min(16, n_credit)))
 
 
-def _dashboard(state, view, width, height, now, theme) -> Canvas:
+def _dashboard(state, view, width, height, now, theme, cache: RenderCache) -> Canvas:
     rects = plan_for(state, view, width, height)
     keys = []
     canvases = []
     for name, rect in rects:
         mod = PANELS[name]
         key = (rect, id(theme), state.store_id, mod.cache_key(state, view, now))
-        hit = _CACHE.panels.get(name)
+        hit = cache.panels.get(name)
         if hit is not None and hit[0] == key:
             canvas = hit[1]
         else:
-            canvas = mod.render(state, view, rect.width, rect.height, now, theme)
-            _CACHE.panels[name] = (key, canvas)
+            canvas = mod.render(state, view, rect.width, rect.height, now, theme, cache)
+            cache.panels[name] = (key, canvas)
         keys.append(key)
         canvases.append((rect, canvas))
     frame_key = (width, height, id(theme), tuple(keys))
-    if _CACHE.screen is not None and _CACHE.screen[0] == frame_key:
-        return _CACHE.screen[1]
-    recipe = _recipe(rects, width, height, theme)
+    if cache.screen is not None and cache.screen[0] == frame_key:
+        return cache.screen[1]
+    recipes = cache.memo("layout.recipes")
+    recipe = recipes.get((rects, width, height, theme))
+    if recipe is None:
+        recipe = remember(recipes, (rects, width, height, theme), _recipe(rects, width, height, theme), 64)
     panels = [c for _, c in canvases]
-    last = _CACHE.last
+    last = cache.last
     reuse = None
     if last is not None and last[0] is recipe:
         reuse = (last[2], last[1])
     screen = _assemble(recipe, panels, width, height, reuse, [r for r, _ in canvases])
-    _CACHE.screen = (frame_key, screen)
-    _CACHE.last = (recipe, panels, screen)
+    cache.screen = (frame_key, screen)
+    cache.last = (recipe, panels, screen)
     return screen
 
 
-@functools.lru_cache(maxsize=64)
 def _recipe(rects, width: int, height: int, theme):
     """Per screen row, left to right: (panel index, panel row, None) pieces and (None,
-    chars, styles) literals (the rule between body columns, blank gaps). Built once per plan."""
+    chars, styles) literals (the rule between body columns, blank gaps). Built once per
+    plan and kept in the RenderCache: the previous screen is reused only when its recipe
+    is the very same object."""
     names = dict(rects)
     top = names["header"].bottom if "header" in names else 0
     bottom = names["footer"].y if "footer" in names else height
     seps = sorted({r.x - 1 for n, r in rects if n not in ("header", "footer") and r.x > 0})
-    rule = (None, ["│"], [theme.rule])
+    rule = (None, ("│",), (theme.rule,))
     rows = []
     for y in range(height):
         pieces = [(r.x, r.width, (i, y - r.y, None)) for i, (n, r) in enumerate(rects) if r.y <= y < r.bottom]
@@ -195,11 +192,11 @@ def _recipe(rects, width: int, height: int, theme):
         out, x = [], 0
         for px, w, item in sorted(pieces, key=lambda p: p[0]):
             if px > x:
-                out.append((None, [" "] * (px - x), [theme.plain] * (px - x)))
+                out.append((None, (" ",) * (px - x), (theme.plain,) * (px - x)))
             out.append(item)
             x = px + w
         if x < width:
-            out.append((None, [" "] * (width - x), [theme.plain] * (width - x)))
+            out.append((None, (" ",) * (width - x), (theme.plain,) * (width - x)))
         rows.append(tuple(out))
     return tuple(rows)
 
@@ -252,7 +249,7 @@ def _assemble(recipe, canvases, width: int, height: int, reuse=None, rects=None)
     return screen
 
 
-def _mode_screen(state, view, width, height, now, theme) -> Canvas:
+def _mode_screen(state, view, width, height, now, theme, cache: RenderCache) -> Canvas:
     """REPLAY's matrix / explorer panel over the body, with our footer below it."""
     screen = Canvas(width, height)
     try:
@@ -264,9 +261,9 @@ def _mode_screen(state, view, width, height, now, theme) -> Canvas:
         screen.put(2, height // 2, f"{view.mode} view not available in this build · press {view.mode[0]} to go back",
                    theme.na, max_width=width - 4)
     else:
-        body = render(state, view, width, height - 1, now, theme)
+        body = render(state, view, width, height - 1, now, theme, cache)
         screen.blit(body, 0, 0)
-    screen.blit(footer.render(state, view, width, 1, now, theme), 0, height - 1)
+    screen.blit(footer.render(state, view, width, 1, now, theme, cache), 0, height - 1)
     return screen
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import itertools
 from collections.abc import Mapping as _MappingABC
 from types import MappingProxyType
 from typing import Any, List, Mapping, NamedTuple, Optional, Tuple
@@ -158,17 +157,15 @@ class FrozenLogs(_MappingABC):
 def _empty():
     return dataclasses.field(default_factory=lambda: _EMPTY)
 
-_STORE_IDS = itertools.count(1)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class DashboardState:
     """Everything the panels read; never mutated after `Store.snapshot()` builds it."""
 
     version: int = 0
-    # Unique per Store: versions of two stores (a replay rebuilds one per seek) never mix
-    # in the layout's caches.
-    store_id: int = 0
+    # A token unique to its Store (a plain object: equal only to itself, and held in the
+    # layout's keys, so it is never reused while compared): versions of two stores (a
+    # replay rebuilds one per seek) never mix in the layout's caches.
+    store_id: object = None
     # Per-section versions: panels cache on the sections they read.
     run_v: int = 0
     decode_v: int = 0
@@ -289,7 +286,7 @@ class DashboardState:
 
 
 # Every field at its default: `Store.snapshot` starts from a copy and sets what it knows.
-DEFAULT_FIELDS = {
+DEFAULT_FIELDS = MappingProxyType({
     f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
     for f in dataclasses.fields(DashboardState)
-}
+})

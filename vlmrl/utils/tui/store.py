@@ -34,12 +34,12 @@ from vlmrl.instrument.events import (
 
 from vlmrl.utils.tui.state import (  # noqa: F401  (re-exported: panels import them from here)
     DEFAULT_FIELDS, EXPLORER_STEPS, HEAT_HZ, HISTORY, MAX_PROBLEMS, RECENT_TOKENS, REORDER_WINDOW,
-    DashboardState, ExplorerStep, FrozenLogs, HistoryPoint, StepLog, TokenRecord, _STORE_IDS, insert_by_step,
+    DashboardState, ExplorerStep, FrozenLogs, HistoryPoint, StepLog, TokenRecord, insert_by_step,
 )
 
 _F32 = np.dtype(np.float32)
 # For the C-level check of a decode event's usual stats (see Store._record_stats).
-_STAT_NAMES, _NDARRAY, _F32_SET, _TWO = frozenset(ATTN_STATS), {np.ndarray}, {_F32}, {2}
+_STAT_NAMES, _NDARRAY, _F32_SET, _TWO = frozenset(ATTN_STATS), frozenset({np.ndarray}), frozenset({_F32}), frozenset({2})
 _DTYPE, _NDIM = operator.attrgetter("dtype"), operator.attrgetter("ndim")
 
 
@@ -84,7 +84,7 @@ _DECODE_INTS = ("step", "token_id", "cache_len", "cache_max", "active_layer", "a
 _GET_DECODE_INTS = operator.attrgetter(*_DECODE_INTS)
 
 
-_INT_TYPE = {int}
+_INT_TYPE = frozenset({int})
 
 
 def _ints(ev, names, get=None) -> None:
@@ -106,7 +106,7 @@ class Store:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic, started_at: Optional[float] = None):
         self._clock = clock
-        self._id = next(_STORE_IDS)
+        self._id = object()  # this store's identity token (DashboardState.store_id)
         self._started = clock() if started_at is None else float(started_at)
         self._rows: Dict[int, _Row] = {}
         self._run: Optional[RunInfo] = None

@@ -23,10 +23,10 @@ _WORDS = (" The", " image", " shows", " a", " red", " square", " in", " the", " 
           ".", " There", " are", " three", " blue", " circles", " and", " one", " green", " triangle",
           ",", " so", " the", " answer", " is", " 3", ".", " Looking", " closely", " at", " right",
           " side", " 猫", " edge", "\n", " count", " shapes", " total", " 4")
-_SYSTEM = ["<|im_start|>", "system", "\n", "You", " are", " helpful", ".", "<|im_end|>", "\n",
-           "<|im_start|>", "user", "\n"]
-_QUESTION = [" How", " many", " circles", " are", " there", "?", "<|im_end|>", "\n", "<|im_start|>",
-             "assistant", "\n"]
+_SYSTEM = ("<|im_start|>", "system", "\n", "You", " are", " helpful", ".", "<|im_end|>", "\n",
+           "<|im_start|>", "user", "\n")
+_QUESTION = (" How", " many", " circles", " are", " there", "?", "<|im_end|>", "\n", "<|im_start|>",
+             "assistant", "\n")
 
 
 class SyntheticRun:
@@ -56,8 +56,8 @@ class SyntheticRun:
         gt, gh, gw = t, h // 2, w // 2
         self.n_image = gt * gh * gw
         # prompt: system + <vision_start> image <vision_end> + question
-        self.prompt: List[str] = _SYSTEM + ["<|vision_start|>"] + ["<|image_pad|>"] * self.n_image \
-            + ["<|vision_end|>"] + _QUESTION
+        self.prompt: List[str] = list(_SYSTEM) + ["<|vision_start|>"] + ["<|image_pad|>"] * self.n_image \
+            + ["<|vision_end|>"] + list(_QUESTION)
         self.vision_span = (len(_SYSTEM) + 1, len(_SYSTEM) + 1 + self.n_image)
         self.positions = self._mrope_positions(gt, gh, gw)
         self.rope_delta = int(self.positions[:, -1].max()) + 1 - len(self.prompt)

@@ -21,6 +21,7 @@ import sys
 import termios
 import threading
 import tty
+from types import MappingProxyType
 from typing import Callable, List, Optional, Tuple
 
 ENTER = "\x1b[?1049h\x1b[?25l\x1b[?7l\x1b[0m\x1b[H\x1b[2J"
@@ -30,16 +31,16 @@ LEAVE = "\x1b[?2026l\x1b[0m\x1b[?7h\x1b[?25h\x1b[?1049l"
 RESET_HINT = "if the terminal is left garbled, type: reset"
 
 # Escape sequences of the keys the dashboard uses, named as blessed names them.
-_SEQ_KEYS = {
+_SEQ_KEYS = MappingProxyType({
     "\x1b[A": "KEY_UP", "\x1b[B": "KEY_DOWN", "\x1b[C": "KEY_RIGHT", "\x1b[D": "KEY_LEFT",
     "\x1bOA": "KEY_UP", "\x1bOB": "KEY_DOWN", "\x1bOC": "KEY_RIGHT", "\x1bOD": "KEY_LEFT",
     "\x1b[H": "KEY_HOME", "\x1b[F": "KEY_END", "\x1bOH": "KEY_HOME", "\x1bOF": "KEY_END",
     "\x1b[1~": "KEY_HOME", "\x1b[7~": "KEY_HOME", "\x1b[4~": "KEY_END", "\x1b[8~": "KEY_END",
     "\x1b[5~": "KEY_PGUP", "\x1b[6~": "KEY_PGDOWN", "\x1b[2~": "KEY_INSERT", "\x1b[3~": "KEY_DELETE",
     "\x1b[Z": "KEY_BTAB",
-}
-_CHAR_KEYS = {"\x0c": "KEY_REDRAW", "\r": "KEY_ENTER", "\n": "KEY_ENTER", "\x7f": "KEY_BACKSPACE", "\x08": "KEY_BACKSPACE",
-              "\t": "KEY_TAB"}
+})
+_CHAR_KEYS = MappingProxyType({"\x0c": "KEY_REDRAW", "\r": "KEY_ENTER", "\n": "KEY_ENTER", "\x7f": "KEY_BACKSPACE", "\x08": "KEY_BACKSPACE",
+              "\t": "KEY_TAB"})
 
 
 def parse_keys(data: str) -> List[str]:

@@ -76,13 +76,15 @@ def _mode_module(mode: str):
         return None
 
 
-def handle_key(view: ViewState, key: str, state=None) -> ViewState:
+def handle_key(view: ViewState, key: str, state=None, cache=None) -> ViewState:
     """The view after one key press. Unknown keys leave it unchanged.
 
     Args:
       view: the current view.
       key: one key as the terminal layer reports it ("p", "[", "?", "KEY_ESCAPE", ...).
       state: the current DashboardState (batch size for `b`; passed on to REPLAY's keys).
+      cache: the dashboard's RenderCache, passed on to a mode's keys: a mode panel's
+        `handle_key(view, key, state, cache)` (the explorer reads its processed rows there).
     Returns:
       the new ViewState.
     """
@@ -104,7 +106,7 @@ def handle_key(view: ViewState, key: str, state=None) -> ViewState:
         handler = getattr(mod, "handle_key", None)
         if handler is None:
             return view
-        out = handler(view, key, state)
+        out = handler(view, key, state, cache)
         return out if isinstance(out, ViewState) else view
     return _dashboard_key(view, key, state)
 

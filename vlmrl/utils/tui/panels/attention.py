@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import functools
 import math
+from types import MappingProxyType
 
 import numpy as np
 
 from vlmrl.utils.tui.canvas import PLAIN, Canvas
 from vlmrl.utils.tui.palette import NOT_MEASURED, RAMP
 from vlmrl.utils.tui.panels.common import RowCache, message, put, share_row, title_rule
+from vlmrl.utils.tui.render_cache import RenderCache
 
 TITLE = "ATTENTION FLOW"
 GLYPHS = tuple(RAMP) + (NOT_MEASURED,)  # by `levels`: 4 (NaN) picks the last entry
 LEGEND = "░<.25 ▒<.5 ▓<.75 █≥.75 (flash)"
-STAT_LABEL = {"focus": "focus", "max": "max weight", "vision": "vision share", "sink": "sink share"}
+STAT_LABEL = MappingProxyType({"focus": "focus", "max": "max weight", "vision": "vision share", "sink": "sink share"})
 
 
 # Right-closed ramp edges; NaN sorts after every number, so `levels` is one C call.
@@ -61,7 +63,8 @@ def cache_key(state, view, now):
             view.heat_flash_on(now))
 
 
-def render(state, view, width, height, now, theme) -> Canvas:
+def render(state, view, width, height, now, theme, cache=None) -> Canvas:
+    cache = RenderCache() if cache is None else cache
     c = Canvas(width, height)
     if width <= 0 or height <= 0:
         return c
@@ -70,7 +73,7 @@ def render(state, view, width, height, now, theme) -> Canvas:
     arr = state.heat.get(b, {}).get(stat)
     label = STAT_LABEL.get(stat, stat)
     if arr is None or arr.size == 0:
-        title_rule(c, 0, f"{TITLE} · {label}", theme, right="n/a", right_style=theme.na)
+        title_rule(cache, c, 0, f"{TITLE} · {label}", theme, right="n/a", right_style=theme.na)
         message(c, 1, f"{label}: n/a (not measured yet) · s: next stat", theme)
         return c
     L, H = arr.shape
@@ -79,7 +82,7 @@ def render(state, view, width, height, now, theme) -> Canvas:
     pg = f" · pg {page + 1}/{pages}" if pages > 1 else ""
     right = (f"L{lo}-{hi - 1} of {L} · {H} heads{pg}", f"L{lo}-{hi - 1}/{L}{pg}",
              f"L{lo}-{hi - 1} p{page + 1}/{pages}" if pages > 1 else f"L{lo}-{hi - 1}/{L}", f"L{lo}-{hi - 1}")
-    title_rule(c, 0, f"{TITLE} · {label}", theme, right=right)
+    title_rule(cache, c, 0, f"{TITLE} · {label}", theme, right=right)
     if rows <= 0:
         return c
     flash = view.heat_flash_on(now)
@@ -91,7 +94,7 @@ def render(state, view, width, height, now, theme) -> Canvas:
     # the glyphs carry the values. Each row is built as three list pieces (cells and styles
     # of the glyphs gathered in C from the ramp levels), not cell by cell.
     lv = levels(arr[lo:hi, :heads_fit])
-    glyph_table, style_table = _tables(theme, flash)
+    glyph_table, style_table = _tables(theme, flash, cache.memo("attention.tables"))
     n = label_w + heads_fit + len(tail)
     pad = max(0, width - n)
     tail_c, tail_s = list(tail) + [" "] * pad, [theme.dim] * len(tail) + [PLAIN] * pad
@@ -103,30 +106,28 @@ def render(state, view, width, height, now, theme) -> Canvas:
     c.chars[1:1 + hi - lo] = rows_c  # hi - lo < rows on a short last page
     c.styles[1:1 + hi - lo] = rows_s
     if legend:  # the same row every time: drawn once (a non-ASCII put walks it char by char)
-        share_row(c, 1 + rows, _LEGENDS.get((width, id(theme)), width, lambda row: _legend(row, theme)))
+        legends = cache.memo("attention.legends", lambda: RowCache(limit=64))
+        share_row(c, 1 + rows, legends.get((width, id(theme)), width, lambda row: _legend(row, theme)))
     return c
 
 
-_LEGENDS = RowCache(limit=64)
 @functools.lru_cache(maxsize=64)
 def _labels(lo: int, hi: int, label_w: int):
     """The label cells ("  L7 ") of layers lo..hi-1; read-only (rows copy them)."""
     return tuple(list(f"L{layer}".rjust(label_w - 1) + " ") for layer in range(lo, hi))
 
 
-_TABLES: dict = {}
-
-
-def _tables(theme, flash: bool):
-    """(glyph, style) per ramp level (4: not measured) as object arrays, to gather in C."""
+def _tables(theme, flash: bool, tables: dict):
+    """(glyph, style) per ramp level (4: not measured) as object arrays, to gather in C;
+    kept in `tables` by (theme, flash)."""
     key = (id(theme), flash)
-    hit = _TABLES.get(key)
+    hit = tables.get(key)
     if hit is None or hit[0] is not theme:
         hot = theme.heat_flash if flash else theme.heat[3]
         glyphs, styles = np.empty(len(GLYPHS), dtype=object), np.empty(len(GLYPHS), dtype=object)
         for i, st in enumerate((theme.heat[0], theme.heat[1], theme.heat[2], hot, theme.na)):
             glyphs[i], styles[i] = GLYPHS[i], st  # one by one: Styles are tuples numpy would unpack
-        hit = _TABLES[key] = (theme, glyphs, styles)  # holding theme: its id is not reused
+        hit = tables[key] = (theme, glyphs, styles)  # holding theme: its id is not reused
     return hit[1], hit[2]
 
 

@@ -1,8 +1,10 @@
 """Helpers every panel shares: title rules, number formatting, fast row writes.
 
-Panels are pure: `render(state, view, width, height, now, theme) -> Canvas` of exactly
-width x height cells, and `cache_key(state, view, now)` naming every input besides the
-size and theme, so the layout can reuse a panel's canvas while its inputs are unchanged.
+Panels are pure: `render(state, view, width, height, now, theme, cache) -> Canvas` of
+exactly width x height cells, and `cache_key(state, view, now)` naming every input besides
+the size and theme, so the layout can reuse a panel's canvas while its inputs are unchanged.
+`cache` is the dashboard's `RenderCache`: rows a panel keeps between frames live there
+(see render_cache.py), never in a module.
 """
 from __future__ import annotations
 
@@ -26,16 +28,16 @@ def fmt_num(value, digits: int = 3, signed: bool = False) -> str:
         return NA
     if not math.isfinite(v):
         return NA
-    spec = _NUM_SPECS.get((digits, signed))
-    if spec is None:
-        spec = _NUM_SPECS[(digits, signed)] = f"{'+' if signed else ''}.{int(digits)}f"
-    s = format(v, spec)
+    s = format(v, _num_spec(digits, signed))
     if s[0] == "-" and s[1] == "0" and not s.strip("-0."):  # rounds to zero: no "-0.000"
         s = ("+" if signed else "") + s[1:]
     return s
 
 
-_NUM_SPECS: dict = {}  # (digits, signed) -> format spec; called for most figures every frame
+@functools.lru_cache(maxsize=64)
+def _num_spec(digits: int, signed: bool) -> str:
+    """The format spec of fmt_num (called for most figures every frame)."""
+    return f"{'+' if signed else ''}.{int(digits)}f"
 
 
 def fmt_int(value) -> str:
@@ -96,7 +98,7 @@ def fmt_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
-def title_rule(canvas: Canvas, y: int, title: str, theme, right="", right_style: Optional[Style] = None) -> None:
+def title_rule(cache, canvas: Canvas, y: int, title: str, theme, right="", right_style: Optional[Style] = None) -> None:
     """`━ TITLE ━━━━━━━ right ━` across the canvas row y (rows cached: titles repeat).
 
     `right` may be a sequence of alternatives, longest first: the first that fits whole
@@ -105,30 +107,32 @@ def title_rule(canvas: Canvas, y: int, title: str, theme, right="", right_style:
     w = canvas.width
     if w <= 0 or y < 0 or y >= canvas.height:
         return
-    paste_row(canvas, y, title_row(w, title, theme, right, right_style))
+    paste_row(canvas, y, title_row(cache, w, title, theme, right, right_style))
 
 
-def title_row(width: int, title: str, theme, right="", right_style: Optional[Style] = None,
-              cache: bool = True) -> tuple:
+def title_row(cache, width: int, title: str, theme, right="", right_style: Optional[Style] = None,
+              keep: bool = True) -> tuple:
     """The (chars, styles) row `title_rule` draws, for panels that write nothing else on
     their title row: they share it (`share_row`) instead of copying it every frame.
-    `cache=False` for a figure that changes with every token: caching those rows would
-    only evict the titles that repeat, so the bare title is cached and the figure laid
+    `keep=False` for a figure that changes with every token: keeping those rows would
+    only evict the titles that repeat, so the bare title is kept and the figure laid
     on a copy of it."""
     alts = (right,) if isinstance(right, str) else tuple(right)
     rstyle = right_style or theme.value
-    if cache:
+    if keep:
         key = (title, alts, rstyle, width, id(theme))
-        hit = _TITLES.rows.get(key)  # the common case: no closure built
+        titles = cache.memo("common.titles", _title_rows)
+        hit = titles.rows.get(key)  # the common case: no closure built
         if hit is None:
-            hit = _TITLES.get(key, width, lambda row: _draw_title(row, title, alts, rstyle, theme))
+            hit = titles.get(key, width, lambda row: _draw_title(row, title, alts, rstyle, theme))
         return hit
     key = (title, width, id(theme))
-    bare = _BARE_TITLES.get(key)
+    bare_titles = cache.memo("common.bare_titles")  # (title, width, theme id) -> (chars, styles, end)
+    bare = bare_titles.get(key)
     if bare is None:
         row = Canvas(width, 1)
         x = _draw_title(row, title, (), rstyle, theme)
-        bare = remember(_BARE_TITLES, key, (row.chars[0], row.styles[0], x), 256)
+        bare = remember(bare_titles, key, (tuple(row.chars[0]), tuple(row.styles[0]), x), 256)
     chars, styles, x = bare
     alt = alts[0] if len(alts) == 1 else None
     if alt is None or not (alt.isascii() and alt.isprintable()):
@@ -140,7 +144,7 @@ def title_row(width: int, title: str, theme, right="", right_style: Optional[Sty
         return chars, styles  # no figure shown: the bare row itself
     # what _draw_title's put of the figure writes (printable ASCII on the rule)
     n = len(alt) + 2
-    chars, styles = chars[:], styles[:]
+    chars, styles = list(chars), list(styles)
     chars[rx:rx + n] = f" {alt} "
     styles[rx:rx + n] = [rstyle] * n
     return chars, styles
@@ -162,7 +166,7 @@ def _draw_title(row: Canvas, title: str, alts, rstyle: Style, theme) -> int:
     return x
 
 
-def put_pairs(canvas: Canvas, x: int, y: int, pairs: Sequence, theme, sep: str = "  ") -> int:
+def put_pairs(cache, canvas: Canvas, x: int, y: int, pairs: Sequence, theme, sep: str = "  ") -> int:
     """Write `label value` pairs left to right (n/a dimmed); a pair that would not fit
     whole is left out with all after it, so no value is ever shown cut.
 
@@ -171,13 +175,16 @@ def put_pairs(canvas: Canvas, x: int, y: int, pairs: Sequence, theme, sep: str =
     """
     if not (0 <= y < canvas.height):
         return x
+    # Composed pair lines by (pairs, x, width, sep, theme): most lines repeat between
+    # frames (static figures, or values that change every few steps): composed once.
+    memo = cache.memo("common.pairs")
     key = (tuple(pairs), x, canvas.width, sep, id(theme))
     try:
-        hit = _PAIRS.get(key)
+        hit = memo.get(key)
     except TypeError:  # an unhashable value: compose without the cache
         key, hit = None, _compose_pairs(x, canvas.width - 1, pairs, theme, sep)
     if hit is None:
-        hit = remember(_PAIRS, key, _compose_pairs(x, canvas.width - 1, pairs, theme, sep), 2048)
+        hit = remember(memo, key, _compose_pairs(x, canvas.width - 1, pairs, theme, sep), 2048)
     pieces, text, styles = hit
     if not pieces:
         return x
@@ -191,11 +198,6 @@ def put_pairs(canvas: Canvas, x: int, y: int, pairs: Sequence, theme, sep: str =
     for t, st in pieces:
         x = put(canvas, x, y, t, st)
     return x
-
-
-# Composed pair lines by (pairs, x, width, sep, theme): most lines repeat between frames
-# (static figures, or values that change every few steps), so each is composed once.
-_PAIRS: dict = {}
 
 
 def _compose_pairs(x: int, limit: int, pairs, theme, sep: str):
@@ -270,7 +272,8 @@ def remember(cache: dict, key, value, limit: int):
 
 class RowCache:
     """Rendered rows (chars, styles) by key, so rows that only move between frames (recent
-    tokens, credit list) are drawn once. Bounded: cleared when it grows past `limit`."""
+    tokens, credit list) are drawn once. Bounded: cleared when it grows past `limit`.
+    Rows are tuples: a canvas may share one, and nothing can write into it."""
 
     def __init__(self, limit: int = 4096):
         self.rows = {}
@@ -281,7 +284,7 @@ class RowCache:
         if hit is None:
             row = Canvas(width, 1)
             draw(row)
-            hit = remember(self.rows, key, (row.chars[0], row.styles[0]), self.limit)
+            hit = remember(self.rows, key, (tuple(row.chars[0]), tuple(row.styles[0])), self.limit)
         return hit
 
 
@@ -293,9 +296,10 @@ def paste_row(canvas: Canvas, y: int, row: tuple) -> None:
 
 
 def share_row(canvas: Canvas, y: int, row: tuple) -> None:
-    """Make canvas row y the cached row's own lists (no copy). Only for rows nothing
-    writes to afterwards: canvases are read-only once returned, and shared rows let the
-    layout and the frame diff see unchanged rows by identity."""
+    """Make canvas row y the cached row itself (no copy). Only for rows nothing writes to
+    afterwards (cached rows are tuples, so a write fails): canvases are read-only once
+    returned, and shared rows let the layout and the frame diff see unchanged rows by
+    identity."""
     if 0 <= y < canvas.height and len(row[0]) == canvas.width:
         canvas.chars[y] = row[0]
         canvas.styles[y] = row[1]
@@ -324,8 +328,8 @@ def message(canvas: Canvas, y: int, text: str, theme) -> None:
     put(canvas, 1, y, truncate(text, max(canvas.width - 2, 0)), theme.na)
 
 
-_TITLES = RowCache(limit=1024)
-_BARE_TITLES: dict = {}  # (title, width, theme id) -> (chars, styles, column after the title)
+def _title_rows() -> RowCache:
+    return RowCache(limit=1024)
 
 
 def open_panel(state, view, width: int, height: int):

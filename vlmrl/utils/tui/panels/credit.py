@@ -6,6 +6,7 @@ import math
 
 from vlmrl.utils.tui.canvas import Canvas, text_width, truncate
 from vlmrl.utils.tui.panels.common import RowCache, fmt_int, message, put, share_row, title_rule
+from vlmrl.utils.tui.render_cache import RenderCache
 
 TITLE = "TOKEN CREDIT"
 TOKEN_CELLS = 12
@@ -37,18 +38,19 @@ def signed_bar(value: float, scale: float, half: int):
     return " " * half, "█" * n + " " * (half - n)
 
 
-def render(state, view, width, height, now, theme) -> Canvas:
+def render(state, view, width, height, now, theme, cache=None) -> Canvas:
+    cache = RenderCache() if cache is None else cache
     c = Canvas(width, height)
     if width <= 0 or height <= 0:
         return c
     cr = state.credit
     if cr is None:
-        title_rule(c, 0, TITLE, theme, right="n/a", right_style=theme.na)
+        title_rule(cache, c, 0, TITLE, theme, right="n/a", right_style=theme.na)
         if height > 1:
             message(c, 1, "no credit assigned yet", theme)
         return c
-    items, scale, pos_w = _ranked_once(cr)
-    title_rule(c, 0, TITLE, theme, right=f"step {fmt_int(cr.step)} · {len(items)} tokens")
+    items, scale, pos_w = _ranked_once(cr, cache.memo("credit.ranked"))
+    title_rule(cache, c, 0, TITLE, theme, right=f"step {fmt_int(cr.step)} · {len(items)} tokens")
     if not items:
         if height > 1:
             message(c, 1, "empty credit list", theme)
@@ -56,26 +58,24 @@ def render(state, view, width, height, now, theme) -> Canvas:
     value_w = 10
     half = max(1, (width - 2 - pos_w - (TOKEN_CELLS + 2) - value_w - 3) // 2)
     flash = view.heat_flash_on(now)  # with the hot heads: a toggle per 1/flash_hz
+    row_cache = cache.memo("credit.rows", RowCache)
     for r, (i, tok, v) in enumerate(items[: height - 1]):
         top = r == 0
         key = (i, tok, v, scale, half, pos_w, width, top and flash, top, id(theme))
-        share_row(c, r + 1, _ROWS.get(key, width, lambda row, i=i, tok=tok, v=v, top=top: _draw_row(
+        share_row(c, r + 1, row_cache.get(key, width, lambda row, i=i, tok=tok, v=v, top=top: _draw_row(
             row, i, tok, v, top, flash, scale, half, pos_w, theme)))
     return c
 
 
-_ROWS = RowCache()
-_LAST: list = [None, None]  # [credit event, (items, scale, pos_w)] of the last render
-
-
-def _ranked_once(cr):
+def _ranked_once(cr, last: dict):
     """(ranked items, bar scale, position column width) of a credit event. The panel redraws
-    for the top row's flash with the same (never mutated) event, so the last is kept."""
-    if _LAST[0] is not cr:
+    for the top row's flash with the same (never mutated) event, so the last is kept in
+    `last` (with the event itself, so its id is not reused)."""
+    if last.get("event") is not cr:
         items = ranked(cr)
         finite = [abs(v) for _, _, v in items if math.isfinite(v)]
-        _LAST[:] = [cr, (items, max(finite) if finite else 0.0, len(f"#{len(items) - 1}") + 1)]
-    return _LAST[1]
+        last.update(event=cr, ranked=(items, max(finite) if finite else 0.0, len(f"#{len(items) - 1}") + 1))
+    return last["ranked"]
 
 
 def _draw_row(row: Canvas, i, tok, v, top, flash, scale, half, pos_w, theme) -> None:

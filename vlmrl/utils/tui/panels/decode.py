@@ -7,6 +7,7 @@ import functools
 from vlmrl.utils.tui.canvas import PLAIN, Canvas, text_width, truncate
 from vlmrl.utils.tui.palette import hbar, spark_glyph
 from vlmrl.utils.tui.panels.common import NA, fmt_int, fmt_num, message, put, put_pairs, remember, share_row, title_row
+from vlmrl.utils.tui.render_cache import RenderCache
 from vlmrl.utils.tui.panels.rows import (bar_cells, blank_row, fresh_row, pairs_row, sparse_canvas, text_cells,
                                          title_width)
 
@@ -30,14 +31,15 @@ def _quoted_w(text: str, width: int):
     return q, text_width(q)
 
 
-def render(state, view, width, height, now, theme) -> Canvas:
+def render(state, view, width, height, now, theme, cache=None) -> Canvas:
+    cache = RenderCache() if cache is None else cache
     if height <= 0 or width <= 0:
         return sparse_canvas(width, height)
     n = state.batch_size()
     b = view.batch_index % n
     d = state.decode_for(b)
-    cache = NA if d is None else f"{d.cache_len}/{d.cache_max}"
-    right = f"Cache: {cache}"
+    filled = NA if d is None else f"{d.cache_len}/{d.cache_max}"
+    right = f"Cache: {filled}"
     title = TITLE if n <= 1 else f"{TITLE} · b{b}/{n}"
     if title_width(title) + (len(right) if right.isascii() and right.isprintable() else text_width(right)) + 8 > width:
         title = TITLE  # the cache figure matters more than the row label (the footer has it)
@@ -47,26 +49,26 @@ def render(state, view, width, height, now, theme) -> Canvas:
     # stream line of a short panel is written with put, so it gets its own lists.
     c = sparse_canvas(width, height)
     # the cache figure changes with every token: composed, not cached
-    share_row(c, 0, title_row(width, title, theme, right=right, cache=False))
+    share_row(c, 0, title_row(cache, width, title, theme, right=right, keep=False))
     if d is None:
         fresh_row(c, 1)
         message(c, 1, f"waiting for decode events (batch row {b})", theme)
         return c
     if height > 1:
-        _token_line(c, d, theme)
+        _token_line(c, d, theme, cache)
     if height > 2:
         _alternatives(c, 2, d, theme)
     if rows <= 0 or not recent:
         return c
     if rows >= 3:
-        _recent_list(c, 3, recent, rows, theme, b)
+        _recent_list(c, 3, recent, rows, theme, cache, b)
     else:
         fresh_row(c, 3)
         _recent_stream(c, 3, recent, theme)
     return c
 
 
-def _token_line(c: Canvas, d, theme) -> None:
+def _token_line(c: Canvas, d, theme, cache) -> None:
     """`▶ "token"  id N  p P  H E  step S`."""
     width = c.width
     quoted = _quoted_w(str(d.token_text), min(24, max(8, width - 30)))[0]
@@ -91,7 +93,7 @@ def _token_line(c: Canvas, d, theme) -> None:
         fresh_row(c, 1)
         x = put(c, 1, 1, "▶ ", theme.token)
         x = put(c, x, 1, quoted, theme.token)
-        put_pairs(c, x + 2, 1, pairs, theme)
+        put_pairs(cache, c, x + 2, 1, pairs, theme)
     else:
         c.chars[1], c.styles[1] = row
 
@@ -172,10 +174,7 @@ class _Sweep:
         self.styles = [blank[1]] * rows
 
 
-_SWEEPS: dict = {}
-
-
-def _recent_list(c: Canvas, y: int, recent, rows: int, theme, b: int = 0) -> None:
+def _recent_list(c: Canvas, y: int, recent, rows: int, theme, cache, b: int = 0) -> None:
     """Step, token, probability bar, probability; one fixed row per step (step mod rows).
 
     A sweep, like an oscilloscope: the newest token (▶) overwrites the oldest slot. A
@@ -185,9 +184,10 @@ def _recent_list(c: Canvas, y: int, recent, rows: int, theme, b: int = 0) -> Non
     width = c.width
     shown = recent[-rows:]
     key = (b, width, rows, id(theme))
-    sw = _SWEEPS.get(key)
+    sweeps = cache.memo("decode.sweeps")
+    sw = sweeps.get(key)
     if sw is None:
-        sw = remember(_SWEEPS, key, _Sweep(rows, blank_row(width)), 32)
+        sw = remember(sweeps, key, _Sweep(rows, blank_row(width)), 32)
     old, base, owners, chars, styles = sw.shown, sw.base, sw.owners, sw.chars, sw.styles
     # shown = old[d:] + shown[m:]: the records kept (equal records draw equal rows in
     # equal slots) and the new ones; else nothing is carried over (d = len(old))
@@ -226,16 +226,17 @@ def _recent_list(c: Canvas, y: int, recent, rows: int, theme, b: int = 0) -> Non
                 r = Canvas(width, 1)
                 _draw_token(r, rec, bar_w, theme)
                 row = (r.chars[0], r.styles[0])
+            row = (tuple(row[0]), tuple(row[1]))  # kept in the sweep: immutable
         s = rec.step % rows
         owners[s], chars[s], styles[s] = base + i, row[0], row[1]
     sw.shown = shown
-    # the slot row lists themselves, not copies: canvases are read-only once
-    # returned, and the layout and the frame diff then see unchanged rows by identity
+    # the slot rows themselves, not copies: canvases are read-only once returned,
+    # and the layout and the frame diff then see unchanged rows by identity
     c.chars[y:y + rows] = chars
     c.styles[y:y + rows] = styles
     if shown:
         yy = y + shown[-1].step % rows
-        chars, styles = c.chars[yy][:], c.styles[yy][:]  # the marker row is written: a copy
+        chars, styles = list(c.chars[yy]), list(c.styles[yy])  # the marker row is written: a copy
         c.chars[yy], c.styles[yy] = chars, styles
         if chars[0] != "" and chars[1:2] != [""]:  # put's own fast path, inline
             chars[0], styles[0] = "▶", theme.token

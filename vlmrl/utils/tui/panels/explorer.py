@@ -20,8 +20,8 @@ from vlmrl.utils.tui import explorer_math as em
 from vlmrl.utils.tui.canvas import Canvas, Style, text_width, truncate
 from vlmrl.utils.tui.palette import RAMP
 from vlmrl.utils.tui.panels.common import message, title_rule
+from vlmrl.utils.tui.render_cache import RenderCache
 
-CACHE = em.LRUCache(em.CACHE_SIZE)
 MAX_LABEL = 20
 BELOW = "·"
 
@@ -48,8 +48,14 @@ def _with(view, xv: ExplorerView):
 # ----------------------------------------------------------------- data
 
 
-def explorer_data(state, batch_index: int = 0):
-    """(ExplorerData, None) for the shown batch row, or (None, why not)."""
+def processed(cache) -> em.LRUCache:
+    """The dashboard's processed explorer data (kept by prompt and length)."""
+    return cache.memo("explorer.processed", lambda: em.LRUCache(em.CACHE_SIZE))
+
+
+def explorer_data(state, batch_index: int = 0, cache=None):
+    """(ExplorerData, None) for the shown batch row, or (None, why not). `cache`: the
+    dashboard's RenderCache, so moving through steps does not reprocess the rows."""
     steps = tuple(s for s in (getattr(state, "explorer", None) or {}).get(batch_index, ()) if s.row is not None)
     if not steps:
         return None, "no attention rows yet: the explorer needs TapConfig(enabled=True, attention_row=True)"
@@ -67,7 +73,9 @@ def explorer_data(state, batch_index: int = 0):
         return em.from_rows([s.row[pad:] for s in steps], prompt_len - pad, tokens,
                             [s.text for s in steps], steps=[s.step - step0 for s in steps])
 
-    return CACHE.get(key, compute), None
+    if cache is None:
+        return compute(), None
+    return processed(cache).get(key, compute), None
 
 
 def _prompt_tokens(state, first_row: np.ndarray, prompt_len: int):
@@ -83,9 +91,9 @@ def _prompt_tokens(state, first_row: np.ndarray, prompt_len: int):
 # ----------------------------------------------------------------- keys
 
 
-def handle_key(view, key: str, state=None):
+def handle_key(view, key: str, state=None, cache=None):
     xv = get_view(view)
-    data, _ = explorer_data(state, getattr(view, "batch_index", 0)) if state is not None else (None, None)
+    data, _ = explorer_data(state, getattr(view, "batch_index", 0), cache) if state is not None else (None, None)
     n = data.num_steps if data is not None else 0
     cur = (n - 1 if xv.index is None else min(xv.index, n - 1)) if n else 0
     if key in ("KEY_LEFT", "left", "h"):
@@ -138,21 +146,22 @@ def cache_key(state, view, now):
 # ----------------------------------------------------------------- render
 
 
-def render(state, view, width, height, now, theme) -> Canvas:
+def render(state, view, width, height, now, theme, cache=None) -> Canvas:
+    cache = RenderCache() if cache is None else cache
     c = Canvas(width, height)
     if width <= 0 or height <= 0:
         return c
     xv = get_view(view)
-    data, why = explorer_data(state, getattr(view, "batch_index", 0))
+    data, why = explorer_data(state, getattr(view, "batch_index", 0), cache)
     if data is None:
-        title_rule(c, 0, "TOKEN ATTENTION EXPLORER", theme, right="e/Esc: back")
+        title_rule(cache, c, 0, "TOKEN ATTENTION EXPLORER", theme, right="e/Esc: back")
         message(c, 2, why, theme)
         return c
     idx = data.num_steps - 1 if xv.index is None else min(max(xv.index, 0), data.num_steps - 1)
     step = data.steps[idx]
     links = em.edges(data, idx, xv.threshold, xv.selected, xv.show_all)
     right = f"step {step} ({idx + 1}/{data.num_steps} emitted{'' if xv.index is not None else ', newest'})"
-    title_rule(c, 0, "TOKEN ATTENTION EXPLORER", theme, right=right)
+    title_rule(cache, c, 0, "TOKEN ATTENTION EXPLORER", theme, right=right)
     sel = "none" if xv.selected is None else _name(data, xv.selected)
     c.put(1, 1, f"threshold {xv.threshold:.3f}   links {'all steps' if xv.show_all else 'this step'}   "
                 f"selected {sel}   first slot removed   each part normalised", theme.label, max_width=width - 2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from vlmrl.utils.tui.canvas import PLAIN, Canvas, text_width
 from vlmrl.utils.tui.panels.common import RowCache, age, fmt_int, message, put, remember, share_row, title_row
 from vlmrl.utils.tui.panels.rows import compose_row, fresh_row, sparse_canvas, text_cells
+from vlmrl.utils.tui.render_cache import RenderCache
 
 TITLE = "COMPUTATION FLOW"
 STAGES = ("mRoPE", "Q/K/V", "Attention", "KV Cache Write")
@@ -21,20 +22,6 @@ DEFAULT_GAP = 0.05  # pacing before two events have measured the real gap
 
 def stage_at(state, batch_index: int, now: float):
     """The stage lit now (0..4, 4 = sampling) or None when idle / nothing seen yet."""
-    # asked four times a frame (this panel and the KV panel, key and render) about the
-    # same snapshot, which is never mutated: the last answer is kept with its inputs
-    last = _LAST
-    if last[0] is state and last[1] == batch_index and last[2] == now:
-        return last[3]
-    stage = _stage_at(state, batch_index, now)
-    _LAST[:] = (state, batch_index, now, stage)
-    return stage
-
-
-_LAST = [None, None, None, None]  # (state, batch index, now, stage)
-
-
-def _stage_at(state, batch_index: int, now: float):
     a = age(state, batch_index, now)
     if a is None:
         return None
@@ -49,9 +36,6 @@ def cache_key(state, view, now):
     b = view.batch_index % state.batch_size()
     stage = stage_at(state, b, now)
     return (state.row_version(b), b, stage, stage is not None and view.flash_on(now))
-
-
-_CHAINS = RowCache(limit=256)
 
 
 def _chain(row: Canvas, stage, theme) -> None:
@@ -89,17 +73,17 @@ def _indicator_row(width: int, stage, flash, active: str, slot: str, theme) -> t
         return None, 0, 0
     at_active = 1 + len(name_a) + 1
     at_slot = 1 + len(name_a) + (len(active) + 1 if active else 0) + 2 + len(name_w) + 1
-    return row, at_active, at_slot
+    return (tuple(row[0]), tuple(row[1])), at_active, at_slot  # kept: immutable
 
 
 INDICATORS = ("ACTIVE", "WRITE", "SAMPLING")
 # 3 indicators of "⚡ NAME" (+2 apart) from column 1: details only when the whole line fits
 INDICATOR_CELLS = 1 + sum(3 + len(n) + 2 for n in INDICATORS)
 GAP = ("  ", PLAIN)  # two blank cells between indicators
-_TEMPLATES: dict = {}  # indicator rows by (stage, flash, figure widths, width, theme)
 
 
-def render(state, view, width, height, now, theme) -> Canvas:
+def render(state, view, width, height, now, theme, cache=None) -> Canvas:
+    cache = RenderCache() if cache is None else cache
     b = view.batch_index % state.batch_size()
     d = state.decode_for(b)
     # Rows are shared: the cached title and chain rows, the composed lines below them
@@ -108,10 +92,11 @@ def render(state, view, width, height, now, theme) -> Canvas:
         return c
     stage = stage_at(state, b, now)
     phase = "idle" if stage is None else ("prefill" if d is not None and d.phase == "prefill" else "decode")
-    share_row(c, 0, title_row(width, TITLE, theme, right=phase, right_style=theme.dim if stage is None else theme.value))
+    share_row(c, 0, title_row(cache, width, TITLE, theme, right=phase, right_style=theme.dim if stage is None else theme.value))
     if height < 2:
         return c
-    share_row(c, 1, _CHAINS.get((stage, width, id(theme)), width, lambda row: _chain(row, stage, theme)))
+    chains = cache.memo("flow.chains", lambda: RowCache(limit=256))
+    share_row(c, 1, chains.get((stage, width, id(theme)), width, lambda row: _chain(row, stage, theme)))
     if height < 3:
         return c
     if d is None:
@@ -126,13 +111,14 @@ def render(state, view, width, height, now, theme) -> Canvas:
     if (active + slot).isascii() and (active + slot).isprintable():
         # Between steps only the layer/head and slot figures change: one template per
         # lit stage, flash phase and figure widths, with this step's figures written in.
+        templates = cache.memo("flow.templates")  # by (stage, flash, figure widths, width, theme)
         key = (stage, flash, len(active), len(slot), width, id(theme))
-        tpl = _TEMPLATES.get(key)
+        tpl = templates.get(key)
         if tpl is None:
-            tpl = remember(_TEMPLATES, key, _indicator_row(width, stage, flash, active, slot, theme), 256)
+            tpl = remember(templates, key, _indicator_row(width, stage, flash, active, slot, theme), 256)
         row, at_active, at_slot = tpl
         if row is not None and (active or slot):
-            chars = row[0][:]
+            chars = list(row[0])
             chars[at_active:at_active + len(active)] = active
             chars[at_slot:at_slot + len(slot)] = slot
             row = (chars, row[1])

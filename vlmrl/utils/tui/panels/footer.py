@@ -28,7 +28,7 @@ def _status(state, view):
     return parts
 
 
-def render(state, view, width, height, now, theme) -> Canvas:
+def render(state, view, width, height, now, theme, cache=None) -> Canvas:
     c = Canvas(width, height, theme.footer)
     if width <= 0 or height <= 0:
         return c

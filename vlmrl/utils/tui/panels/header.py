@@ -5,6 +5,7 @@ from __future__ import annotations
 from vlmrl.utils.tui.canvas import Canvas, text_width, truncate
 from vlmrl.utils.tui.palette import sparkline
 from vlmrl.utils.tui.panels.common import NA, fmt_duration, fmt_int, fmt_num, fmt_rate, put, put_glyphs
+from vlmrl.utils.tui.render_cache import RenderCache
 
 SEP = " │ "
 MIN_SPARK = 8  # sparkline cells worth drawing
@@ -44,7 +45,8 @@ def cache_key(state, view, now):
             int(state.uptime(now)), None if ms is None else fmt_num(ms, 2))
 
 
-def render(state, view, width, height, now, theme) -> Canvas:
+def render(state, view, width, height, now, theme, cache=None) -> Canvas:
+    cache = RenderCache() if cache is None else cache
     c = Canvas(width, height)
     if width <= 0 or height <= 0:
         return c
@@ -71,11 +73,11 @@ def render(state, view, width, height, now, theme) -> Canvas:
                 cx = put(c, cx, y, SEP, theme.rule)
             cx = put(c, cx, y, label + " ", theme.label)
             cx = put(c, cx, y, value, theme.na if value == NA else theme.value)
-    _sparklines(c, state, rows, theme)
+    _sparklines(c, state, rows, theme, cache)
     return c
 
 
-def _sparklines(c: Canvas, state, rows, theme) -> None:
+def _sparklines(c: Canvas, state, rows, theme, cache) -> None:
     """Reward and KL history on a free header row, else at the end of the last row."""
     hist = state.history
     if len(hist) < 2:
@@ -93,7 +95,7 @@ def _sparklines(c: Canvas, state, rows, theme) -> None:
     x = x0
     if x0:
         x = put(c, x0 - len(SEP), y, SEP, theme.rule)
-    reward, kl = _sparks(hist, each)
+    reward, kl = _sparks(hist, each, cache.memo("header.sparks"))
     # The spark glyphs are one cell each and land on blank cells (a free row, or past the
     # row's end), so they are slice-assigned rather than put char by char.
     x = put(c, x, y, "reward ", theme.label)
@@ -103,18 +105,16 @@ def _sparklines(c: Canvas, state, rows, theme) -> None:
     put_glyphs(c, x, y, kl, [theme.warn] * len(kl))
 
 
-_SPARKS: list = [None, 0, None]  # [history, cells, (reward, kl)] of the last render
-
-
-def _sparks(hist, each: int):
+def _sparks(hist, each: int, last: dict):
     """Reward and KL sparklines of the last `each` points. The header redraws every second
     (uptime) with the same history tuple (the store keeps it until a training step), so
-    the last pair is kept; only the points shown are read."""
-    if _SPARKS[0] is not hist or _SPARKS[1] != each:
+    the last pair is kept in `last` (the history itself held, so its id is not reused);
+    only the points shown are read."""
+    if last.get("history") is not hist or last.get("cells") != each:
         tail = hist[-each:]
-        _SPARKS[:] = [hist, each, (sparkline([h.reward_mean for h in tail], each),
-                                   sparkline([h.kl for h in tail], each))]
-    return _SPARKS[2]
+        last.update(history=hist, cells=each, lines=(sparkline([h.reward_mean for h in tail], each),
+                                                     sparkline([h.kl for h in tail], each)))
+    return last["lines"]
 
 
 def _row_end(c: Canvas, y: int) -> int:

@@ -8,6 +8,7 @@ slots inside each bar are coloured. The shown layers follow the heatmap's page.
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 
 from vlmrl.utils.tui.canvas import PLAIN, Canvas
 from vlmrl.utils.tui.palette import hbar
@@ -15,11 +16,12 @@ from vlmrl.utils.tui.panels import flow
 from vlmrl.utils.tui.panels.attention import page_bounds
 from vlmrl.utils.tui.panels.common import NA, fmt_bytes_pair, put, remember, share_row, title_row
 from vlmrl.utils.tui.panels.rows import bar_cells, compose_row, pairs_line, sparse_canvas
+from vlmrl.utils.tui.render_cache import RenderCache
 
 TITLE = "KV CACHE MEMORY"
 PAGE_TOKENS = 16
 INFO_ROWS = 2  # bytes line and pages line
-SHORT_DTYPE = {"bfloat16": "bf16", "float16": "f16", "float32": "f32", "float64": "f64"}
+SHORT_DTYPE = MappingProxyType({"bfloat16": "bf16", "float16": "f16", "float32": "f32", "float64": "f64"})
 
 
 def status(state, batch_index: int, now: float):
@@ -34,15 +36,16 @@ def status(state, batch_index: int, now: float):
     return "ACTIVE" if d.cache_len > 0 else "CLEARED"
 
 
-def _bytes_per_token(run):
+def _bytes_per_token(run, memo: dict):
     """Exact K+V bytes per cached token for the whole batch; None when unknown (no
     RunInfo, or a dtype name numpy does not know, e.g. from a foreign recording)."""
     if run is None:
         return None
-    # numpy's dtype lookup is the slow part and the figures rarely change: by value
+    # numpy's dtype lookup is the slow part and the figures rarely change: kept in
+    # `memo` by value
     key = (run.dtype, run.num_layers, run.num_kv_heads, run.head_dim, run.batch)
     try:
-        return _PER_TOKEN[key]
+        return memo[key]
     except KeyError:
         pass
     except TypeError:  # unhashable fields: not cached
@@ -52,26 +55,21 @@ def _bytes_per_token(run):
     except (TypeError, ValueError):
         value = None
     if key is not None:
-        remember(_PER_TOKEN, key, value, 64)
+        remember(memo, key, value, 64)
     return value
 
 
-_PER_TOKEN: dict = {}
-
-
-def _device(in_use, limit) -> str:
-    """fmt_bytes_pair of the device memory, which changes only with a new RunInfo."""
+def _device(in_use, limit, memo: dict) -> str:
+    """fmt_bytes_pair of the device memory, which changes only with a new RunInfo (kept
+    in `memo`)."""
     key = (in_use, limit)
     try:
-        text = _DEVICE.get(key)
+        text = memo.get(key)
     except TypeError:  # unhashable figures: not cached
         return fmt_bytes_pair(in_use, limit)
     if text is None:
-        text = remember(_DEVICE, key, fmt_bytes_pair(in_use, limit), 64)
+        text = remember(memo, key, fmt_bytes_pair(in_use, limit), 64)
     return text
-
-
-_DEVICE: dict = {}
 
 
 def cache_key(state, view, now):
@@ -89,7 +87,8 @@ def _status_style(st, flash, theme):
     return theme.na
 
 
-def render(state, view, width, height, now, theme) -> Canvas:
+def render(state, view, width, height, now, theme, cache=None) -> Canvas:
+    cache = RenderCache() if cache is None else cache
     b = view.batch_index % state.batch_size()
     d = state.decode_for(b)
     # Rows are shared: the cached title and bar rows, the composed figure lines
@@ -98,23 +97,23 @@ def render(state, view, width, height, now, theme) -> Canvas:
         return c
     run = state.run
     st = status(state, b, now)
-    share_row(c, 0, title_row(width, TITLE, theme, right=st or NA,
+    share_row(c, 0, title_row(cache, width, TITLE, theme, right=st or NA,
                               right_style=_status_style(st, view.flash_on(now), theme)))
     used = None if d is None else int(d.cache_len)
     cap = int(d.cache_max) if d is not None and d.cache_max else (int(run.max_cache) if run else None)
-    per_tok = _bytes_per_token(run)
+    per_tok = _bytes_per_token(run, cache.memo("kvcache.per_token"))
     if height > 1:
         used_b = per_tok * used if per_tok is not None and used is not None else (d.kv_bytes if d is not None else None)
         alloc_b = per_tok * cap if per_tok is not None and cap else None
         pairs = [("KV", fmt_bytes_pair(used_b, alloc_b))]
         if run is not None and run.device_memory_in_use is not None and run.device_memory_limit:
-            dev = _device(run.device_memory_in_use, run.device_memory_limit)
+            dev = _device(run.device_memory_in_use, run.device_memory_limit, cache.memo("kvcache.device"))
         else:
             dev = NA
         pairs.append(("device", dev))
         if alloc_b is not None and run is not None and run.device_memory_limit:
             pairs.append(("KV/device", f"{100.0 * alloc_b / run.device_memory_limit:.1f}%"))
-        pairs_line(c, 1, pairs, theme)
+        pairs_line(cache, c, 1, pairs, theme)
     if height > 2:
         pages = NA if used is None or not cap else f"{math.ceil(used / PAGE_TOKENS)}/{math.ceil(cap / PAGE_TOKENS)}"
         slots = NA if used is None or not cap else f"{used}/{cap}"
@@ -123,20 +122,20 @@ def render(state, view, width, height, now, theme) -> Canvas:
             dt = SHORT_DTYPE.get(run.dtype, run.dtype)
             shape = f"2×{run.num_layers}L×{run.num_kv_heads}kv×{run.head_dim}d×{dt}×b{run.batch}"
             pairs += [("", shape), ("", f"({PAGE_TOKENS} tok/page)")]
-        pairs_line(c, 2, pairs, theme)
+        pairs_line(cache, c, 2, pairs, theme)
     rows = height - 1 - INFO_ROWS
     L = state.num_layers()
     if rows <= 0 or L is None or used is None or not cap:
         return c
     lo, hi, _, _ = page_bounds(L, rows, view.layer_page)
-    _bars(c, 1 + INFO_ROWS, lo, hi, d, used, cap, theme)
+    _bars(c, 1 + INFO_ROWS, lo, hi, d, used, cap, theme, cache.memo("kvcache.blocks"))
     return c
 
 
-def _bars(c: Canvas, y0: int, lo: int, hi: int, d, used: int, cap: int, theme) -> None:
+def _bars(c: Canvas, y0: int, lo: int, hi: int, d, used: int, cap: int, theme, blocks: dict) -> None:
     """One bar per shown layer. All layers hold the same slots, so the bars are one row
     drawn once and relabelled; the figures are on the lines above (they would otherwise
-    repeat on every row and change on every row each step)."""
+    repeat on every row and change on every row each step). Blocks are kept in `blocks`."""
     label_w = len(f"L{hi - 1}") + 1
     bar_w = max(4, c.width - label_w - 3)
     bar = bar_cells(used / cap, bar_w)
@@ -152,11 +151,11 @@ def _bars(c: Canvas, y0: int, lo: int, hi: int, d, used: int, cap: int, theme) -
     # whole block of shown layers is built once per bar
     n = max(0, min(hi - lo, c.height - y0))
     key = (bar, v0, v1, label_w, lo, lo + n, c.width, id(theme))
-    block = _BLOCKS.get(key)
+    block = blocks.get(key)
     if block is None:
         rows = [_bar_row(layer, c.width, label_w, bar, v0, v1, theme) for layer in range(lo, lo + n)]
-        block = remember(_BLOCKS, key, ([r[0] for r in rows], [r[1] for r in rows]), 256)
-    # the cached row lists themselves: canvases are read-only once returned
+        block = remember(blocks, key, ([tuple(r[0]) for r in rows], [tuple(r[1]) for r in rows]), 256)
+    # the cached rows themselves: canvases are read-only once returned
     c.chars[y0:y0 + n] = block[0]
     c.styles[y0:y0 + n] = block[1]
 
@@ -181,6 +180,3 @@ def _bar_row(layer: int, width: int, label_w: int, bar: str, v0: int, v1: int, t
         put(r, start + v0, 0, bar[v0:v1], theme.vision)
     put(r, x, 0, "▏", theme.rule)
     return r.chars[0], r.styles[0]
-
-
-_BLOCKS: dict = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from types import MappingProxyType
 from typing import Optional
 
 import numpy as np
@@ -22,11 +23,12 @@ from vlmrl.utils.tui.canvas import Canvas, Style, char_width, sanitize, truncate
 from vlmrl.utils.tui.explorer_math import clean_label
 from vlmrl.utils.tui.palette import RAMP
 from vlmrl.utils.tui.panels.common import message, put_glyphs, title_rule
+from vlmrl.utils.tui.render_cache import RenderCache
 
 SCALES = ("row", "abs", "log")
 LABEL_W = 14  # row gutter: index + token label
 COL_LABEL_ROWS = 4  # column token labels are written top to bottom, this many characters
-TYPE_MARK = {"special": "◆", "vision": "▦", "text": " "}
+TYPE_MARK = MappingProxyType({"special": "◆", "vision": "▦", "text": " "})
 DEFAULT_PAGE = 20  # rows per PgUp/PgDn when the screen size is not known to key handling
 OUTSIDE = "·"
 
@@ -73,7 +75,7 @@ def _shape(state):
     return np.shape(m.matrix)
 
 
-def handle_key(view, key: str, state=None):
+def handle_key(view, key: str, state=None, cache=None):
     """Arrows move the cursor, PgUp/PgDn a page of rows, < > a page of columns,
     Home/End the corners, d the diagonal, n the scale."""
     mv = get_view(view)
@@ -120,14 +122,12 @@ def _start(cursor: int, n: int, visible: int) -> int:
     return int(min(max(cursor - visible // 2, 0), max(n - visible, 0)))
 
 
-_ROW_MAX: dict = {"matrix": None, "max": None}
-
-
-def _row_max(m: np.ndarray, r0: int, r1: int) -> np.ndarray:
-    """Largest weight of rows r0..r1, memoised per matrix: a row is scanned once, not per frame."""
-    if _ROW_MAX["matrix"] is not m:
-        _ROW_MAX["matrix"], _ROW_MAX["max"] = m, np.full(m.shape[0], np.nan, np.float32)
-    cached = _ROW_MAX["max"]
+def _row_max(m: np.ndarray, r0: int, r1: int, last: dict) -> np.ndarray:
+    """Largest weight of rows r0..r1, kept in `last` for the matrix shown (held, so its id
+    is not reused): a row is scanned once, not per frame."""
+    if last.get("matrix") is not m:
+        last.update(matrix=m, max=np.full(m.shape[0], np.nan, np.float32))
+    cached = last["max"]
     todo = np.isnan(cached[r0:r1])
     if todo.any():
         idx = np.arange(r0, r1)[todo]
@@ -146,13 +146,14 @@ def _levels(vals: np.ndarray, scale: str, row_max: Optional[np.ndarray]) -> np.n
     return lv
 
 
-def render(state, view, width, height, now, theme) -> Canvas:
+def render(state, view, width, height, now, theme, cache=None) -> Canvas:
+    cache = RenderCache() if cache is None else cache
     c = Canvas(width, height)
     if width <= 0 or height <= 0:
         return c
     ev = getattr(state, "matrix", None)
     mv = get_view(view)
-    title_rule(c, 0, "ATTENTION MATRIX", theme, right="m/Esc: back")
+    title_rule(cache, c, 0, "ATTENTION MATRIX", theme, right="m/Esc: back")
     if ev is None or ev.matrix is None or np.ndim(ev.matrix) != 2 or 0 in np.shape(ev.matrix):
         message(c, 2, "no attention matrix yet: run with TapConfig(matrix_layer=...) to send one at prefill", theme)
         return c
@@ -170,7 +171,7 @@ def render(state, view, width, height, now, theme) -> Canvas:
 
     _column_header(c, x0, k0, k1, c_cur, ktok, types, theme)
     window_vals = np.asarray(m[r0:r1, k0:k1])
-    row_max = _row_max(m, r0, r1) if mv.scale == "row" and r1 > r0 else None
+    row_max = _row_max(m, r0, r1, cache.memo("matrix.row_max")) if mv.scale == "row" and r1 > r0 else None
     levels = _levels(window_vals, mv.scale, row_max)
     # Codes 0..3 are ramp levels, 4 a future key (blank), 5 a key outside the window.
     glyphs = np.array(list(RAMP) + [" ", OUTSIDE], dtype=object)

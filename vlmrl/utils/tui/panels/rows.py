@@ -7,7 +7,9 @@ that did not change are the cached lists themselves (`sparse_canvas` + `share_ro
 and rows that change every token are built in one pass as new lists (`compose_row`,
 `pairs_row`), cell for cell what the same `put` calls would write on a blank row; when
 a row would not compose (long or cut text), the panel writes it with `put` as before.
-Every row here is read-only once it is in a canvas: nothing may write into it.
+Every row here is read-only once it is in a canvas: nothing may write into it. Rows kept
+between frames (in the dashboard's RenderCache) are tuples, so a write into one fails
+instead of changing every canvas that shares it.
 """
 from __future__ import annotations
 
@@ -19,20 +21,15 @@ from vlmrl.utils.tui.palette import hbar
 from vlmrl.utils.tui.panels.common import NA, put_pairs, remember
 
 
+@functools.lru_cache(maxsize=64)
 def blank_row(width: int) -> tuple:
-    """One shared blank (chars, styles) row per width."""
-    hit = _BLANKS.get(width)
-    if hit is None:
-        hit = remember(_BLANKS, width, ([" "] * width, [PLAIN] * width), 64)
-    return hit
-
-
-_BLANKS: dict = {}  # by width: a handful of panel widths
+    """The blank (chars, styles) row of a width: tuples, shared by every canvas."""
+    return (" ",) * width, (PLAIN,) * width
 
 
 def sparse_canvas(width: int, height: int) -> Canvas:
-    """A blank canvas whose rows are all one shared blank row: give a row its own lists
-    with `fresh_row` before writing into it, or replace it whole."""
+    """A blank canvas whose rows are all one shared (immutable) blank row: give a row its
+    own lists with `fresh_row` before writing into it, or replace it whole."""
     c = Canvas.__new__(Canvas)
     c.damage = None
     c.width, c.height = max(0, int(width)), max(0, int(height))
@@ -51,14 +48,17 @@ def fresh_row(canvas: Canvas, y: int) -> None:
 def text_cells(text: str):
     """The cells `put` writes for `text` on a blank row where it fits whole: a str when
     each char is one safe cell, else a tuple ("" right halves of wide chars); None for
-    long text. Known one-cell chars (`·`, `→`) are checked as a set, so figure lines
-    that are new every frame add no cache entries."""
-    if text.isascii() and text.isprintable() or set(text) <= _ONE_CELL:
+    long text. The dashboard's own one-cell glyphs (`·`, `→`, bars, ramps) are checked as a
+    set, so figure lines that are new every frame add no cache entries."""
+    if text.isascii() and text.isprintable() or ONE_CELL.issuperset(text):
         return text
     return _cells(text) if len(text) < 64 else None
 
 
-_ONE_CELL = {chr(c) for c in range(0x20, 0x7F)}  # printable ASCII, then one-cell chars seen
+# Printable ASCII and the one-cell glyphs the panels draw (box drawing, blocks, ramps,
+# arrows, the middle dot and ellipsis): text made only of these lays out one cell per char.
+ONE_CELL = frozenset(chr(c) for c in range(0x20, 0x7F)) | frozenset(
+    chr(c) for c in range(0x2500, 0x25A0)) | frozenset("·…→←↑↓▶◆▦×±≥≤−")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -68,8 +68,6 @@ def _cells(text: str):
     row = Canvas(text_width(text) + 2, 1)
     cells = row.chars[0][:row.put(0, 0, text)]
     if cells == list(text):  # every char safe and one cell
-        if len(_ONE_CELL) < 65536:
-            _ONE_CELL.update(text)
         return text
     return tuple(cells)
 
@@ -125,18 +123,19 @@ def pairs_row(width: int, x: int, pairs, theme, sep: str = "  ", chars=None, sty
     return chars, styles
 
 
-def pairs_line(canvas: Canvas, y: int, pairs: Sequence, theme, sep: str = "  ", x: int = 1,
-               cache: bool = False) -> None:
+def pairs_line(cache, canvas: Canvas, y: int, pairs: Sequence, theme, sep: str = "  ", x: int = 1,
+               keep: bool = False) -> None:
     """`put_pairs` on blank row y of a `sparse_canvas`, as a row of its own. Figures that
-    change every token are composed afresh (a cache would only churn); `cache=True` for
-    a line that repeats between frames: its row is then kept and shared."""
+    change every token are composed afresh (keeping them would only churn); `keep=True`
+    for a line that repeats between frames: its row is then kept and shared."""
     if not (0 <= y < canvas.height):
         return
-    key = None
-    if cache:
+    key = memo = None
+    if keep:
+        memo = cache.memo("rows.pair_rows")
         key = (tuple(pairs), x, canvas.width, sep, id(theme))
         try:
-            row = _PAIR_ROWS.get(key)
+            row = memo.get(key)
         except TypeError:  # an unhashable value
             key = row = None
         if row is not None:
@@ -145,14 +144,11 @@ def pairs_line(canvas: Canvas, y: int, pairs: Sequence, theme, sep: str = "  ", 
     row = pairs_row(canvas.width, x, pairs, theme, sep) if x >= 0 else None
     if row is None:
         fresh_row(canvas, y)
-        put_pairs(canvas, x, y, pairs, theme, sep)
+        put_pairs(cache, canvas, x, y, pairs, theme, sep)
         return
     if key is not None:
-        remember(_PAIR_ROWS, key, row, 1024)
+        row = remember(memo, key, (tuple(row[0]), tuple(row[1])), 1024)
     canvas.chars[y], canvas.styles[y] = row
-
-
-_PAIR_ROWS: dict = {}
 
 
 def bar_cells(frac: float, width: int):
@@ -160,12 +156,13 @@ def bar_cells(frac: float, width: int):
     [0, 1] (the bar depends on nothing else): at most 8 x width + 1 bars per width, so a
     new token or cache length does not lay one out."""
     if type(frac) is float and 0.0 <= frac <= 1.0:
-        key = (round(frac * width * 8), width)  # hbar's rounding of an unclipped fraction
-        bar = _BARS.get(key)
-        if bar is None:
-            bar = remember(_BARS, key, text_cells(hbar(frac, width)), 8192)
-        return bar
+        return _bar_eighths(round(frac * width * 8), width)  # hbar's rounding of an unclipped fraction
     return text_cells(hbar(frac, width))
 
 
-_BARS: dict = {}
+@functools.lru_cache(maxsize=8192)
+def _bar_eighths(eighths: int, width: int):
+    """bar_cells of a bar filled `eighths` eighths of a cell (a pure function: memoised)."""
+    if width <= 0:
+        return text_cells("")
+    return text_cells(hbar(eighths / (8.0 * width), width))

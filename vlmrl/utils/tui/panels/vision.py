@@ -7,6 +7,7 @@ import numpy as np
 from vlmrl.utils.tui.canvas import Canvas
 from vlmrl.utils.tui.panels.attention import GLYPHS, levels
 from vlmrl.utils.tui.panels.common import NA, put, put_glyphs, put_pairs, open_panel, title_rule
+from vlmrl.utils.tui.render_cache import RenderCache
 
 TITLE = "VISION INJECTION"
 
@@ -43,23 +44,24 @@ def layer_shares(state, batch_index: int):
     return np.where(counts > 0, np.nansum(arr, axis=1) / np.maximum(counts, 1), np.nan)
 
 
-def render(state, view, width, height, now, theme) -> Canvas:
+def render(state, view, width, height, now, theme, cache=None) -> Canvas:
+    cache = RenderCache() if cache is None else cache
     c, b, d = open_panel(state, view, width, height)
     if width <= 0 or height <= 0:
         return c
     span = None if d is None else d.vision_span
     if span is None:
         right = "n/a" if d is None else "text only"
-        title_rule(c, 0, f"{TITLE} @ Token[{NA}]", theme, right=right, right_style=theme.na)
+        title_rule(cache, c, 0, f"{TITLE} @ Token[{NA}]", theme, right=right, right_style=theme.na)
     else:
-        title_rule(c, 0, f"{TITLE} @ Token[{int(span[0])}]", theme, right=f"{int(span[1]) - int(span[0])} image tokens")
+        title_rule(cache, c, 0, f"{TITLE} @ Token[{int(span[0])}]", theme, right=f"{int(span[1]) - int(span[0])} image tokens")
     y = 1
     if y < height:
         grid = None if d is None else d.vision_grid
         grid_s = NA if grid is None else "×".join(str(int(g)) for g in grid)
         span_s = NA if span is None else f"{int(span[0])}..{int(span[1]) - 1}"
         merged = NA if span is None else str(int(span[1]) - int(span[0]))
-        put_pairs(c, 1, y, [("span", span_s), ("t×h×w", grid_s), ("merged", merged)], theme)
+        put_pairs(cache, c, 1, y, [("span", span_s), ("t×h×w", grid_s), ("merged", merged)], theme)
         y += 1
     if y < height:
         run = state.run
@@ -69,7 +71,7 @@ def render(state, view, width, height, now, theme) -> Canvas:
             ds = " ".join(f"L{int(i)}" for i in run.deepstack_layers)
         else:
             ds = "none"
-        put_pairs(c, 1, y, [("DeepStack →", ds)], theme)
+        put_pairs(cache, c, 1, y, [("DeepStack →", ds)], theme)
         y += 1
     if y < height:
         _shares(c, y, state, b, theme)
