@@ -21,7 +21,7 @@ from vlmrl.utils.tui.canvas import sanitize, truncate
 
 
 # RunInfo fields that change while a run keeps its shape
-_VOLATILE = {"status", "status_seconds", "wall_time", "device_memory_in_use"}
+_VOLATILE = frozenset({"status", "status_seconds", "wall_time", "device_memory_in_use"})
 
 
 def _num(value, fmt: str) -> str:
