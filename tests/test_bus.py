@@ -128,3 +128,28 @@ def test_subscribers_coming_and_going_mid_run_never_cost_the_others_an_event():
     churner.join(timeout=10)
     assert not errors
     assert [e.step for e in steady.drain()] == list(range(30_000))
+
+
+def test_live_tui_update_calls_are_its_own_methods_reaching_every_subscriber():
+    """Plain classes: the producer's calls are methods (no instance attribute shadows
+    them), and a subclass that overrides one is called."""
+    from vlmrl.utils.tui_live import LiveTUI
+
+    bus = Bus(capacity=8)
+    sub = bus.subscribe("a")
+    tui = LiveTUI(bus=bus)
+    assert not {"update_decode", "update_training", "publish"} & set(vars(tui))
+    assert "publish" not in vars(bus)
+    tui.update_decode(DecodeState(step=1))
+    tui.update_training(TrainingState(step=2))
+    tui.publish(TrainingState(step=3))
+    assert [e.step for e in sub.drain()] == [1, 2, 3]
+
+    class Counting(LiveTUI):
+        def update_decode(self, state):
+            self.seen = state.step
+            super().update_decode(state)
+
+    c = Counting(bus=bus)
+    c.update_decode(DecodeState(step=4))
+    assert c.seen == 4 and [e.step for e in sub.drain()] == [4]

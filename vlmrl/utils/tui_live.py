@@ -90,12 +90,6 @@ class LiveTUI:
         self.num_layers, self.num_heads, self.max_cache = num_layers, num_heads, max_cache
         self.display_layers, self.flash_hz, self.fps = display_layers, flash_hz, float(fps)
         self.bus = bus if bus is not None else default_bus()
-        # The producer calls the bus's publisher itself: a wrapper method is one more
-        # Python frame, about 1.5 us right after a tap's thread wakes (bench_render.py).
-        # The methods below document the API; a subclass that overrides one keeps it.
-        for name in ("update_decode", "update_training", "publish"):
-            if getattr(type(self), name) is getattr(LiveTUI, name):
-                setattr(self, name, self.bus.publish)
         self.queue = EventQueue(self.bus.publish)
         self.term = Terminal(out_fd=out_fd, in_fd=in_fd)
         self.screen = screen  # None: the panel layout, drawn with self.render_cache
