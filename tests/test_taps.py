@@ -286,3 +286,49 @@ def test_documented_debug_callback_path_still_works_without_the_fast_primitive(f
     events = sorted((e for e in sub.drain() if e.kind == "decode"), key=lambda e: e.step)  # unordered callbacks
     assert [e.step for e in events] == [0, 2, 4] and s.host.errors == 0
     assert [e.token_id for e in events] == [int(out.tokens[0, i]) for i in (0, 2, 4)]
+
+
+def test_the_fast_callback_passed_its_import_probe_on_this_jax():
+    from vlmrl.instrument import tap_callback
+
+    assert tap_callback.FALLBACK_REASON is None and tap_callback.tap_callback_p is not None
+    assert tap_callback.probe(tap_callback.tap_callback_p) is None
+
+
+def _primitive(name, lowering):
+    from jax._src import debugging as dbg
+    from jax._src.interpreters import mlir
+    from jax.extend import core as jcore
+
+    prim = jcore.Primitive(name)
+    prim.multiple_results = True
+    prim.def_impl(lambda *a, callback: [])
+    prim.def_effectful_abstract_eval(lambda *avals, callback: ([], {dbg.debug_effect}))
+    mlir.register_lowering(prim, lowering)
+    return prim
+
+
+def test_a_primitive_that_fails_to_lower_or_never_calls_back_fails_the_probe():
+    """Not only an import error: any failure to lower or run the probe is caught."""
+    from vlmrl.instrument import tap_callback
+
+    def raises(ctx, *args, callback):
+        raise NotImplementedError("internals moved")
+
+    why = tap_callback.probe(_primitive("tap_probe_raises", raises))
+    assert why.startswith("probe failed: NotImplementedError: internals moved")
+    why = tap_callback.probe(_primitive("tap_probe_silent", lambda ctx, *args, callback: []))
+    assert why.startswith("probe delivered 0 call(s)")
+
+
+def test_selection_falls_back_to_debug_callback_on_a_failed_probe_or_on_request(monkeypatch):
+    from vlmrl.instrument import tap_callback
+
+    monkeypatch.setattr(tap_callback, "probe", lambda prim: "probe failed: simulated")
+    assert tap_callback._select() == (None, "probe failed: simulated")
+    monkeypatch.undo()
+    monkeypatch.setenv("VLMRL_TAP_CALLBACK", "debug")
+    assert tap_callback._select() == (None, "VLMRL_TAP_CALLBACK=debug")
+    monkeypatch.delenv("VLMRL_TAP_CALLBACK")
+    prim, why = tap_callback._select()
+    assert prim is not None and why is None

@@ -1,12 +1,17 @@
 """The taps' host callback: jax.debug.callback's semantics at a fraction of its cost.
 
 Kept apart from `taps.py` because it reaches into JAX internals; everything here falls
-back to the public `jax.debug.callback` when those internals are not what we expect.
+back to the public `jax.debug.callback` when those internals are not what we expect:
+the primitive is built and then proven at import on a one-element probe (jit, lower,
+run, the callback sees the value). Any failure there, not only an import error, selects
+the documented path; `FALLBACK_REASON` says why (None when the fast path is in use).
+`VLMRL_TAP_CALLBACK=debug` selects the documented path on purpose.
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable
+import os
+from typing import Callable, Optional, Tuple
 
 import jax
 import numpy as np
@@ -58,10 +63,37 @@ def _make_tap_primitive():
     return prim
 
 
-try:
-    tap_callback_p = _make_tap_primitive()
-except Exception:  # another JAX version: the documented (slower) path still works
-    tap_callback_p = None
+def probe(prim) -> Optional[str]:
+    """Why `prim` cannot carry the taps (None: it can): a jitted one-element emit must
+    lower, run and hand the callback the value."""
+    seen = []
+    marker = np.asarray([7.0], np.float32)
+
+    def body(x):
+        prim.bind(x, callback=_Unflatten(lambda a: seen.append(np.array(a)), jax.tree_util.tree_structure(x)))
+        return x + 1
+
+    try:
+        jax.block_until_ready(jax.jit(body)(marker))
+        jax.effects_barrier()
+    except Exception as exc:  # a lowering or runtime failure of JAX internals we rely on
+        return f"probe failed: {type(exc).__name__}: {exc}".splitlines()[0][:200]
+    if len(seen) != 1 or not np.array_equal(seen[0], marker):
+        return f"probe delivered {len(seen)} call(s) with {seen[:1]!r}, expected one with {marker!r}"
+    return None
+
+
+def _select() -> Tuple[Optional[object], Optional[str]]:
+    """(the fast primitive or None, why not)."""
+    if os.environ.get("VLMRL_TAP_CALLBACK", "").strip().lower() in ("debug", "jax.debug.callback"):
+        return None, "VLMRL_TAP_CALLBACK=debug"
+    try:
+        prim = _make_tap_primitive()
+    except Exception as exc:  # another JAX version: the documented (slower) path still works
+        return None, f"cannot build the primitive: {type(exc).__name__}: {exc}".splitlines()[0][:200]
+    why = probe(prim)
+    return (None, why) if why else (prim, None)
+
 
 CALLBACK_PRIMITIVES = ("tap_callback", "debug_callback")  # what an "on" jaxpr may contain
 
@@ -90,3 +122,7 @@ class _Unflatten:
 
     def __hash__(self):
         return hash((self.fn, self.tree))
+
+
+# Chosen once at import (after _Unflatten, which the probe uses).
+tap_callback_p, FALLBACK_REASON = _select()
