@@ -7,7 +7,7 @@ Usable two ways:
     options is built and saved once per test session) or the ready-made `hf_tiny` fixture.
 
 Every parameter is randomised (norm weights around 1, biases, a scaled-up pos_embed) because
-HF's init leaves norms at 1 and biases at 0, which hides (1+w) and bias bugs (QWEN3VL.md §10).
+HF's init leaves norms at 1 and biases at 0, which hides (1+w) and bias bugs (docs/qwen3vl.md §10).
 The model is reloaded from disk with `attn_implementation="eager"` in fp32, so what the tests
 compare against is exactly what `load_hf_checkpoint` reads.
 """
@@ -40,7 +40,7 @@ def special_ids(vocab_size: int) -> dict:
 def tiny_hf_config(*, vocab_size: int = 152000, num_kv_heads: int = 2, num_heads: int = 4, tie: bool = True,
                    deepstack: Sequence[int] = (0, 1), text_layers: int = 2, hidden: int = 64,
                    head_dim: int = 16, mrope_section: Sequence[int] = (2, 3, 3), vision_depth: int = 2):
-    """A transformers Qwen3VLConfig for a seconds-to-run model (QWEN3VL.md §10.1)."""
+    """A transformers Qwen3VLConfig for a seconds-to-run model (docs/qwen3vl.md §10.1)."""
     from transformers import Qwen3VLConfig as HFConfig
 
     ids = special_ids(vocab_size)
@@ -169,7 +169,7 @@ def _hf_inputs(model, input_ids, attention_mask=None, pixel_values=None, image_g
         param_dtype = next(model.parameters()).dtype
         kw["pixel_values"] = torch.from_numpy(np.asarray(pixel_values, np.float32)).to(param_dtype)
         kw["image_grid_thw"] = torch.from_numpy(np.asarray(image_grid_thw, dtype=np.int64))
-        # transformers 5.x refuses image inputs without this (QWEN3VL.md §4.3): 1 marks image pads
+        # transformers 5.x refuses image inputs without this (docs/qwen3vl.md §4.3): 1 marks image pads
         kw["mm_token_type_ids"] = torch.from_numpy((ids == model.config.image_token_id).astype(np.int64))
     return kw
 

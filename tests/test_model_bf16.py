@@ -1,5 +1,5 @@
 """bf16 params and activations, with fp32 softmax/RMSNorm variance and fp32 rope angles, against
-HF's own bf16 model (QWEN3VL.md §9.20). Tolerances are loose: bf16 has 8 mantissa bits, so one
+HF's own bf16 model (docs/qwen3vl.md §9). Tolerances are loose: bf16 has 8 mantissa bits, so one
 ulp of a logit near 2 is 0.0156; measured max |diff| is about 2 ulps, mean about 0.003."""
 import jax.numpy as jnp
 import numpy as np

@@ -140,7 +140,7 @@ def test_save_roundtrip_is_readable_by_hf_and_by_us(ckpt, tmp_path):
 
 @pytest.mark.parametrize("preset", ["2b", "4b", "8b"])
 def test_real_checkpoint_names_and_shapes(preset):
-    """The name table a real checkpoint must satisfy (QWEN3VL.md §8), from an abstract model."""
+    """The name table a real checkpoint must satisfy (docs/qwen3vl.md §8), from an abstract model."""
     from vlmrl.models.qwen3vl import Qwen3VLConfig
     from vlmrl.models.qwen3vl.load import _hf_shape, abstract_model, mapping_table
 

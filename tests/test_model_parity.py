@@ -1,6 +1,6 @@
 """fp32 logits parity of vlmrl's Qwen3VL against transformers' Qwen3VLForConditionalGeneration.
 
-Two tiny random checkpoints (every parameter randomised, QWEN3VL.md §10):
+Two tiny random checkpoints (every parameter randomised, docs/qwen3vl.md §10):
   A: GQA 4q/2kv, tied embeddings, DeepStack from vision blocks (0, 1) into decoder layers 0, 1
   B: GQA 4q/1kv, untied lm_head, DeepStack from vision block 1 into decoder layer 0
 Bar: max |logit difference| <= 1e-4 (measured about 2e-6).

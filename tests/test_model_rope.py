@@ -14,7 +14,7 @@ def test_axis_pattern_for_real_sections():
 
 def test_tiny_section_counts_follow_the_slice_rule():
     # [2,3,3] with hd 16 (8 frequencies): H takes j=1,4,7 (<9), W takes j=2,5 (<9), T the rest;
-    # so the real counts are T3/H3/W2, not the section values (QWEN3VL.md §10.1).
+    # so the real counts are T3/H3/W2, not the section values (docs/qwen3vl.md §10.1).
     axis = mrope_axis_of_freq(16, (2, 3, 3))
     assert "".join("THW"[a] for a in axis) == "THWTHWTH"
     assert "".join("THW"[a] for a in mrope_axis_of_freq(16, (4, 1, 2))) == "THWTTWTT"

@@ -67,7 +67,7 @@ def test_text_only_matches_hf(hf_model):
 def test_one_image_matches_hf_and_the_worked_example(hf_model):
     ids = np.array([[10, 11, 12] + _image((1, 4, 6)) + [13, 14, 15, 16]])
     pos, delta = _check(hf_model, ids, np.array([[1, 4, 6]]), None)
-    # QWEN3VL.md §4.1: T 0 1 2 3 | 4×6 | 7..10 ; H 4 4 4 5 5 5 ; W 4 5 6 4 5 6 ; delta 11 - 14.
+    # docs/qwen3vl.md §4.1: T 0 1 2 3 | 4×6 | 7..10 ; H 4 4 4 5 5 5 ; W 4 5 6 4 5 6 ; delta 11 - 14.
     assert pos[0, 0].tolist() == [0, 1, 2, 3, 4, 4, 4, 4, 4, 4, 7, 8, 9, 10, 11]
     assert pos[1, 0, 4:10].tolist() == [4, 4, 4, 5, 5, 5] and pos[2, 0, 4:10].tolist() == [4, 5, 6, 4, 5, 6]
     assert delta.tolist() == [12 - 15]

@@ -30,7 +30,7 @@ def _hf_vision_model(cfg: VisionConfig, seed: int = 0):
     hf_cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = Qwen3VLVisionModel(hf_cfg).eval()
-    # Randomise everything: HF init leaves norms at 1 and biases at 0, which hides bugs (QWEN3VL.md §10.2).
+    # Randomise everything: HF init leaves norms at 1 and biases at 0, which hides bugs (docs/qwen3vl.md §10.2).
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name and name.endswith("weight"):

@@ -115,7 +115,7 @@ def _nucleus(sorted_desc, top_p):
 
 
 class Sampler:
-    """Generate from a Qwen3-VL `nnx.Module` that follows the team's Model API.
+    """Generate from a Qwen3-VL `nnx.Module` with the model API below.
 
     Args:
       model: has `.config` (Qwen3VLConfig), `.forward(...)`, `.decode_step(...)`.

@@ -1,6 +1,6 @@
 """Qwen3-VL configuration: frozen dataclasses read from a Hugging Face config.json.
 
-Both config encodings are accepted (QWEN3VL.md §1.1): the official / HF 4.57 form with
+Both config encodings are accepted (docs/qwen3vl.md §1.1): the official / HF 4.57 form with
 `rope_theta` + `rope_scaling`, and the HF 5.x `rope_parameters` dict.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Multimodal (t, h, w) position ids and rope deltas for Qwen3-VL, on the host in NumPy.
 
-Rules: QWEN3VL.md §4. Text tokens advance all three axes together; the k-th image's
+Rules: docs/qwen3vl.md §4. Text tokens advance all three axes together; the k-th image's
 <|image_pad|> run is laid out on its merged (h/2, w/2) grid starting at the current
 position, after which the position jumps by max(h/2, w/2).
 

@@ -1,4 +1,4 @@
-"""Text rotary embedding: interleaved multimodal RoPE (QWEN3VL.md §3).
+"""Text rotary embedding: interleaved multimodal RoPE (docs/qwen3vl.md §3).
 
 Angles, cos and sin are computed in fp32 (positions reach 262k with theta 5e6) and only then
 cast to the activation dtype, which is where HF applies them.

@@ -1,4 +1,4 @@
-"""Qwen3-VL text decoder blocks (QWEN3VL.md §2) in Flax NNX, with HF parameter names.
+"""Qwen3-VL text decoder blocks (docs/qwen3vl.md §2) in Flax NNX, with HF parameter names.
 
 Cast points mirror HF so bf16 tracks it: RMSNorm variance in fp32 and the cast back before the
 weight multiply; attention scores in the activation dtype, softmax in fp32, cast back before @V.
@@ -122,7 +122,7 @@ class TextModel(nnx.Module):
         """All decoder layers, then the final norm.
 
         deepstack[i] ([B, S, H], already gathered to token positions) is added after layer i at
-        visual_mask positions (QWEN3VL.md §5.8). Returns (hidden [B, S, H], per-layer probs list).
+        visual_mask positions (docs/qwen3vl.md §5.4). Returns (hidden [B, S, H], per-layer probs list).
         """
         all_probs = []
         for i, layer in enumerate(self.layers):

@@ -3,7 +3,7 @@
 All data-dependent index work (merge-window coordinates, pos-embed interpolation taps,
 per-image segment ids) happens on the host in NumPy (`prepare_vision_inputs`), so the
 tower itself is a fixed-shape program that jits with those arrays as arguments.
-Facts and pitfalls: QWEN3VL.md §5 and §9.
+Facts and pitfalls: docs/qwen3vl.md §5 and §9.
 """
 from __future__ import annotations
 
