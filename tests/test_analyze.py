@@ -2,6 +2,7 @@
 over a really recorded run; figures and page are complete; bad input is one line and exit 2;
 memory stays bounded by the longest line, not the file."""
 import base64
+import io
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from analyze_oracle import oracle
 from vlmrl.analyze import accumulate, rowstats
 from vlmrl.analyze.cli import analyze, main
-from vlmrl.analyze.logstream import LogStream
+from vlmrl.analyze.logstream import LogStream, Progress
 from vlmrl.analyze.report import Analysis
 from vlmrl.instrument.events import AttentionMatrix, DecodeState, RunInfo, TrainingState
 from vlmrl.instrument.record import encode_line, header_line
@@ -203,6 +204,32 @@ def test_bad_events_are_skipped_counted_and_the_rest_reported(tmp_path):
     assert cap["rejected"] == {"attn_stats": 3, "attention_row": 1, "matrix": 2}
     assert cap["head_stat_events"] == 1 and report["layers"][1]["heads"][2]["focus"] == 0.5
     assert report["source"]["truncated_lines"] == 1
+
+
+def test_extreme_values_never_reach_the_report_as_nan(tmp_path):
+    log = tmp_path / "x.jsonl"
+    events = [TrainingState(step=0, kl=1e308), TrainingState(step=1, kl=-1e308), TrainingState(step=2, kl=1e308),
+              AttentionMatrix(matrix=np.full((2, 2), 3e38, np.float32), token_types=["text"] * 2),
+              decode(stats={}, attention_row=np.array([0.0, 1e30], np.float32))]
+    write_log(log, events, INFO)
+    out = tmp_path / "o"
+    res = run_cli(str(log), "--out", str(out))
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    report = json.loads((out / "report.json").read_text())  # strict JSON: no NaN or Infinity
+    assert report["run"]["capture"]["rejected"] == {"attn_stats": 0, "attention_row": 1, "matrix": 1}
+
+
+def test_progress_bar_draws_on_a_terminal_and_clears_its_line(tmp_path):
+    log = tmp_path / "p.jsonl"
+    write_log(log, [decode(step=i) for i in range(300)], INFO)
+    err = io.StringIO()
+    stream = LogStream(str(log), progress=Progress(os.path.getsize(log), stream=err, enabled=True, interval=0.0))
+    assert sum(1 for _ in stream) == 300
+    frames = err.getvalue().split("\r")
+    assert frames[1].startswith("analyze [") and "MB/s" in frames[1] and "100%" in frames[-2]
+    assert frames[-1] == "\x1b[K"  # the bar's line is cleared when reading ends
+    quiet = run_cli(str(log), "--out", str(tmp_path / "o"), "--no-figures")  # stderr not a terminal: no bar
+    assert quiet.returncode == 0 and "analyze [" not in quiet.stderr and quiet.stderr.count("\n") == 1
 
 
 def test_long_lines_are_skipped_without_being_held_and_memory_stays_bounded(tmp_path):

@@ -23,6 +23,8 @@ CASES = {
                    {"ratio_on_off", "bytes_per_emit", "callback_errors", "bus_dropped"}),
     "bench_decode": (["--new-tokens", "4", "--reps", "1", "--prompt-len", "8"],
                      {"ratio_vs_hf", "ours_tokens_per_s", "hf_tokens_per_s", "tokens_match"}),
+    "bench_analyze": (["--sizes-mb", "0.3,0.6", "--steps", "2"],
+                      {"s_per_100mb", "cpu_s_per_100mb", "mb_per_s", "figures_s", "peak_rss_mb", "rss_growth"}),
     "bench_train": (["--steps-per-block", "1", "--blocks", "1", "--warmup", "1"],
                     {"updates_per_s_plain", "updates_per_s_tui", "ratio_tui"}),
 }

@@ -179,6 +179,10 @@ class Acc:
 
 # ---- turning events into the sums above (validation included) ---------------------------------
 
+# Attention weights are at most 1; float16 transport may round a weight of 1 up by a few ulps.
+_MAX_WEIGHT = 1.01
+
+
 def head_arrays(ev: DecodeState, shape: tuple) -> dict:
     """{stat: float64 [L, H]} of the event's statistics that have the run's shape and lie in [0, 1]."""
     out = {}
@@ -194,7 +198,7 @@ def decode_row(ev: DecodeState, window: int, mass: float) -> Optional[tuple]:
     row = ev.attention_row
     if not isinstance(row, np.ndarray) or row.ndim != 1 or row.size == 0 or row.dtype.kind != "f":
         return None
-    if not np.isfinite(row).all() or (row < 0).any():
+    if not np.isfinite(row).all() or (row < 0).any() or (row > _MAX_WEIGHT).any():
         return None
     vision = np.zeros(row.size, dtype=bool)
     span = ev.vision_span
@@ -219,7 +223,7 @@ def matrix_parts(ev: AttentionMatrix, window: int, mass: float) -> Optional[tupl
     m = ev.matrix
     if not isinstance(m, np.ndarray) or m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] == 0:
         return None
-    if m.dtype.kind != "f" or not np.isfinite(m).all() or (m < 0).any():
+    if m.dtype.kind != "f" or not np.isfinite(m).all() or (m < 0).any() or (m > _MAX_WEIGHT).any():
         return None
     types = ev.token_types
     if not isinstance(types, list) or len(types) != m.shape[1]:

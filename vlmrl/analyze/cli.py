@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -73,33 +74,53 @@ def analyze(path: str, window: int = rowstats.DIAGONAL_WINDOW, mass: float = row
     return analysis.report(source), analysis
 
 
-def _prepare_out(out: str) -> None:
+def finite(x):
+    """The report with any non-finite float as None (JSON has no NaN; a hostile log's extreme
+    values could overflow a mean)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [finite(v) for v in x]
+    return x
+
+
+def write_outputs(report: dict, analysis: Analysis, out: str, figures: bool = True) -> None:
+    """report.json, the figures (when asked for and matplotlib is there) and index.html in out."""
+    report = finite(report)
+    write_atomic(os.path.join(out, "report.json"), (json.dumps(report, indent=1, allow_nan=False) + "\n").encode())
+    drawn, note = {}, ""
+    if figures:
+        try:
+            from vlmrl.analyze import figures as figs
+        except ImportError:
+            note = "figures skipped: matplotlib is not installed (pip install 'vlmrl[report]')"
+            print(f"vlmrl.analyze: {note}", file=sys.stderr)
+        else:
+            drawn, failed = figs.write_all(report, analysis, out, write_atomic)
+            if failed:
+                note = "figures not drawn: " + "; ".join(failed)
+                print(f"vlmrl.analyze: {note}"[:300], file=sys.stderr)
+    from vlmrl.analyze import page
+
+    write_atomic(os.path.join(out, "index.html"), page.render(report, drawn, out, note).encode("utf-8"))
+
+
+def _check_out(out: str) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"--out {out}: exists and is not a directory")
-    os.makedirs(out, exist_ok=True)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     try:
         args = parse_args(argv)
-        _prepare_out(args.out)
+        _check_out(args.out)  # before a long read, not after
         enabled = {"auto": None, "on": True, "off": False}[args.progress]
         size = os.path.getsize(args.log) if os.path.isfile(args.log) else 0
         report, analysis = analyze(args.log, args.window, args.mass, Progress(size, enabled=enabled))
-        write_atomic(os.path.join(args.out, "report.json"),
-                     (json.dumps(report, indent=1, allow_nan=False) + "\n").encode("utf-8"))
-        figures, note = {}, ""
-        if not args.no_figures:
-            try:
-                from vlmrl.analyze import figures as figs
-            except ImportError:
-                note = "figures skipped: matplotlib is not installed (pip install 'vlmrl[report]')"
-                print(f"vlmrl.analyze: {note}", file=sys.stderr)
-            else:
-                figures = figs.write_all(report, analysis, args.out, write_atomic)
-        from vlmrl.analyze import page
-
-        write_atomic(os.path.join(args.out, "index.html"), page.render(report, figures, args.out, note).encode("utf-8"))
+        os.makedirs(args.out, exist_ok=True)
+        write_outputs(report, analysis, args.out, figures=not args.no_figures)
     except (UsageError, LogFormatError) as exc:
         print(f"vlmrl.analyze: {exc}", file=sys.stderr)
         return 2
@@ -109,6 +130,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("vlmrl.analyze: interrupted, nothing more written", file=sys.stderr)
         return 130
+    except Exception as exc:  # no traceback reaches a user; the line names it as a bug to report
+        print(f"vlmrl.analyze: internal error ({type(exc).__name__}: {exc}), please report it with the log",
+              file=sys.stderr)
+        return 2
     print(f"vlmrl.analyze: {report['source']['events']} events -> {os.path.join(args.out, 'index.html')}",
           file=sys.stderr)
     return 0

@@ -40,9 +40,7 @@ def label(text, width: int = 12) -> str:
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # missing glyphs of untrusted token text
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return buf.getvalue()
 
 
@@ -116,7 +114,8 @@ def evolution_figure(report: dict) -> Optional[Figure]:
     ax.set_xlabel("update")
     ax.set_ylabel("mean per bin")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=8, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     return fig
 
@@ -140,7 +139,7 @@ def matrix_figure(report: dict, matrix, types: list, tokens: list) -> Optional[F
         ax.add_patch(Rectangle((-0.5 - 1.4 * band, j - 0.5), band, 1, color=colour, clip_on=False, lw=0))
     ax.set_xlim(-0.5 - 1.5 * band, k - 0.5)
     ax.set_ylim(k - 0.5, -0.5 - 1.5 * band)
-    if k <= MAX_LABELLED:
+    if k <= MAX_LABELLED and len(tokens) == k:
         ticks = list(range(k))
         ax.set_xticks(ticks, [label(t) for t in tokens], rotation=90, fontsize=7, parse_math=False)
         ax.set_yticks(ticks, [label(t) for t in tokens], fontsize=7, parse_math=False)
@@ -225,7 +224,8 @@ def telemetry_figure(report: dict) -> Optional[Figure]:
         ax.set_ylabel("mean per bin (nats for entropies)" if i else "mean per bin")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     return fig
 
 
@@ -238,21 +238,28 @@ CAPTIONS = {
 }
 
 
-def write_all(report: dict, analysis, out: str, write: Callable[[str, bytes], None]) -> dict:
-    """Draw every figure the report has data for; {name: (file name, caption, png bytes)}."""
+def write_all(report: dict, analysis, out: str, write: Callable[[str, bytes], None]) -> tuple:
+    """Draw every figure the report has data for: ({name: (file name, caption, png bytes)},
+    [figures that could not be drawn, with why])."""
     m = analysis.last_matrix
     figs = {
-        "heads": heads_figure(report),
-        "evolution": evolution_figure(report),
-        "matrix": matrix_figure(report, m.matrix, m.token_types, m.key_tokens) if m is not None else None,
-        "influence": influence_figure(report),
-        "telemetry": telemetry_figure(report),
+        "heads": lambda: heads_figure(report),
+        "evolution": lambda: evolution_figure(report),
+        "matrix": lambda: matrix_figure(report, m.matrix, m.token_types, m.key_tokens) if m is not None else None,
+        "influence": lambda: influence_figure(report),
+        "telemetry": lambda: telemetry_figure(report),
     }
-    done = {}
-    for name, fig in figs.items():
-        if fig is None:
+    done, failed = {}, []
+    for name, make in figs.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. glyphs missing for untrusted token text
+                fig = make()
+                data = _png(fig) if fig is not None else None
+        except (ValueError, OverflowError, FloatingPointError) as exc:  # e.g. values too large to scale an axis
+            failed.append(f"{name} ({exc})")
             continue
-        data = _png(fig)
-        write(os.path.join(out, f"{name}.png"), data)
-        done[name] = (f"{name}.png", CAPTIONS[name], data)
-    return done
+        if data is not None:
+            write(os.path.join(out, f"{name}.png"), data)
+            done[name] = (f"{name}.png", CAPTIONS[name], data)
+    return done, failed

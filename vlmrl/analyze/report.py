@@ -25,7 +25,9 @@ _OPEN_GENERATIONS = 8
 
 
 def _kind(ev) -> str:
-    return f"decode_{ev.phase}" if isinstance(ev, DecodeState) else ev.kind
+    if isinstance(ev, DecodeState):
+        return f"decode_{ev.phase}" if ev.phase in PHASES else "decode_other"  # a log's phases are not trusted
+    return ev.kind
 
 
 class Analysis:
