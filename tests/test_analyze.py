@@ -299,3 +299,11 @@ def test_token_labels_cannot_smuggle_control_sequences():
     assert label("\x1b[31mred") == "\\x1b[31mred"
     assert label("a\u202eb") == "a\\u202eb"
     assert len(label("x" * 100)) == 12
+
+
+def test_evolution_columns_sit_at_their_updates_with_gaps_left_empty():
+    from vlmrl.analyze.figures import _bin_columns
+
+    edges, grid = _bin_columns([{"bin": 0}, {"bin": 1}, {"bin": 4}], 2, [[0.1], [0.2], [0.3]], 1)
+    assert edges.tolist() == [-0.5, 1.5, 3.5, 7.5, 9.5]  # updates 0-1, 2-3, (4-7 empty), 8-9
+    assert np.isnan(grid[0, 2]) and grid[0, [0, 1, 3]].tolist() == [0.1, 0.2, 0.3]

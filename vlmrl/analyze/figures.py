@@ -83,6 +83,22 @@ def _bin_x(bins: list) -> np.ndarray:
     return np.array([sum(b["updates"]) / 2.0 for b in bins])
 
 
+def _bin_columns(bins: list, width: int, cols: list, rows: int) -> tuple:
+    """(x edges, grid [rows, columns]) for pcolormesh: one column per bin at its updates, and
+    an empty (NaN) column over any gap between bins, so the update axis is true."""
+    edges, out = [], []
+    for b, col in zip(bins, cols):
+        left, right = b["bin"] * width - 0.5, (b["bin"] + 1) * width - 0.5
+        if edges and left > edges[-1]:
+            out.append([np.nan] * rows)
+            edges.append(left)
+        elif not edges:
+            edges.append(left)
+        out.append(col)
+        edges.append(right)
+    return np.array(edges, dtype=float), np.array(out, dtype=float).T
+
+
 def evolution_figure(report: dict) -> Optional[Figure]:
     """Each statistic by layer over update bins, and the run's reward and image attention."""
     bins = report["steps"]["bins"]
@@ -90,18 +106,23 @@ def evolution_figure(report: dict) -> Optional[Figure]:
     if not bins:
         return None
     x = _bin_x(bins)
+    width = report["steps"]["bin_width"]
+    L = len(report["layers"])
     fig = Figure(figsize=(11, 2.6 * (len(names) + 1)), layout="constrained")
     for i, name in enumerate(names):
         ax = fig.add_subplot(len(names) + 1, 1, i + 1)
-        cols = [b["heads"].get(name, {}).get("by_layer") for b in bins]
-        L = len(report["layers"])
-        grid = np.array([c if c is not None else [np.nan] * L for c in cols], dtype=float).T
-        width = report["steps"]["bin_width"]
-        extent = (x[0] - width / 2, x[-1] + width / 2, L - 0.5, -0.5)
-        _heat(fig, ax, np.ma.masked_invalid(grid), f"{name} by layer (mean over heads) per bin of {width} update(s)",
-              "update", "layer", name, extent=extent)
+        cols = [b["heads"].get(name, {}).get("by_layer") or [np.nan] * L for b in bins]
+        edges, grid = _bin_columns(bins, width, cols, L)
+        mesh = ax.pcolormesh(edges, np.arange(L + 1) - 0.5, np.ma.masked_invalid(grid), cmap="viridis")
+        ax.invert_yaxis()
+        ax.set_title(f"{name} by layer (mean over heads) per bin of {width} update(s)", fontsize=10)
+        ax.set_xlabel("update")
+        ax.set_ylabel("layer")
+        fig.colorbar(mesh, ax=ax, label=name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    edges, _ = _bin_columns(bins, width, [[np.nan]] * len(bins), 1)
+    span = (edges[0], edges[-1])
     ax = fig.add_subplot(len(names) + 1, 1, len(names) + 1)
     series = [("reward mean", [b["training"]["reward_mean"] for b in bins], "#1f5fa8"),
               ("image share, heads", [b["heads"].get("vision", {}).get("mean") for b in bins], TYPE_COLOURS["vision"]),
@@ -113,6 +134,7 @@ def evolution_figure(report: dict) -> Optional[Figure]:
     ax.set_title("does attention to the image grow as the policy learns?", fontsize=10)
     ax.set_xlabel("update")
     ax.set_ylabel("mean per bin")
+    ax.set_xlim(*span)  # the same update axis as the heatmaps above
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="best")
