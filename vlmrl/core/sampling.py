@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from vlmrl.errors import UsageError
 from vlmrl.instrument import taps as taps_lib
 from vlmrl.instrument.tap_host import CallContext, TapHost
 from vlmrl.instrument.taps import TapConfig
@@ -158,13 +159,13 @@ class Sampler:
         """Left-pad prompts into a length bucket; returns (ids [B,S], mask [B,S]) int32."""
         if prompts is None:
             if input_ids is None:
-                raise ValueError("generate needs prompts (list of 1-D id arrays) or input_ids [B, S]")
+                raise UsageError("generate needs prompts (list of 1-D id arrays) or input_ids [B, S]")
             ids = np.asarray(input_ids)
             if ids.ndim != 2:
-                raise ValueError(f"input_ids must be [batch, seq], got shape {ids.shape}")
+                raise UsageError(f"input_ids must be [batch, seq], got shape {ids.shape}")
             mask = np.ones_like(ids, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
             if mask.shape != ids.shape:
-                raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+                raise UsageError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
             prompts = [row[m] for row, m in zip(ids, mask)]  # re-pad on the left whatever came in
         rows = [np.asarray(p, dtype=np.int64).reshape(-1) for p in prompts]
         if not rows or min(len(r) for r in rows) == 0:
@@ -208,18 +209,18 @@ class Sampler:
     def _call_args(self, input_ids, attention_mask, pixel_values, image_grid_thw, prompts, max_new_tokens, key,
                    temperature, top_k, top_p):
         if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+            raise UsageError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+            raise UsageError(f"top_p must be in (0, 1], got {top_p}")
         if top_k < 0 or temperature < 0:
-            raise ValueError(f"top_k and temperature must be >= 0, got {top_k}, {temperature}")
+            raise UsageError(f"top_k and temperature must be >= 0, got {top_k}, {temperature}")
         mc = self.model_config
         ids, mask = self.prepare(prompts, input_ids, attention_mask)
         B, S = ids.shape
         n_bucket = _bucket(max_new_tokens, self.config.new_token_buckets, "max_new_tokens")
         grid = None if image_grid_thw is None else np.asarray(image_grid_thw, np.int64).reshape(-1, 3)
         if (pixel_values is None) != (grid is None):
-            raise ValueError("pixel_values and image_grid_thw must be given together")
+            raise UsageError("pixel_values and image_grid_thw must be given together")
         merge2 = mc.vision.spatial_merge_size ** 2
         n_img_tok = int((ids == mc.image_token_id).sum())
         if grid is not None and n_img_tok != int(grid.prod(-1).sum()) // merge2:

@@ -11,6 +11,8 @@ import collections
 import threading
 from typing import Iterable, Optional
 
+from vlmrl.errors import UsageError
+
 DEFAULT_CAPACITY = 100
 
 
@@ -27,7 +29,7 @@ class Subscription:
 
     def __init__(self, name: str, capacity: int):
         if capacity < 1:
-            raise ValueError(f"subscription {name!r}: capacity must be >= 1, got {capacity}")
+            raise UsageError(f"subscription {name!r}: capacity must be >= 1, got {capacity}")
         self.name = name
         self.capacity = capacity
         self._items: collections.deque = collections.deque()

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from vlmrl.errors import UsageError
 from vlmrl.instrument.events import ATTN_STATS, AttentionMatrix, DecodeState
 from vlmrl.instrument.taps import TapConfig, pool_factor, unpack_payload
 
@@ -54,7 +55,7 @@ class TapHost:
             from vlmrl.instrument.bus import default_bus
             bus = default_bus()
         if not target_rate > 0:
-            raise ValueError(f"target_rate must be > 0 emits per second, got {target_rate}")
+            raise UsageError(f"target_rate must be > 0 emits per second, got {target_rate}")
         self.tap = tap
         self.bus = bus
         self.detok = detok
@@ -65,6 +66,7 @@ class TapHost:
         self.callbacks = 0  # every callback that arrived (prefill + decode)
         self.decode_callbacks = 0
         self.errors = 0
+        self.detok_errors = 0  # token ids the detokenizer refused: shown as <id>, counted here
         self.last_bytes = 0  # bytes the last decode callback carried from the device
         self.generation = 0  # generate() calls begun; events carry it (step keys restart per call)
         self._log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -130,7 +132,8 @@ class TapHost:
             return f"<{token_id}>"
         try:
             return str(self.detok(int(token_id)))
-        except Exception:
+        except Exception:  # a tokenizer's own error types: the id stands in, the event still goes out
+            self.detok_errors += 1
             return f"<{token_id}>"
 
     def _publish_rows(self, p: dict, phase: str) -> None:

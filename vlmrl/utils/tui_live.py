@@ -21,9 +21,11 @@ import time
 import traceback
 from typing import Any, Callable, Optional
 
+from vlmrl.errors import UsageError
 from vlmrl.instrument.bus import Bus, default_bus
 from vlmrl.instrument.events import CreditState, DecodeState, Event, RunInfo, TrainingState, decode_event
 from vlmrl.utils.tui import theme as _theme
+from vlmrl.utils.tui.diagnostics import Diagnostics
 from vlmrl.utils.tui.frame import FrameEncoder
 from vlmrl.utils.tui.plainlog import FdWriter, PlainLog
 from vlmrl.utils.tui.term import RESET_HINT, Terminal
@@ -49,17 +51,17 @@ def to_event(item: Any) -> Event:
     if isinstance(item, Event):
         return item
     if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)):
-        raise ValueError(f"LiveTUI.queue: expected an event or (kind, payload), got {type(item).__name__}")
+        raise UsageError(f"LiveTUI.queue: expected an event or (kind, payload), got {type(item).__name__}")
     kind, payload = item
     if isinstance(payload, Event):
         if payload.kind != kind:
-            raise ValueError(f"LiveTUI.queue: kind {kind!r} does not match payload kind {payload.kind!r}")
+            raise UsageError(f"LiveTUI.queue: kind {kind!r} does not match payload kind {payload.kind!r}")
         return payload
     if isinstance(payload, dict):
         return decode_event({**payload, "kind": kind})
     if kind == "credit" and isinstance(payload, (tuple, list)) and len(payload) == 2:
         return decode_event({"kind": "credit", "tokens": list(payload[0]), "credits": [float(c) for c in payload[1]]})
-    raise ValueError(f"LiveTUI.queue: cannot make a {kind!r} event from {type(payload).__name__}")
+    raise UsageError(f"LiveTUI.queue: cannot make a {kind!r} event from {type(payload).__name__}")
 
 
 class LiveTUI:
@@ -83,7 +85,7 @@ class LiveTUI:
                  replay=None, source: str = "LIVE", plain_stream=None, summary_every: float = 10.0,
                  depth: Optional[str] = None, process_index: int = 0):
         if fps <= 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
+            raise UsageError(f"fps must be > 0, got {fps}")
         # Only process 0 of a multi-host run draws or logs (the caller knows its index;
         # this module cannot ask JAX): elsewhere start() does nothing.
         self.process_index = int(process_index)
@@ -101,6 +103,10 @@ class LiveTUI:
             plain_stream = FdWriter(out_fd)  # after `q` the log goes where the dashboard was
         self.plain = PlainLog(plain_stream, summary_every=summary_every)
         self.error: Optional[str] = None
+        # warnings and log records while the dashboard owns the screen: a footer notice,
+        # then stderr once the terminal is restored
+        self.diagnostics = Diagnostics()
+        self.plain_failures = 0  # plain logs that failed after the dashboard closed
         self.mode = "off"  # off | dashboard | plain
         self.frames = 0
         self.cpu_s = 0.0  # render thread CPU time (time.thread_time)
@@ -135,6 +141,7 @@ class LiveTUI:
             if self.term.is_tty():
                 self.mode = "dashboard"
                 self.term.enter()
+                self.diagnostics.capture()
                 self.term.install_signal_handlers(self._on_signal)
                 target = self._dashboard_thread
             else:
@@ -155,16 +162,14 @@ class LiveTUI:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         self.term.restore()
+        self.diagnostics.release()
         self.term.uninstall_signal_handlers()
         if self._sub is not None:
             self.bus.unsubscribe(self._sub)
         self._report_error()
         if getattr(sys.excepthook, "__self__", None) is self:
             sys.excepthook = self._prev_excepthook
-        try:
-            atexit.unregister(self.stop)
-        except Exception:
-            pass
+        atexit.unregister(self.stop)
 
     def _hook_excepthook(self) -> None:
         # An uncaught exception prints its traceback before atexit runs: restore first so
@@ -226,6 +231,7 @@ class LiveTUI:
             self._traceback = tb
         finally:
             self.term.restore()
+            self.diagnostics.release()  # what was held for the footer goes to stderr now
         self._report_error()
         if self.replay is not None or self._stop.is_set():
             return
@@ -236,8 +242,13 @@ class LiveTUI:
             why = "dashboard closed (q)" if quit_ else "dashboard failed"
             self.plain.stream.write(f"{why}; plain log follows, the run goes on\n")
             self.plain.run(self._sub, self._stop)
-        except Exception:
-            pass
+        except Exception:  # a broken log must never end the run: counted, said once on stderr
+            self.plain_failures += 1
+            line = traceback.format_exc(limit=3).strip().splitlines()[-1]
+            try:
+                sys.stderr.write(f"vlmrl plain log stopped after an error (the run goes on): {line}\n")
+            except (OSError, ValueError):  # stderr closed too: the counter is all that is left
+                pass
 
     def _dashboard_loop(self) -> bool:
         """Draw until stopped; True when the user pressed q."""
@@ -298,6 +309,7 @@ class LiveTUI:
                 meta["source"] = replay.status()
                 view = view.replace(replay_pos=replay.position)
             meta["dropped"] = sub.total_dropped
+            meta["notice"] = self.diagnostics.notice()
             frame_times.append(now)
             if len(frame_times) > 1 and int(now * 2) != int(frame_times[-2] * 2):  # twice a second
                 span = frame_times[-1] - frame_times[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
+from vlmrl.errors import UsageError
 from vlmrl.utils.tui import theme as _theme
 from vlmrl.utils.tui.canvas import Canvas, char_width, sanitize
 
@@ -45,7 +46,7 @@ class FrameEncoder:
 
     def __init__(self, depth: str = _theme.COLOR256, sync: bool = True):
         if depth not in _theme.DEPTHS:
-            raise ValueError(f"unknown colour depth {depth!r}; expected one of {_theme.DEPTHS}")
+            raise UsageError(f"unknown colour depth {depth!r}; expected one of {_theme.DEPTHS}")
         self.depth = depth
         self.sync = sync
         self.prev: Optional[Canvas] = None

@@ -16,6 +16,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from vlmrl.errors import UsageError
 from vlmrl.instrument.events import (ATTN_STATS, AttentionMatrix, CreditState, DecodeState, Event, RunInfo,
                                      TrainingState)
 
@@ -38,10 +39,10 @@ class SyntheticRun:
                  deepstack_layers: Tuple[int, ...] = (5, 11, 17), prefill_walk: int = 0,
                  clock: Callable[[], float] = time.time, dtype: str = "bfloat16"):
         if num_layers < 1 or num_heads < 1 or batch < 1 or gen_tokens < 1:
-            raise ValueError("num_layers, num_heads, batch and gen_tokens must be >= 1")
+            raise UsageError("num_layers, num_heads, batch and gen_tokens must be >= 1")
         t, h, w = image_grid
         if h % 2 or w % 2:
-            raise ValueError(f"image_grid h and w must be even (2x2 merge), got {image_grid}")
+            raise UsageError(f"image_grid h and w must be even (2x2 merge), got {image_grid}")
         self.L, self.H, self.batch = num_layers, num_heads, batch
         self.gen_tokens = gen_tokens
         self.prefill_walk = prefill_walk

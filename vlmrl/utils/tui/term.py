@@ -108,6 +108,7 @@ class Terminal:
         self._saved_attrs = None
         self._old_handlers: dict = {}
         self._on_signal: Optional[Callable[[int], None]] = None
+        self.signal_callback_errors = 0  # on_signal callbacks that raised (the signal still acts)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.bytes_written = 0
         self._leave_owed = False
@@ -214,10 +215,7 @@ class Terminal:
                 self._pay_leave()
             finally:
                 self._lock.release()
-        try:
-            atexit.unregister(self.restore)
-        except Exception:
-            pass
+        atexit.unregister(self.restore)
 
     # ---------------------------------------------------------------- keys
 
@@ -302,8 +300,8 @@ class Terminal:
         if self._on_signal is not None:
             try:
                 self._on_signal(signum)
-            except Exception:
-                pass
+            except Exception:  # the terminal is restored and the signal must still act: counted
+                self.signal_callback_errors += 1
         old = self._old_handlers.get(signum, signal.SIG_DFL)
         self.uninstall_signal_handlers()
         if callable(old):

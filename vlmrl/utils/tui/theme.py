@@ -13,6 +13,7 @@ import io
 import os
 from typing import Mapping, Optional, Tuple
 
+from vlmrl.errors import UsageError
 from vlmrl.utils.tui.canvas import RGB, Style
 
 TRUECOLOR = "truecolor"
@@ -120,7 +121,7 @@ def color_params(rgb: Optional[RGB], depth: str, background: bool) -> str:
 def sgr(style: Style, depth: str) -> str:
     """The full SGR sequence (reset first) that draws `style` at `depth`."""
     if depth not in DEPTHS:
-        raise ValueError(f"unknown colour depth {depth!r}; expected one of {DEPTHS}")
+        raise UsageError(f"unknown colour depth {depth!r}; expected one of {DEPTHS}")
     parts = ["0"]
     if style.bold:
         parts.append("1")

@@ -1,5 +1,6 @@
 """Footer: key help, paused/live, the current view and stat, dropped events, problems,
-and the `reset` hint (SIGKILL cannot be caught, so the cure is named on screen)."""
+warnings held while the dashboard draws (`meta["notice"]`), and the `reset` hint
+(SIGKILL cannot be caught, so the cure is named on screen)."""
 from __future__ import annotations
 
 from vlmrl.utils.tui.canvas import Canvas, text_width, truncate
@@ -14,7 +15,8 @@ SEP = " · "
 
 def cache_key(state, view, now):
     return (view.paused, view.mode, view.stat_index, view.batch_index % state.batch_size(),
-            state.dropped, state.problems, state.meta.get("error"), state.meta.get("source"))
+            state.dropped, state.problems, state.meta.get("error"), state.meta.get("source"),
+            state.meta.get("notice"))
 
 
 def _status(state, view):
@@ -33,7 +35,8 @@ def render(state, view, width, height, now, theme, cache=None) -> Canvas:
     if width <= 0 or height <= 0:
         return c
     y = height - 1
-    alert = state.meta.get("error") or (state.problems[-1] if state.problems else None)
+    alert = (state.meta.get("error") or (state.problems[-1] if state.problems else None)
+             or state.meta.get("notice"))
     x = 0
     for i, part in enumerate(_status(state, view)):
         text = (SEP if i else " ") + part
