@@ -13,25 +13,19 @@ the plain log takes over and the run goes on. No JAX is imported here.
 from __future__ import annotations
 
 import atexit
-import collections
-import functools
 import sys
 import threading
-import time
 import traceback
 from typing import Any, Callable, Optional
 
 from vlmrl.errors import UsageError
 from vlmrl.instrument.bus import Bus, default_bus
-from vlmrl.instrument.events import CreditState, DecodeState, Event, RunInfo, TrainingState, decode_event
+from vlmrl.instrument.events import CreditState, DecodeState, Event, TrainingState, decode_event
 from vlmrl.utils.tui import theme as _theme
 from vlmrl.utils.tui.diagnostics import Diagnostics
-from vlmrl.utils.tui.frame import FrameEncoder
 from vlmrl.utils.tui.plainlog import FdWriter, PlainLog
-from vlmrl.utils.tui.term import RESET_HINT, Terminal
+from vlmrl.utils.tui.term import Terminal
 
-HINT_SECONDS = 5.0  # the `reset` hint is guaranteed on screen this long after start
-REPAINT_EVERY = 10.0  # seconds between full redraws (no clear) that heal stray output
 
 
 class EventQueue:
@@ -251,112 +245,10 @@ class LiveTUI:
                 pass
 
     def _dashboard_loop(self) -> bool:
-        """Draw until stopped; True when the user pressed q."""
-        # imported here: plain-log runs never need the panels
-        from vlmrl.utils.tui.layout import render_screen
-        from vlmrl.utils.tui.render_cache import RenderCache
-        from vlmrl.utils.tui.store import Store
-        from vlmrl.utils.tui.view import ViewState, handle_key
+        """Draw until stopped; True when the user pressed q (the steps: dashboard_loop.py)."""
+        from vlmrl.utils.tui.dashboard_loop import DashboardLoop  # plain-log runs never need the panels
 
-        term, sub, replay = self.term, self._sub, self.replay
-        cpu0 = time.thread_time()
-        cache = self.render_cache = RenderCache()  # what the panels keep between frames
-        screen = self.screen or functools.partial(render_screen, cache=cache)
-        store = Store()
-        if replay is None:
-            # shape to show until the run says otherwise (not published: the recorder skips it)
-            store.apply(RunInfo(model_name="waiting for run", num_layers=self.num_layers,
-                                num_heads=self.num_heads, max_cache=self.max_cache))
-        make_store = Store
-        view = ViewState(flash_hz=self.flash_hz, display_layers=self.display_layers)
-        enc = FrameEncoder(self.depth)
-        theme = _theme.palette_for_depth(self.depth)
-        interval = 1.0 / self.fps
-        t_start = time.monotonic()
-        frame_times: collections.deque = collections.deque(maxlen=64)
-        meta = {"fps": None, "source": self.source, "dropped": 0}
-        frozen = None
-        size = None
-        next_frame = last_repaint = time.monotonic()
-        while not self._stop.is_set():
-            keys = term.read_keys(max(0.0, next_frame - time.monotonic()))
-            if keys is None:
-                self._stop.wait(max(0.0, next_frame - time.monotonic()))
-                keys = []
-            c0 = time.thread_time()
-            if self._stop.is_set():
-                break
-            for key in keys:
-                if key == "q":
-                    return True
-                if key == "KEY_REDRAW":  # Ctrl-L, as in every terminal program
-                    enc.invalidate()
-                    continue
-                if replay is not None and view.mode == "dashboard" and replay.handle_key(key):
-                    continue
-                view = handle_key(view, key, frozen or store.snapshot(), cache)
-            now = time.monotonic()
-            if not keys and now < next_frame:
-                continue
-            next_frame = max(next_frame + interval, now)
-            # fold in what arrived (the live store keeps consuming while paused)
-            for ev in sub.drain():
-                if replay is None:
-                    store.apply(ev)
-            if replay is not None:
-                replay.tick(now)
-                store = replay.store_at(make_store)
-                meta["source"] = replay.status()
-                view = view.replace(replay_pos=replay.position)
-            meta["dropped"] = sub.total_dropped
-            meta["notice"] = self.diagnostics.notice()
-            frame_times.append(now)
-            if len(frame_times) > 1 and int(now * 2) != int(frame_times[-2] * 2):  # twice a second
-                span = frame_times[-1] - frame_times[0]
-                meta["fps"] = round((len(frame_times) - 1) / span, 1) if span > 0 else None
-                meta["frame_ms"] = round(self.frame_ms, 2)
-            state = store.snapshot()
-            if view.paused:
-                frozen = frozen or state
-                state = frozen
-            else:
-                frozen = None
-            state = state.with_meta(meta)
-            if now - last_repaint >= REPAINT_EVERY:  # heal stray output (warnings on stderr)
-                last_repaint = now
-                enc.repaint()
-            w, h = term.size()
-            if (w, h, term.generation) != size:  # resized, or back from Ctrl-Z
-                size = (w, h, term.generation)
-                enc.invalidate()
-            time.sleep(0)  # yield the GIL between stages: a waiting producer goes first
-            canvas = screen(state, view, w, h, now, theme)
-            if now - t_start < HINT_SECONDS:
-                canvas = _with_reset_hint(canvas)
-            time.sleep(0)
-            data = enc.encode(canvas)
-            term.write(data)  # os.write releases the GIL by itself
-            self.frames += 1
-            self.cpu_s = time.thread_time() - cpu0
-            dt = time.thread_time() - c0
-            self.frame_ms = 0.9 * self.frame_ms + 0.1 * dt * 1000.0 if self.frames > 1 else dt * 1000.0
-        return False
-
-
-def _with_reset_hint(canvas):
-    """SIGKILL cannot be caught: the first frames must name `reset` as the cure. The
-    layout's footer does when it has room; otherwise a copy gets it (the layout caches
-    its screens, so they are never written to)."""
-    if canvas.height < 1 or canvas.width < 10:
-        return canvas
-    if any("reset" in canvas.row_text(y) for y in range(canvas.height - 1, max(-1, canvas.height - 3), -1)):
-        return canvas
-    from vlmrl.utils.tui.canvas import Style
-
-    canvas = canvas.copy()
-    hint = " " + RESET_HINT + " "
-    canvas.put(max(0, canvas.width - len(hint)), canvas.height - 1, hint, Style(reverse=True))
-    return canvas
+        return DashboardLoop(self).run(self._stop)
 
 
 def main(argv=None) -> int:
