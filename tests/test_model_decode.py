@@ -116,7 +116,7 @@ def test_greedy_32_tokens_identical_to_hf_generate(untied, kind):
 
 
 def test_taps_off_add_nothing_and_on_report_stats(tied):
-    from vlmrl.instrument.taps import TapConfig
+    from vlmrl.instrument.taps import TapConfig, attention_for_emit, matrix_of, pool_matrix
     from vlmrl.models.qwen3vl import KVCache
 
     hf, model = tied
@@ -140,22 +140,25 @@ def test_taps_off_add_nothing_and_on_report_stats(tied):
     from vlmrl.models.qwen3vl.model import decode_fn, prefill_fn
 
     _, c, aux = prefill_fn(graphdef, state, p_ids, p_mask, pos, pvx, vin, KVCache.init(cfg, 1, T), tap)
-    assert aux["attn_stats"].shape == (L, 1, H, 4)
-    assert aux["attn_row"].shape == (1, T)
-    np.testing.assert_allclose(np.asarray(aux["attn_row"]).sum(-1), 1.0, atol=1e-5)
     S = ids.shape[0]
-    mat = np.asarray(aux["attn_matrix"])
-    assert mat.shape == (1, S, S) and np.allclose(np.triu(mat[0], 1), 0)  # causal
+    # the model hands over raw rows and probs; the taps reduce and pool them
+    assert len(aux["attn_rows"]) == len(aux["attn_probs"]) == L and aux["attn_rows"][0].shape == (1, H, S)
+    stats, row = attention_for_emit(tap, aux, 1, 0)
+    assert stats.shape == (L, 1, H, 4) and row.shape == (S,)
+    np.testing.assert_allclose(np.asarray(row).sum(-1), 1.0, atol=1e-5)
+    mat = np.asarray(matrix_of(tap, aux["attn_probs"], 0))
+    assert mat.shape == (S, S) and np.allclose(np.triu(mat, 1), 0)  # causal
     small = TapConfig(enabled=True, attention_stats=False, matrix_layer=0, matrix_head=1, matrix_max=8)
-    _, _, aux_s = prefill_fn(graphdef, state, p_ids, p_mask, pos, pvx, vin, KVCache.init(cfg, 1, T), small)
-    assert "attn_stats" not in aux_s and aux_s["attn_matrix"].shape == (1, 8, 8)  # pooled on device
-    np.testing.assert_allclose(np.asarray(aux_s["attn_matrix"]).sum(-1), 1.0, atol=1e-5)
-    stats = np.asarray(aux["attn_stats"])
+    pooled, f = pool_matrix(matrix_of(small, aux["attn_probs"], 0), 8, aux["key_valid"][0])
+    assert pooled.shape == (8, 8) and f == -(-S // 8)  # pooled on device
+    np.testing.assert_allclose(np.asarray(pooled).sum(-1), 1.0, atol=1e-5)
+    stats = np.asarray(stats)
     assert ((stats >= 0) & (stats <= 1 + 1e-6)).all()
     assert stats[..., 2].max() > 0  # some attention lands on the image tokens
     lg, c2, aux2 = decode_fn(graphdef, state, jnp.asarray([5], jnp.int32), c, tap)
-    assert aux2["attn_stats"].shape == (L, 1, H, 4) and aux2["attn_row"].shape == (1, T)
-    assert float(np.asarray(aux2["attn_row"])[0, S + 1:].sum()) == 0.0  # unwritten slots get nothing
+    stats2, row2 = attention_for_emit(tap, aux2, 1, 0)
+    assert stats2.shape == (L, 1, H, 4) and row2.shape == (T,)
+    assert float(np.asarray(row2)[S + 1:].sum()) == 0.0  # unwritten slots get nothing
 
 
 def test_forward_gradients_are_finite_with_left_padding(tied):

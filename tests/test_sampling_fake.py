@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
-from vlmrl.instrument.taps import attention_row_stats
 from vlmrl.models.qwen3vl.config import Qwen3VLConfig
 
 
@@ -58,7 +57,7 @@ class FakeQwen(nnx.Module):
         H, KV, hd = t.num_attention_heads, t.num_key_value_heads, t.head_dim
         T = cache.k.shape[3]
         allow = (jnp.arange(T)[None, None, :] <= q_slots[None, :, None]) & cache.valid[:, None, :]  # [B,Q,T]
-        stats, rows, mats = [], [], []
+        rows, mats = [], []
         k_all, v_all = cache.k, cache.v
         for layer in range(t.num_hidden_layers):
             q = (x @ self.wq[layer]).reshape(B, Q, H, hd)
@@ -72,21 +71,13 @@ class FakeQwen(nnx.Module):
             s = jnp.where(allow[:, None], s, -1e30)
             p = jax.nn.softmax(s, axis=-1)
             x = x + jnp.einsum("bhqk,bhkd->bqhd", p, vv).reshape(B, Q, H * hd) @ self.wo[layer]
-            if tap is not None and tap.stats_on:
-                stats.append(attention_row_stats(p[:, :, -1], cache.valid & (jnp.arange(T) <= q_slots[-1]),
-                                                 cache.vision))
-            if tap is not None and tap.enabled:
-                rows.append(p[:, :, -1].mean(1))
+            if tap is not None and tap.enabled:  # the real model's contract: raw rows, taps reduce
+                rows.append(p[:, :, -1])
                 mats.append(p[:, :, :, :Q])
         aux = {}
-        if stats:
-            aux["attn_stats"] = jnp.stack(stats)
         if rows:
-            aux["attn_row"] = jnp.stack(rows).mean(0)
-        if mats and tap.matrix_layer is not None:
-            m = jnp.stack(mats)  # [L,B,H,Q,Q]
-            m = m.mean(0) if tap.matrix_layer == -1 else m[tap.matrix_layer]
-            aux["attn_matrix"] = m.mean(1) if tap.matrix_head is None else m[:, tap.matrix_head]
+            aux = {"attn_rows": tuple(rows), "key_valid": cache.valid & (jnp.arange(T) <= q_slots[-1]),
+                   "key_vision": cache.vision, "attn_probs": tuple(mats)}
         logits = x @ self.embed[...].T
         return logits, k_all, v_all, aux
 

@@ -12,7 +12,7 @@ from vlmrl.core.sampling import Sampler, SamplingConfig
 from vlmrl.instrument.bus import Bus
 from vlmrl.instrument.events import ATTN_STATS
 from vlmrl.instrument.tap_host import CallContext, TapHost
-from vlmrl.instrument.taps import CALLBACK_PRIMITIVES, TapConfig, pool_factor, pool_matrix
+from vlmrl.instrument.taps import CALLBACK_PRIMITIVES, TapConfig, pool_factor, pool_layout, pool_matrix
 
 ON = TapConfig(enabled=True)
 
@@ -205,14 +205,37 @@ def test_stride_adapts_toward_the_target_emit_rate():
     assert host.end_call(decode_steps=90, wall_s=1.0) == 3
 
 
-def test_pool_matrix_means_blocks_and_pads_at_the_start():
+def test_pool_matrix_sums_keys_averages_real_queries_and_pads_at_the_start():
     m = np.arange(7 * 7, dtype=np.float32).reshape(7, 7)
     pooled, f = pool_matrix(jnp.asarray(m), 3)
     assert f == pool_factor(7, 3) == 3 and pooled.shape == (3, 3)
+    assert pool_layout(7, 3) == (3, 2)
     padded = np.pad(m, ((2, 0), (2, 0)))
-    np.testing.assert_allclose(np.asarray(pooled), padded.reshape(3, 3, 3, 3).mean(axis=(1, 3)), rtol=1e-6)
+    want = padded.reshape(3, 3, 3, 3).sum(axis=(1, 3)) / np.array([1, 3, 3], np.float32)[:, None]
+    np.testing.assert_allclose(np.asarray(pooled), want, rtol=1e-6)
+    host, _ = pool_matrix(m, 3)  # the host's numpy path is the same function
+    np.testing.assert_allclose(host, np.asarray(pooled), rtol=1e-6)
     same, f1 = pool_matrix(jnp.asarray(m), 7)
     assert f1 == 1 and np.array_equal(np.asarray(same), m)
+
+
+@pytest.mark.parametrize("n", [37, 40, 41, 63, 64])
+def test_matrix_labels_line_up_with_pooled_rows_for_any_length(fake, n):
+    """Each pooled row is labelled with the first token of the cells it covers, for prompt
+    lengths that are and are not multiples of the factor; rows still sum to 1."""
+    tap = TapConfig(enabled=True, matrix_layer=0, matrix_head=0, matrix_max=8)
+    s, sub = _tapped(fake, tap=tap, **fake_sampler_kwargs())
+    prompt = np.arange(1000, 1000 + n)
+    s.generate(prompts=[prompt], max_new_tokens=2)
+    m = next(e for e in sub.drain() if e.kind == "attention_matrix")
+    S = 64  # the sampler's prompt bucket
+    f, pad = pool_layout(S, 8)
+    first_real = S - n  # left padding
+    cells = [i for i in range(S // f + (pad > 0)) if (i + 1) * f - pad > first_real]
+    want = [f"<t{prompt[max(i * f - pad, first_real) - first_real]}>" for i in cells]
+    assert m.query_tokens == want and m.pool == f
+    rows = m.matrix.astype(np.float32).sum(axis=1)
+    np.testing.assert_allclose(rows, 1.0, atol=5e-3)
 
 
 def test_prefill_attention_matrix_is_pooled_and_cropped_to_the_prompt(fake):
@@ -238,7 +261,8 @@ def test_payload_is_one_buffer_bounded_by_max_rows_not_by_batch():
     L, H, T, V = 3, 4, 301, 5000
 
     def nbytes(B):
-        aux = dict(attn_stats=jnp.zeros((L, B, H, 4)), attn_row=jnp.zeros((B, T)))
+        aux = dict(attn_rows=(jnp.zeros((B, H, T)),) * L, key_valid=jnp.ones((B, T), bool),
+                   key_vision=jnp.zeros((B, T), bool))
         z = jnp.zeros((B,))
         out = jax.eval_shape(lambda: pack_payload(decode_payload(
             tap, aux, jnp.zeros((B, V)), 1.0, z.astype(jnp.int32), z, z, z.astype(bool), 3, 10)))
@@ -332,3 +356,21 @@ def test_selection_falls_back_to_debug_callback_on_a_failed_probe_or_on_request(
     monkeypatch.delenv("VLMRL_TAP_CALLBACK")
     prim, why = tap_callback._select()
     assert prim is not None and why is None
+
+
+def test_real_model_matrix_rows_match_labels_and_stay_causal():
+    """The real model hands over raw probs; the one pooling lines rows up with the labels."""
+    from vlmrl.models.qwen3vl import Qwen3VL, Qwen3VLConfig
+
+    model = Qwen3VL(Qwen3VLConfig.tiny(vocab_size=2000), rngs=nnx.Rngs(0))
+    tap = TapConfig(enabled=True, matrix_layer=-1, matrix_max=8)
+    s, sub = _tapped(model, tap=tap, cfg=SamplingConfig(stop_ids=(), pad_id=0, prompt_buckets=(50,)))
+    prompt = np.arange(1000, 1037)  # 37 tokens from slot 13 of a 50-slot bucket: factor 7, 6 pad cells
+    s.generate(prompts=[prompt], max_new_tokens=2)
+    m = next(e for e in sub.drain() if e.kind == "attention_matrix")
+    mat = m.matrix.astype(np.float32)
+    assert m.pool == 7 and mat.shape == (len(m.query_tokens),) * 2 == (6, 6)
+    # cells cover slots [8, 15), [15, 22), ...: the second starts at the prompt's third token
+    assert m.query_tokens[:3] == ["<t1000>", "<t1002>", "<t1009>"]
+    np.testing.assert_allclose(mat.sum(axis=1), 1.0, atol=5e-3)
+    assert np.allclose(np.triu(mat, 1), 0, atol=1e-3)

@@ -17,7 +17,7 @@ import numpy as np
 
 from vlmrl.errors import UsageError
 from vlmrl.instrument.events import ATTN_STATS, AttentionMatrix, DecodeState
-from vlmrl.instrument.taps import TapConfig, pool_factor, unpack_payload
+from vlmrl.instrument.taps import TapConfig, pool_layout, unpack_payload
 
 
 @dataclasses.dataclass
@@ -175,8 +175,7 @@ class TapHost:
         ids = ctx.prompt_ids[w] if ctx.prompt_ids is not None else np.zeros(m.shape[0], np.int64)
         mask = ctx.prompt_mask[w] if ctx.prompt_mask is not None else np.ones(len(ids), bool)
         S = len(ids)
-        f = pool_factor(S, self.tap.matrix_max)
-        pad = (-S) % f  # pooling padded at the start
+        f, pad = pool_layout(S, self.tap.matrix_max)  # the device pooled with this same layout
         ids_p = np.concatenate([np.full(pad, -1), ids])
         mask_p = np.concatenate([np.zeros(pad, bool), mask.astype(bool)])
         keep = mask_p.reshape(-1, f).any(axis=1)  # drop cells made only of left padding

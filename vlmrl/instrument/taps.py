@@ -109,21 +109,16 @@ def top_k_exact(x_bv, k: int, block: int = 1024):
 def attention_for_emit(tap: TapConfig, aux: dict, rows: int, watch: int):
     """(stats float32 [L, rows, H, 4] or None, watched row [T] or None) for one emit.
 
-    When the model hands over its raw newest-query rows (aux "attn_rows": per layer [B, H, T],
-    with "key_valid"/"key_vision" [B, T]) the statistics are computed here, i.e. inside the
-    emit branch and only for the published rows: steps that do not emit then pay nothing for
-    them (the model's eager aux["attn_stats"] is left unused and XLA drops it). Models that
-    only supply eager aux["attn_stats"] / aux["attn_row"] still work.
+    The model hands over its raw newest-query rows (aux "attn_rows": per layer [B, H, T],
+    with "key_valid"/"key_vision" [B, T]); the statistics are computed here, i.e. inside
+    the emit branch and only for the published rows, so steps that do not emit pay nothing.
     """
     raw = aux.get("attn_rows")
-    if raw is not None:
-        valid, vision = aux["key_valid"][:rows], aux["key_vision"][:rows]
-        stats = (jnp.stack([attention_row_stats(p[:rows], valid, vision) for p in raw])
-                 if tap.stats_on else None)
-        row = jnp.mean(jnp.stack([p[watch].astype(jnp.float32) for p in raw]), axis=(0, 1)) if tap.attention_row else None
-        return stats, row
-    stats = aux["attn_stats"][:, :rows].astype(jnp.float32) if "attn_stats" in aux else None
-    row = aux["attn_row"][watch] if tap.attention_row and "attn_row" in aux else None
+    if raw is None:
+        return None, None
+    valid, vision = aux["key_valid"][:rows], aux["key_vision"][:rows]
+    stats = jnp.stack([attention_row_stats(p[:rows], valid, vision) for p in raw]) if tap.stats_on else None
+    row = jnp.mean(jnp.stack([p[watch].astype(jnp.float32) for p in raw]), axis=(0, 1)) if tap.attention_row else None
     return stats, row
 
 
@@ -205,16 +200,40 @@ def pool_factor(n: int, max_side: int) -> int:
     return max(1, math.ceil(n / max_side))
 
 
-def pool_matrix(m_qk, max_side: int):
-    """Mean-pool a [Q, K] matrix by one integer factor so both sides are <= max_side."""
-    q, k = m_qk.shape
-    f = pool_factor(max(q, k), max_side)
+def pool_layout(n: int, max_side: int):
+    """(factor f, leading pad) of the one pooling the device and the host labels share:
+    n cells are padded at the START to a multiple of f (with left-padded prompts the real
+    tokens sit at the end) and cut into bins of f, so pooled cell i covers original cells
+    [i*f - pad, (i+1)*f - pad)."""
+    f = pool_factor(n, max_side)
+    return f, (-n) % f
+
+
+def pool_matrix(m_qk, max_side: int, valid_q=None):
+    """Pool a [S, S] attention matrix (a prompt over itself) to at most max_side per side: a
+    cell is the attention the bin's real queries give the bin's keys, summed over keys and
+    averaged over those queries, so pooled rows still sum to 1. valid_q (bool [S]) marks the
+    real (non-pad) queries; pad rows are dropped. numpy or jax arrays. Returns (pooled, f)."""
+    xp = np if isinstance(m_qk, np.ndarray) else jnp
+    S = m_qk.shape[0]
+    valid = xp.ones(S, bool) if valid_q is None else valid_q.astype(bool)
+    m = xp.where(valid[:, None], m_qk, 0)
+    f, pad = pool_layout(S, max_side)
     if f == 1:
-        return m_qk, 1
-    qp, kp = -(-q // f) * f, -(-k // f) * f
-    # pad at the start: with left padding the real tokens sit at the end of both axes
-    m = jnp.pad(m_qk, ((qp - q, 0), (kp - k, 0)))
-    return m.reshape(qp // f, f, kp // f, f).mean(axis=(1, 3)), f
+        return m, 1
+    m = xp.pad(m, ((pad, 0), (pad, 0)))
+    n = m.shape[0] // f
+    count = xp.pad(valid, (pad, 0)).reshape(n, f).sum(axis=1)
+    summed = m.reshape(n, f, n, f).sum(axis=(1, 3))
+    return summed / xp.maximum(count, 1)[:, None].astype(summed.dtype), f
+
+
+def matrix_of(tap: TapConfig, probs, watch: int):
+    """The [S, S] matrix the tap asks for from the model's raw per-layer probs [B, H, S, S]:
+    one layer or the mean over layers (-1), one head or the mean over heads (None)."""
+    layers = probs if tap.matrix_layer == -1 else (probs[tap.matrix_layer],)
+    m = jnp.mean(jnp.stack([p[watch].astype(jnp.float32) for p in layers]), axis=0)  # [H, S, S]
+    return m.mean(axis=0) if tap.matrix_head is None else m[tap.matrix_head]
 
 
 def prefill_payload(tap: TapConfig, aux: dict, logits_bv, temperature, token_b, logprob_b, entropy_b, cache_len):
@@ -222,9 +241,10 @@ def prefill_payload(tap: TapConfig, aux: dict, logits_bv, temperature, token_b, 
     alive = jnp.ones(token_b.shape, bool)
     out = {"packed": pack_payload(decode_payload(tap, aux, logits_bv, temperature, token_b, logprob_b, entropy_b,
                                                  alive, 0, cache_len))}
-    if "attn_matrix" in aux:
+    if tap.matrix_layer is not None and "attn_probs" in aux:
         w = min(tap.watch_row, token_b.shape[0] - 1)
-        pooled, _ = pool_matrix(aux["attn_matrix"][w].astype(jnp.float32), tap.matrix_max)
+        m = matrix_of(tap, aux["attn_probs"], w)
+        pooled, _ = pool_matrix(m, tap.matrix_max, aux["key_valid"][w, :m.shape[0]])
         out["matrix"] = pooled.astype(jnp.float16)
     return out
 

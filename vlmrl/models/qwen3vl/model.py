@@ -1,6 +1,6 @@
 """Qwen3VL: the full model (vision tower + text decoder + lm_head) with prefill and cached decode.
 
-API contract: /work/main/.plan/TEAM.md "Model API". Parameter paths follow HF names
+Parameter paths follow HF names
 (model.language_model..., model.visual..., lm_head), so the loader is a name mapping.
 `forward` and `decode_step` are pure functions of arrays (jittable, decode_step scannable);
 `__call__` is the convenience entry point that does the host-side prep itself.
@@ -121,7 +121,7 @@ class Qwen3VL(nnx.Module):
         logits = self._logits(h)
         aux = {}
         if want:
-            aux = _prefill_aux(probs, valid, image_mask & valid, tap, new_cache)
+            aux = _prefill_aux(probs, valid, image_mask & valid)
         return logits, new_cache, aux
 
     def decode_step(self, token_ids, cache: KVCache, tap=None):
@@ -158,7 +158,7 @@ class Qwen3VL(nnx.Module):
         new_cache = cache.replace(k=kv["k"], v=kv["v"], valid=valid, vision=vision, length=idx + 1)
         aux = {}
         if want:
-            aux = _decode_aux(probs, valid, vision, tap)
+            aux = _decode_aux(probs, valid, vision)
         return logits, new_cache, aux
 
     # ---- convenience ---------------------------------------------------------------------------
@@ -211,54 +211,18 @@ def _jit_forward(model, ids, mask, pos, pv, vin, tap=None):
     return model.forward(ids, mask, pos, pv, vin, None, tap)
 
 
-def _stack_stats(probs_rows, key_valid, vision):
-    from vlmrl.instrument.taps import attention_row_stats
-
-    return jnp.stack([attention_row_stats(p, key_valid, vision) for p in probs_rows])  # [L, B, H, 4]
-
-
-def _prefill_aux(probs, valid, vision, tap, cache):
-    """probs: per layer float32 [B, H, S, S]; the newest query row is the last position."""
-    rows = [p[:, :, -1, :] for p in probs]
-    aux = {}
-    if tap.stats_on:
-        aux["attn_stats"] = _stack_stats(rows, valid, vision)
-    row = jnp.mean(jnp.stack(rows), axis=(0, 2))  # [B, S]
-    if cache is not None:  # report over the cache's T slots, like decode does
-        row = jnp.zeros((row.shape[0], cache.max_len), jnp.float32).at[:, :row.shape[1]].set(row)
-    aux["attn_row"] = row
-    if tap.matrix_layer is not None:
-        mats = jnp.stack(probs) if tap.matrix_layer == -1 else probs[tap.matrix_layer][None]
-        mats = mats.mean(axis=0)  # [B, H, S, S]
-        mat = mats.mean(axis=1) if tap.matrix_head is None else mats[:, tap.matrix_head]
-        aux["attn_matrix"] = _pool_matrix(mat, tap.matrix_max)
-    return aux
+def _prefill_aux(probs, valid, vision):
+    """Raw attention for the taps (which reduce and pool it): per layer the newest query's
+    row [B, H, S] (the last position), the full probs [B, H, S, S], and which keys are real
+    and which are image tokens."""
+    return {"attn_rows": tuple(p[:, :, -1, :] for p in probs), "attn_probs": tuple(probs),
+            "key_valid": valid, "key_vision": vision}
 
 
-def _pool_matrix(mat, limit: int):
-    """[B, S, S] -> at most [B, limit, limit] on device: keys are summed per bin (attention mass),
-    queries averaged per bin, so pooled rows still sum to 1. Identity when S <= limit."""
-    B, S, _ = mat.shape
-    if limit is None or S <= limit:
-        return mat
-    f = -(-S // max(int(limit), 1))  # bin width
-    n = -(-S // f)
-    P = n * f
-    mat = jnp.pad(mat, ((0, 0), (0, P - S), (0, P - S))).reshape(B, n, f, n, f).sum(axis=(2, 4))
-    rows_per_bin = np.minimum(f, S - f * np.arange(n)).astype(np.float32)  # the last bin may be short
-    return mat / jnp.asarray(rows_per_bin)[None, :, None]
-
-
-def _decode_aux(probs, valid, vision, tap):
-    rows = [p[:, :, 0, :] for p in probs]  # [B, H, T] each
-    # The raw rows too: a sampler that emits every n-th step reduces them only inside its emit
-    # branch (vlmrl.instrument.taps.attention_for_emit); the eager entries below then go unused
-    # and XLA drops them, so non-emitting steps cost no statistics.
-    aux = {"attn_rows": tuple(rows), "key_valid": valid, "key_vision": vision}
-    if tap.stats_on:
-        aux["attn_stats"] = _stack_stats(rows, valid, vision)
-    aux["attn_row"] = jnp.mean(jnp.stack(rows), axis=(0, 2))
-    return aux
+def _decode_aux(probs, valid, vision):
+    """Raw newest-query rows [B, H, T] per layer over the cache's T slots; the taps compute
+    statistics only inside their emit branch, so steps that do not emit pay nothing."""
+    return {"attn_rows": tuple(p[:, :, 0, :] for p in probs), "key_valid": valid, "key_vision": vision}
 
 
 # ---- reference generation loop (the scan sampler lives in vlmrl.core.sampling) -----------------
