@@ -275,8 +275,24 @@ def test_help_overlay_lists_keys():
     store = scenario()
     view = handle_key(ViewState(), "?", store.snapshot())
     text = screen_text(store, view=view, size=(80, 24))
-    assert "HELP" in text and "cycle heatmap stat" in text and "page attention layers" in text
+    assert "HELP" in text and "heatmap stat" in text and "page attention layers" in text
+    assert "previous batch element" in text and "the run goes on" in text
     assert "HELP" not in screen_text(store, view=handle_key(view, "?"), size=(80, 24))
+
+
+@pytest.mark.parametrize("source, want, not_want", [
+    ("REPLAY 3/10 ⏸ 1x  decode step 2", ("step back / forward", "first / last step", "play / pause",
+                                        "faster / slower", "q leaves the replay"), ("run goes on",)),
+    ("ATTACH", ("q stops following the log",), ("run goes on", "step back")),
+])
+def test_help_overlay_says_what_q_does_and_lists_the_replay_keys(source, want, not_want):
+    store = scenario()
+    view = handle_key(ViewState(), "?", store.snapshot())
+    text = screen_text(store, view=view, size=(100, 40), meta=dict(META, source=source))
+    for needle in want:
+        assert needle in text, needle
+    for needle in not_want:
+        assert needle not in text, needle
 
 
 def test_footer_shows_pause_and_reset_hint():

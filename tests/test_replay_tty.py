@@ -110,15 +110,21 @@ def test_replay_in_a_terminal_steps_and_opens_the_deep_views(tmp_path):
 
 
 @pytest.mark.slow
-def test_attach_in_a_terminal_shows_events_written_after_it_started(tmp_path):
+def test_attach_in_a_terminal_waits_for_the_file_follows_it_and_says_finished(tmp_path):
+    from vlmrl.instrument.events import RunEnd
+
     path = tmp_path / "growing.jsonl"
     run = SyntheticRun(num_layers=6, num_heads=4, batch=1, gen_tokens=8, image_grid=(1, 4, 4))
-    bus = Bus(capacity=10_000)
-    rec = Recorder(bus, str(path), run_info=run.info)
     t = Pty([sys.executable, "-m", "vlmrl.utils.tui_live", "--attach", str(path), "--seconds", "60"])
+    rec = None
     try:
+        # the file does not exist yet: the screen names it, and nothing shape-specific shows
+        assert t.wait_for(f"waiting for {path}"), t.text()
+        assert "2×28L" not in t.text() and "KV n/a" in t.text()
+        bus = Bus(capacity=10_000)
+        rec = Recorder(bus, str(path), run_info=run.info)
         assert t.wait_for("qwen3vl-synthetic"), t.text()
-        assert "step n/a" in t.text()  # no training step yet
+        assert "step n/a" in t.text() and f"waiting for {path}" not in t.text()  # no training step yet
         events = run.take(200)
         for ev in events:
             bus.publish(ev)
@@ -126,8 +132,16 @@ def test_attach_in_a_terminal_shows_events_written_after_it_started(tmp_path):
         last = training[-1]
         # the header shows the training step that was appended after attach started
         assert t.wait_for(f"step {last.step}"), t.text()
+        assert "finished" not in t.text()
+        bus.publish(RunEnd(step=last.step, reason="finished", seconds=12.0))
+        rec.close()
+        assert t.wait_for(f"finished at step {last.step}"), t.text()
         t.send(b"q")
         t.proc.wait(20)
+        assert t.proc.returncode == 0
+        t.pump(0.5)
+        assert "run goes on" not in t.text()  # nothing of ours goes on after q in attach
     finally:
-        rec.close()
+        if rec is not None:
+            rec.close()
         t.close()

@@ -62,7 +62,8 @@ class LiveTUI:
     """The live dashboard. Start it, publish events, stop it (or use it as a context manager).
 
     Args:
-      num_layers, num_heads, max_cache: model shape shown until the run's RunInfo arrives.
+      num_layers, num_heads, max_cache: the shape the caller expects (the documented API);
+        nothing shape-specific is drawn until the run's own RunInfo arrives.
       display_layers: heatmap rows per page. flash_hz: flashing indicators' rate.
       bus: the event bus to watch (default: the process-wide bus the taps publish to).
       fps: frames per second at most. out_fd/in_fd: terminal fds (default stdout/stdin).
@@ -71,13 +72,14 @@ class LiveTUI:
       source: what the footer calls the data ("LIVE", "SYNTHETIC", "ATTACH").
       plain_stream: where plain lines go when there is no terminal (default stdout).
       process_index: this process's index in a multi-host run; only 0 draws.
+      quit_ends: `q` ends the viewer (--attach) rather than leaving the run to the plain log.
     """
 
     def __init__(self, num_layers: int = 28, num_heads: int = 16, display_layers: int = 6,
                  flash_hz: float = 5.0, max_cache: int = 2048, bus: Optional[Bus] = None, fps: float = 20,
                  out_fd: Optional[int] = None, in_fd: Optional[int] = None, screen: Optional[Callable] = None,
                  replay=None, source: str = "LIVE", plain_stream=None, summary_every: float = 10.0,
-                 depth: Optional[str] = None, process_index: int = 0):
+                 depth: Optional[str] = None, process_index: int = 0, quit_ends: bool = False):
         if fps <= 0:
             raise UsageError(f"fps must be > 0, got {fps}")
         # Only process 0 of a multi-host run draws or logs (the caller knows its index;
@@ -111,6 +113,10 @@ class LiveTUI:
         self._lock = threading.Lock()
         self._reported = False
         self.quit = False  # the user pressed q
+        # The header's status while the run reports none of its own ("waiting for FILE").
+        self.status = ""
+        # q ends the viewer (attach: no run here goes on) instead of handing over to the plain log
+        self.quit_ends = quit_ends
 
     # ------------------------------------------------------------- producer side
     def update_decode(self, state: DecodeState) -> None:
@@ -227,7 +233,7 @@ class LiveTUI:
             self.term.restore()
             self.diagnostics.release()  # what was held for the footer goes to stderr now
         self._report_error()
-        if self.replay is not None or self._stop.is_set():
+        if self.replay is not None or self.quit_ends or self._stop.is_set():
             return
         # `q` or a failure: the run goes on, so the plain log takes over from here
         self.mode = "plain"
@@ -252,10 +258,10 @@ class LiveTUI:
 
 
 def main(argv=None) -> int:
-    """`python -m vlmrl.utils.tui_live` (see `vlmrl.utils.tui.cli`)."""
+    """`python -m vlmrl.utils.tui_live` (see `vlmrl.utils.tui.cli`, which gets LiveTUI from here)."""
     from vlmrl.utils.tui.cli import main as cli_main
 
-    return cli_main(argv)
+    return cli_main(argv, LiveTUI)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,48 @@
 """`python -m vlmrl.utils.tui_live`: the demo (live tiny-model training or --synthetic) and
-the viewer of recorded runs (--attach, --replay). No JAX is imported here: training is
-imported only when it is the chosen mode."""
+the viewer of recorded runs (--attach, --replay).
+
+Neither JAX nor anything of `vlmrl.core` is imported here (the dashboard sits below the
+trainer). The live demo runs `python -m vlmrl.core.train --record LOG` as a child process
+and attaches to LOG as `--attach` does from another tmux pane, so every demo run also
+exercises the path a user follows a remote run by. `main` takes the dashboard class from
+`tui_live` (its caller), so the two modules do not import each other.
+"""
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import os
+import signal
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from typing import Optional
 
+from vlmrl.envs.shapes import ENVS
 from vlmrl.instrument.bus import Bus
-from vlmrl.utils.tui_live import LiveTUI
+from vlmrl.instrument.events import RunEnd, RunInfo, TrainingState
+from vlmrl.utils.tui.replay import LogFormatError, ReplayLog, attach_events
+
+DEMO_STEPS = 60  # colors learns in about this many updates (README: 62 to a 0.9 mean reward)
+LINGER_S = 3.0  # the demo keeps "finished" on screen this long before it prints its summary
+CHILD_STOP_S = 30.0  # after SIGINT, how long the training child may take to write its end record
 
 
-def _run_synthetic(args, bus: Bus, note: str = "") -> int:
+def _run_synthetic(args, bus: Bus, live_tui, note: str = "") -> int:
     from vlmrl.utils.tui.synthetic import SyntheticRun, drive
 
     run = SyntheticRun(seed=args.seed, prefill_walk=8)
     recorder = _recorder(args, bus, run.info)
-    tui = LiveTUI(num_layers=run.L, num_heads=run.H, bus=bus, fps=args.fps, source="SYNTHETIC")
+    tui = live_tui(num_layers=run.L, num_heads=run.H, bus=bus, fps=args.fps, source="SYNTHETIC")
     if note:
         print(note, file=sys.stderr)
+    t0 = time.monotonic()
     tui.start()
     try:
         drive(bus.publish, seconds=args.seconds, run=run)
+        bus.publish(RunEnd(step=None, reason="finished", seconds=round(time.monotonic() - t0, 3)))
     finally:
         tui.stop()
         if recorder is not None:
@@ -37,16 +58,41 @@ def _recorder(args, bus: Bus, run_info=None):
     return Recorder(bus, args.record, run_info=run_info)
 
 
-def _run_attach(args, bus: Bus) -> int:
-    from vlmrl.utils.tui.replay import LogFormatError, attach_events
+class Follow:
+    """What following a log saw: the newest TrainingState, the RunEnd, events passed on."""
 
-    tui = LiveTUI(bus=bus, fps=args.fps, source="ATTACH").start()
+    def __init__(self):
+        self.training: Optional[TrainingState] = None
+        self.end: Optional[RunEnd] = None
+        self.events = 0
+
+    def take(self, ev, tui) -> None:
+        if isinstance(ev, TrainingState) and (self.training is None or ev.step >= self.training.step):
+            self.training = ev
+        elif isinstance(ev, RunEnd):
+            self.end = ev
+        elif isinstance(ev, RunInfo) and self.end is not None and not ev.status:
+            self.end = None  # the log was rewritten by a new run
+        self.events += 1
+        if self.events == 1:
+            tui.status = ""  # the run speaks for itself from its first event on
+
+
+def _run_attach(args, bus: Bus, live_tui) -> int:
+    tui = live_tui(bus=bus, fps=args.fps, source="ATTACH", quit_ends=True).start()
+    tui.status = f"waiting for {args.attach}"
+    if tui.mode == "plain":
+        print(f"waiting for {args.attach}", flush=True)
     end = None if args.seconds is None else time.monotonic() + args.seconds
-    done = lambda: tui.quit or (end is not None and time.monotonic() >= end)  # noqa: E731
+    seen = Follow()
+    # without a screen there is nothing to look at after the end record: stop there
+    done = lambda: (tui.quit or (end is not None and time.monotonic() >= end)  # noqa: E731
+                    or (tui.mode == "plain" and seen.end is not None))
     try:
         for ev in attach_events(args.attach, stop=done, poll=0.05):
+            seen.take(ev, tui)
             bus.publish(ev)
-    except LogFormatError as exc:
+    except (OSError, LogFormatError) as exc:
         tui.stop()
         print(f"--attach {args.attach}: {exc}", file=sys.stderr)
         return 2
@@ -55,15 +101,13 @@ def _run_attach(args, bus: Bus) -> int:
     return 0
 
 
-def _run_replay(args) -> int:
-    from vlmrl.utils.tui.replay import LogFormatError, ReplayLog
-
+def _run_replay(args, live_tui) -> int:
     try:
         log = ReplayLog.open(args.replay)
     except (OSError, LogFormatError) as exc:
         print(f"--replay {args.replay}: {exc}", file=sys.stderr)
         return 2
-    tui = LiveTUI(bus=Bus(), fps=args.fps, replay=log, source="REPLAY")
+    tui = live_tui(bus=Bus(), fps=args.fps, replay=log, source="REPLAY")
     if not tui.term.is_tty():  # nothing to navigate: print the run as plain lines
         for ev in log.events:
             tui.plain.feed(ev)
@@ -76,69 +120,149 @@ def _run_replay(args) -> int:
     return 0
 
 
-def _run_training(args, run_training) -> int:
-    """The tiny Qwen3-VL PPO run (`vlmrl.core.train.run_training`), watched live from the first second:
-    the dashboard starts before the model is built and compiled."""
-    bus = Bus()
-    stop = threading.Event()
-    flags = ["--tui", "--seed", str(args.seed)] + (["--record", args.record] if args.record else [])
-    tui = LiveTUI(bus=bus, fps=args.fps, source="LIVE").start()
-    # --seconds ends the run after the update in progress (an update is not interruptible)
-    timer = threading.Timer(args.seconds, stop.set) if args.seconds else None
-    if timer is not None:
-        timer.daemon = True
-        timer.start()
+# ------------------------------------------------------------------ the live demo
+
+def _demo_log(args) -> str:
+    """--record, else a new runs/demo-<time>.jsonl under the current directory."""
+    if args.record:
+        return args.record
+    os.makedirs("runs", exist_ok=True)
+    return os.path.join("runs", time.strftime("demo-%Y%m%d-%H%M%S.jsonl"))
+
+
+def _stop_child(child: subprocess.Popen) -> None:
+    """Ask the training child to stop (SIGINT: it writes its end record), then insist."""
+    if child.poll() is not None:
+        return
+    child.send_signal(signal.SIGINT)
     try:
-        run_training(flags, bus=bus, stop=stop, manage_tui=False)
-    except ValueError as exc:  # train.UsageError: a bad flag or input
+        child.wait(CHILD_STOP_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def _eta(seen: Follow, steps: int, t_first: Optional[list]) -> str:
+    """The header's status while training: steps left and the time they take at the pace so far."""
+    t = seen.training
+    if t is None or t_first is None:
+        return ""
+    left = steps - 1 - t.step
+    if left <= 0 or t.step <= t_first[0]:
+        return f"step {t.step + 1} of {steps}"
+    pace = (t.wall_time - t_first[1]) / (t.step - t_first[0])
+    return f"step {t.step + 1} of {steps} · about {left * pace:.0f} s left"
+
+
+def _run_training(args, live_tui) -> int:
+    """Train the tiny Qwen3-VL in a child process and watch its log live from the first second."""
+    log = _demo_log(args)
+    cmd = [sys.executable, "-m", "vlmrl.core.train", "--env", args.env, "--steps", str(args.steps),
+           "--seed", str(args.seed), "--record", log, "--quiet"]
+    print(f"vlmrl demo: {args.steps} PPO steps of the tiny Qwen3-VL on {args.env}. The first step compiles "
+          f"(up to a minute; a second run loads the compilation cache), the header then counts steps and "
+          f"the time left. q leaves the dashboard, Ctrl-C stops the run.", flush=True)
+    out = tempfile.TemporaryFile()
+    t0 = time.monotonic()
+    child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+    bus = Bus(capacity=1000)
+    tui = live_tui(bus=bus, fps=args.fps, source="LIVE").start()
+    tui.status = f"starting the training process (pid {child.pid}); waiting for {log}"
+    seen, t_first, ended_at, stopping, quiet_since = Follow(), None, None, [], [None]
+    deadline = None if args.seconds is None else t0 + args.seconds
+
+    def done() -> bool:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline and not stopping:  # --seconds: ask the run to end
+            stopping.append(threading.Thread(target=_stop_child, args=(child,), daemon=True))
+            stopping[0].start()
+        if seen.end is not None:
+            return ended_at is not None and now - ended_at >= (LINGER_S if tui.mode == "dashboard" else 0.0)
+        if child.poll() is not None:  # ended without an end record (killed): wait for the last lines
+            quiet_since[0] = quiet_since[0] or now
+            return now - quiet_since[0] >= 1.0
+        return False
+
+    try:
+        for ev in attach_events(log, stop=done, poll=0.05):
+            seen.take(ev, tui)
+            bus.publish(ev)
+            if isinstance(ev, TrainingState):
+                t_first = t_first or [ev.step, ev.wall_time]
+                tui.status = _eta(seen, args.steps, t_first)
+            if seen.end is not None and ended_at is None:
+                ended_at = time.monotonic()
+    except KeyboardInterrupt:  # Ctrl-C reached the child too (same terminal): it ends its log
+        seen.end = seen.end or RunEnd(step=None, reason="interrupted")
+    except (OSError, LogFormatError) as exc:
         tui.stop()
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"demo log {log}: {exc}", file=sys.stderr)
         return 2
     finally:
-        if timer is not None:
-            timer.cancel()
         tui.stop()
+        _stop_child(child)
+    rc = child.wait()
+    if rc != 0 and seen.end is None:
+        out.seek(0)
+        tail = out.read()[-4000:].decode("utf-8", "replace").strip()
+        print(tail or f"training process exited with code {rc}", file=sys.stderr)
+        return rc if rc in (1, 2) else 1
+    print(_summary(seen, args, log, time.monotonic() - t0), flush=True)
     return 0
 
 
-def main(argv=None) -> int:
-    """`python -m vlmrl.utils.tui_live`: the live demo, or a recorded run's viewer."""
-    import argparse
+def _summary(seen: Follow, args, log: str, wall: float) -> str:
+    t, end = seen.training, seen.end
+    steps = 0 if t is None else t.step + 1
+    reward = "n/a" if t is None else f"{t.reward_mean:.3f}"
+    how = "" if end is None or end.reason == "finished" else f" ({end.reason})"
+    return (f"demo: {steps}/{args.steps} steps on {args.env}{how}, final reward {reward}, {wall:.0f} s, "
+            f"log {log} (--replay it)")
 
+
+# ------------------------------------------------------------------ entry point
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m vlmrl.utils.tui_live",
         description="Live terminal dashboard of a Qwen3-VL RL run. Default: train the tiny "
                     "Qwen3-VL and watch it live. Keys: q leave, p pause, [ ] layers, s stat, "
-                    "b batch, m matrix, e explorer, ? help.")
+                    "b/B batch, m matrix, e explorer, ? help.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--synthetic", action="store_true", help="drive the dashboard with model-free synthetic events")
     src.add_argument("--attach", metavar="FILE", help="follow a growing event log (tail -f) and show it live")
     src.add_argument("--replay", metavar="FILE", help="step through a finished event log (arrows, Home/End, space, +/-)")
-    p.add_argument("--record", metavar="FILE", help="append every event to FILE (JSON Lines) while running")
-    p.add_argument("--seconds", type=float, metavar="N", help="exit after N seconds")
+    p.add_argument("--env", default="colors", choices=sorted(ENVS), help="task of the live demo (default colors)")
+    p.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"PPO updates of the live demo (default {DEMO_STEPS})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the demo run, live or synthetic (default 0)")
+    p.add_argument("--record", metavar="FILE", help="the event log to write (live demo default: runs/demo-<time>.jsonl)")
+    p.add_argument("--seconds", type=float, metavar="N", help="stop after N seconds")
     p.add_argument("--fps", type=float, default=20.0, help="frames per second at most (default 20)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic run (default 0)")
+    return p
+
+
+def main(argv=None, live_tui=None) -> int:
+    """`python -m vlmrl.utils.tui_live` with `live_tui` the dashboard class (tui_live.LiveTUI)."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.seconds is not None and args.seconds <= 0:
         p.error(f"--seconds must be > 0, got {args.seconds}")
     if args.fps <= 0:
         p.error(f"--fps must be > 0, got {args.fps}")
+    if args.steps < 1:
+        p.error(f"--steps must be >= 1, got {args.steps}")
     if args.record and (args.attach or args.replay):
         p.error("--record records a run (default or --synthetic), not --attach/--replay")
     try:
-        if args.attach or args.replay:
-            try:
-                return _run_attach(args, Bus(capacity=1000)) if args.attach else _run_replay(args)
-            except ImportError as exc:
-                print(f"--attach/--replay are not available: {exc}", file=sys.stderr)
-                return 2
+        if args.attach:
+            return _run_attach(args, Bus(capacity=1000), live_tui)
+        if args.replay:
+            return _run_replay(args, live_tui)
         if args.synthetic:
-            return _run_synthetic(args, Bus())
-        try:
-            from vlmrl.core.train import run_training
-        except ImportError as exc:
-            return _run_synthetic(args, Bus(), note=f"note: live training is not available ({exc}); "
-                                                    "showing --synthetic instead")
-        return _run_training(args, run_training)
+            return _run_synthetic(args, Bus(), live_tui)
+        if importlib.util.find_spec("jax") is None:  # looks for it without importing it
+            return _run_synthetic(args, Bus(), live_tui, note="note: live training needs JAX, which is not "
+                                                                "installed; showing --synthetic instead")
+        return _run_training(args, live_tui)
     except KeyboardInterrupt:
         return 130

@@ -11,7 +11,6 @@ import functools
 import time
 from typing import List
 
-from vlmrl.instrument.events import RunInfo
 from vlmrl.utils.tui import theme as _theme
 from vlmrl.utils.tui.canvas import Style
 from vlmrl.utils.tui.frame import FrameEncoder
@@ -33,11 +32,9 @@ class DashboardLoop:
         self.term, self.sub, self.replay = tui.term, tui._sub, tui.replay
         self.cache = tui.render_cache = RenderCache()  # what the panels keep between frames
         self.screen = tui.screen or functools.partial(render_screen, cache=self.cache)
+        # Nothing shape-specific is drawn before the run's own RunInfo arrives: a guessed
+        # shape (the constructor's defaults are the 2B model's) would show a wrong KV size.
         self.store = Store()
-        if self.replay is None:
-            # shape to show until the run says otherwise (not published: the recorder skips it)
-            self.store.apply(RunInfo(model_name="waiting for run", num_layers=tui.num_layers,
-                                     num_heads=tui.num_heads, max_cache=tui.max_cache))
         self.view = ViewState(flash_hz=tui.flash_hz, display_layers=tui.display_layers)
         self.enc = FrameEncoder(tui.depth)
         self.theme = _theme.palette_for_depth(tui.depth)
@@ -108,6 +105,7 @@ class DashboardLoop:
             self.view = self.view.replace(replay_pos=replay.position)
         meta["dropped"] = self.sub.total_dropped
         meta["notice"] = self.tui.diagnostics.notice()
+        meta["status"] = self.tui.status
         times = self.frame_times
         times.append(now)
         if len(times) > 1 and int(now * 2) != int(times[-2] * 2):  # twice a second

@@ -22,7 +22,7 @@ from vlmrl.utils.tui.store import HEAT_HZ
 from vlmrl.utils.tui.panels import attention, credit, decode, flow, footer, header, kvcache, mrope, vision
 from vlmrl.utils.tui.panels.common import remember
 from vlmrl.utils.tui.render_cache import RenderCache
-from vlmrl.utils.tui.view import KEY_HELP
+from vlmrl.utils.tui.view import KEY_HELP, REPLAY_KEY_HELP
 
 MIN_WIDTH, MIN_HEIGHT = 40, 10
 PANELS = MappingProxyType({
@@ -130,7 +130,7 @@ def render_screen(state, view, width: int, height: int, now: float, theme=COLOR,
         screen = _dashboard(state, view, width, height, now, theme, cache)
     if view.show_help:
         screen = screen.copy()
-        _help_overlay(screen, theme)
+        _help_overlay(screen, theme, str(state.meta.get("source") or "LIVE"))
     return screen
 
 
@@ -276,8 +276,19 @@ def _too_small(width: int, height: int, theme) -> Canvas:
     return c
 
 
-def help_lines() -> List[str]:
-    lines = [f"{k:<4} {what}" for k, what in KEY_HELP]
+def help_lines(source: str = "LIVE") -> List[str]:
+    """The help overlay's lines for a dashboard showing `source` (the footer's source:
+    LIVE, SYNTHETIC, ATTACH or a REPLAY status)."""
+    replay, attach = source.startswith("REPLAY"), source.startswith("ATTACH")
+    lines = [f"{k:<8} {what}" for k, what in KEY_HELP]
+    if replay:
+        lines += ["replay:"] + [f"{k:<8} {what}" for k, what in REPLAY_KEY_HELP]
+    if replay:
+        lines.append("q leaves the replay. Stuck terminal: type reset")
+    elif attach:
+        lines.append("q stops following the log. Stuck terminal: type reset")
+    else:
+        lines.append("q leaves the dashboard; the run goes on. Stuck terminal: type reset")
     lines += [
         "",
         f"heatmap  {RAMP[0]}<.25 {RAMP[1]}<.5 {RAMP[2]}<.75 {RAMP[3]}≥.75 (flashes), · not measured",
@@ -288,14 +299,12 @@ def help_lines() -> List[str]:
         "H        entropy of the next-token distribution (nats)",
         "T-slot   mRoPE position minus cache slot (images compress positions)",
         "pages    16-token KV pages used/allocated; slots used/max",
-        "",
-        "q leaves the dashboard; the run goes on. Stuck terminal: type reset",
     ]
     return lines
 
 
-def _help_overlay(screen: Canvas, theme) -> None:
-    lines = help_lines()
+def _help_overlay(screen: Canvas, theme, source: str) -> None:
+    lines = help_lines(source)
     w = min(screen.width - 2, max(text_width(s) for s in lines) + 4)
     h = min(screen.height - 2, len(lines) + 2)
     x0 = (screen.width - w) // 2

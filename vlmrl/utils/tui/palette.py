@@ -7,7 +7,7 @@ Styles are built once here so panels never construct Style objects per cell.
 from __future__ import annotations
 
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from vlmrl.utils.tui.canvas import RGB, Style
 
@@ -63,13 +63,16 @@ def spark_glyph(value: float, lo: float = 0.0, hi: float = 1.0) -> str:
     return SPARK[min(max(i, 0), len(SPARK) - 1)]
 
 
-def sparkline(values: Sequence[float], width: int) -> str:
-    """The last `width` values as ▁..█ glyphs scaled to their own min..max."""
+def sparkline(values: Sequence[float], width: int, scale: Optional[Tuple[float, float]] = None) -> str:
+    """The last `width` values as ▁..█ glyphs, scaled to `scale` (lo, hi) when every value
+    lies in it (a fixed scale: a flat 0.2 stays low), else to their own min..max."""
     vals = [float(v) for v in values[-width:] if v is not None]
     finite = [v for v in vals if math.isfinite(v)]
     if not finite or width <= 0:
         return ""
     lo, hi = min(finite), max(finite)
+    if scale is not None and scale[0] <= lo and hi <= scale[1]:
+        lo, hi = scale
     return "".join(spark_glyph(v, lo, hi) for v in vals)
 
 

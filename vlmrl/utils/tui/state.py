@@ -13,7 +13,7 @@ from typing import Any, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from vlmrl.instrument.events import AttentionMatrix, CreditState, DecodeState, RunInfo, TrainingState
+from vlmrl.instrument.events import AttentionMatrix, CreditState, DecodeState, RunEnd, RunInfo, TrainingState
 
 RECENT_TOKENS = 64  # decode rows show at most this many recent tokens
 HISTORY = 512  # training steps kept for the reward / KL sparklines
@@ -177,6 +177,7 @@ class DashboardState:
     started_at: float = 0.0
     last_event_at: Optional[float] = None
     run: Optional[RunInfo] = None
+    run_end: Optional[RunEnd] = None  # the run's last record, once it came
     decodes: Mapping[int, DecodeState] = _empty()  # latest DecodeState per batch row
     decode_at: Mapping[int, float] = _empty()  # store-clock time of the row's last decode event
     # Per batch row: smoothed seconds between its decode events (rows with >= 2 events).

@@ -27,6 +27,7 @@ from vlmrl.instrument.events import (
     CreditState,
     DecodeState,
     Event,
+    RunEnd,
     RunInfo,
     TrainingState,
     decode_event,
@@ -110,6 +111,7 @@ class Store:
         self._started = clock() if started_at is None else float(started_at)
         self._rows: Dict[int, _Row] = {}
         self._run: Optional[RunInfo] = None
+        self._end: Optional[RunEnd] = None
         self._training: Optional[TrainingState] = None
         self._history: List[HistoryPoint] = []
         self._credit: Optional[CreditState] = None
@@ -133,6 +135,7 @@ class Store:
             CreditState: self._on_credit,
             AttentionMatrix: self._on_matrix,
             RunInfo: self._on_run,
+            RunEnd: self._on_end,
         }
 
     # -- intake -----------------------------------------------------------------------
@@ -179,6 +182,12 @@ class Store:
             if getattr(ev, name) is not None:
                 int(getattr(ev, name))
         self._run = ev
+        self._bump("run")
+
+    def _on_end(self, ev: RunEnd) -> None:
+        if ev.step is not None:
+            _ints(ev, ("step",))
+        self._end = ev
         self._bump("run")
 
     def _on_training(self, ev: TrainingState) -> None:
@@ -313,7 +322,7 @@ class Store:
         """An independent copy (replay checkpoints) with its own store_id, so the layout
         never mistakes the copy's versions for the original's."""
         out = Store(clock=self._clock, started_at=self._started)
-        for name in ("_run", "_training", "_credit", "_matrix", "_last_event_at"):
+        for name in ("_run", "_end", "_training", "_credit", "_matrix", "_last_event_at"):
             setattr(out, name, getattr(self, name))
         out._history = list(self._history)
         out._counts = dict(self._counts)
@@ -348,6 +357,7 @@ class Store:
         f["version"], f["run_v"], f["decode_v"] = v["all"], v["run"], v["decode"]
         f["train_v"], f["credit_v"], f["matrix_v"] = v["train"], v["credit"], v["matrix"]
         f["last_event_at"], f["run"], f["training"] = self._last_event_at, self._run, self._training
+        f["run_end"] = self._end
         f["credit"], f["matrix"] = self._credit, self._matrix
         f["counts"] = MappingProxyType(dict(self._counts))
         f["problems"] = tuple(self._problems)

@@ -16,16 +16,24 @@ from vlmrl.instrument.events import ATTN_STATS
 MODES = ("dashboard", "matrix", "explorer")
 ESCAPE_KEYS = ("\x1b", "escape", "KEY_ESCAPE")
 
-# Key help shown in the footer and the help overlay: (key, what it does).
+# Key help shown in the help overlay: (key, what it does). What `q` does depends on what
+# is shown (a live run goes on; a log viewer just ends): `layout.help_lines` says it.
 KEY_HELP = (
-    ("q", "leave dashboard (run goes on)"),
+    ("q", "leave"),
     ("p", "pause / resume the display"),
     ("[ ]", "page attention layers"),
-    ("s", "cycle heatmap stat (focus/max/vision/sink)"),
-    ("b", "cycle batch element"),
+    ("s S", "next / previous heatmap stat (focus/max/vision/sink)"),
+    ("b B", "next / previous batch element"),
     ("m", "attention matrix view"),
     ("e", "token attention explorer"),
     ("?", "this help"),
+)
+# --replay's own keys (`replay.ReplayLog.handle_key`).
+REPLAY_KEY_HELP = (
+    ("← →", "step back / forward (h l too)"),
+    ("Home End", "first / last step (g G too)"),
+    ("space", "play / pause"),
+    ("+ -", "faster / slower"),
 )
 
 

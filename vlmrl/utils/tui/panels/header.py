@@ -16,7 +16,7 @@ def _segments(state, now):
     meta = state.meta
     reward = NA if t is None else f"{fmt_num(t.reward_mean, 3, signed=True)}±{fmt_num(t.reward_std, 3)}"
     fps = meta.get("fps")
-    status = "" if state.run is None else state.run.status
+    status = run_status(state)
     return ([("status", status)] if status else []) + [
         ("step", NA if t is None else fmt_int(t.step)),
         ("reward", reward),
@@ -31,6 +31,20 @@ def _segments(state, now):
     ] + _frame_ms(state)
 
 
+def run_status(state) -> str:
+    """What the run is doing when it is not training: how it ended, what it is compiling
+    and for how long (the run republishes this every second), or the viewer's own status
+    (e.g. "waiting for FILE" before a log appears)."""
+    end, run = state.run_end, state.run
+    if end is not None:
+        at = "" if end.step is None else f" at step {fmt_int(end.step)}"
+        return f"{'finished' if end.reason == 'finished' else str(end.reason)}{at}"
+    if run is not None and run.status:
+        secs = run.status_seconds
+        return str(run.status) + ("" if secs is None else f" · {fmt_num(secs, 0)} s")
+    return str(state.meta.get("status") or "")
+
+
 def _frame_ms(state):
     """The dashboard's own cost per frame, when the live loop reports it (last: optional)."""
     ms = state.meta.get("frame_ms")
@@ -41,7 +55,7 @@ def cache_key(state, view, now):
     meta = state.meta
     fps, ms = meta.get("fps"), meta.get("frame_ms")
     # fps and frame ms as shown, so a jittering float does not force a redraw
-    return (state.train_v, state.run_v, state.dropped, None if fps is None else fmt_num(fps, 1),
+    return (state.train_v, state.run_v, state.dropped, meta.get("status"), None if fps is None else fmt_num(fps, 1),
             int(state.uptime(now)), None if ms is None else fmt_num(ms, 2))
 
 
@@ -54,6 +68,9 @@ def render(state, view, width, height, now, theme, cache=None) -> Canvas:
     rows = [[]]
     x = text_width(brand)
     for label, value in _segments(state, now):
+        if label == "status":  # long words, not a number: cut with "…" rather than left out
+            room = width - x - len(SEP) - text_width(label) - 1
+            value = truncate(value, room if room >= 16 else width - text_width(label) - 1)
         body = text_width(label) + 1 + text_width(value)
         if x + (len(SEP) if x else 0) + body > width:
             if len(rows) >= height:
@@ -112,7 +129,8 @@ def _sparks(hist, each: int, last: dict):
     only the points shown are read."""
     if last.get("history") is not hist or last.get("cells") != each:
         tail = hist[-each:]
-        last.update(history=hist, cells=each, lines=(sparkline([h.reward_mean for h in tail], each),
+        # rewards in [0, 1] keep that scale, so the line's height reads as the reward itself
+        last.update(history=hist, cells=each, lines=(sparkline([h.reward_mean for h in tail], each, scale=(0.0, 1.0)),
                                                      sparkline([h.kl for h in tail], each)))
     return last["lines"]
 
