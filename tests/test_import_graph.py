@@ -1,8 +1,8 @@
 """Imports run one way. Read from the source (ast), function-local imports and
-`importlib.import_module("...")` included:
+`importlib.import_module("...")` included (docs/architecture.md says why):
 
-- layers, bottom up: instrument and envs; models and utils; core, plan and analyze. No
-  module imports one from a higher layer;
+- layers, bottom up: errors (imports nothing), instrument and envs; models and utils;
+  core, plan and analyze. No module imports one from a higher layer;
 - the vlmrl import graph has no cycle;
 - nothing under vlmrl/utils or vlmrl/instrument imports JAX (jax, jaxlib, flax, optax,
   orbax), directly or through another vlmrl module, except the device side of the taps:
@@ -21,7 +21,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.join(ROOT, "vlmrl")
 
-LAYERS = {"instrument": 0, "envs": 0, "models": 1, "utils": 1, "core": 2, "plan": 2, "analyze": 2}
+LAYERS = {"errors": 0, "instrument": 0, "envs": 0, "models": 1, "utils": 1, "core": 2, "plan": 2, "analyze": 2}
 JAX_ROOTS = {"jax", "jaxlib", "flax", "optax", "orbax"}
 NO_JAX = ("vlmrl.utils", "vlmrl.instrument")
 DEVICE_SIDE = {"vlmrl.instrument.taps", "vlmrl.instrument.tap_callback"}

@@ -10,6 +10,8 @@ import dataclasses
 import os
 from typing import List, Optional
 
+from vlmrl.errors import UsageError
+
 
 def _f(default, doc: str):
     """A dataclass field whose one-line doc is also its --help text."""
@@ -42,10 +44,6 @@ class Args:
     compile_cache: Optional[str] = _f(None, "directory of JAX's persistent compilation cache "
                                             "(None: $XDG_CACHE_HOME/vlmrl/jax, else ~/.cache/vlmrl/jax)")
     no_compile_cache: bool = _f(False, "compile everything afresh: neither read nor write the compilation cache")
-
-
-class UsageError(ValueError):
-    """A bad flag or input directory; the CLI prints it and exits with code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
