@@ -229,25 +229,35 @@ def telemetry_figure(report: dict) -> Optional[Figure]:
     if not bins:
         return None
     x = _bin_x(bins)
-    fig = Figure(figsize=(11, 3.4), layout="constrained")
-    panels = [("reward and KL to the reference policy", [("reward mean", lambda b: b["training"]["reward_mean"]),
-                                  ("KL to reference", lambda b: b["training"]["kl"])]),
-              ("entropy and credit", [("policy entropy", lambda b: b["training"]["policy_entropy"]),
-                                      ("next-token entropy (decode)", lambda b: b["next_token_entropy"]["decode"]),
-                                      ("|credit| mean", lambda b: b["credit"]["abs_mean"])])]
-    for i, (title, series) in enumerate(panels):
+    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    panels = [("reward and KL to the reference policy",
+               [("reward mean", lambda b: b["training"]["reward_mean"]), ("KL to reference", lambda b: b["training"]["kl"])],
+               [], "mean per bin"),
+              ("entropy (nats) and per-token credit",
+               [("policy entropy", lambda b: b["training"]["policy_entropy"]),
+                ("next-token entropy (decode)", lambda b: b["next_token_entropy"]["decode"])],
+               [("|credit| mean (right axis)", lambda b: b["credit"]["abs_mean"])], "entropy, nats")]
+    for i, (title, left, right, ylabel) in enumerate(panels):
         ax = fig.add_subplot(1, 2, i + 1)
-        for name, pick in series:
-            ys = np.array([np.nan if pick(b) is None else pick(b) for b in bins], dtype=float)
-            if np.isfinite(ys).any():
-                ax.plot(x, ys, marker="o", ms=3, label=name)
+        twin = ax.twinx() if right else None
+        colours = iter(("#1f5fa8", "#e8812a", "#3c8d5a"))
+        for target, series in ((ax, left), (twin, right)):
+            for name, pick in series:
+                ys = np.array([np.nan if pick(b) is None else pick(b) for b in bins], dtype=float)
+                if np.isfinite(ys).any():
+                    target.plot(x, ys, marker="o", ms=3, label=name, color=next(colours))
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("update")
-        ax.set_ylabel("mean per bin (nats for entropies)" if i else "mean per bin")
+        ax.set_ylabel(ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        handles, labels = ax.get_legend_handles_labels()
+        if twin is not None:
+            twin.set_ylabel("|credit| mean")
+            h2, l2 = twin.get_legend_handles_labels()
+            handles, labels = handles + h2, labels + l2
+        if handles:  # below the axes: the lines fill the plot area
+            ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
     return fig
 
 
