@@ -4,7 +4,7 @@
 - layers, bottom up: errors (imports nothing), instrument and envs; models and utils;
   core, plan and analyze. No module imports one from a higher layer;
 - the vlmrl import graph has no cycle;
-- nothing under vlmrl/utils or vlmrl/instrument imports JAX (jax, jaxlib, flax, optax,
+- nothing under vlmrl/utils, vlmrl/instrument or vlmrl/analyze imports JAX (jax, jaxlib, flax, optax,
   orbax), directly or through another vlmrl module, except the device side of the taps:
   `instrument.taps` and `instrument.tap_callback` run inside traced programs and import
   JAX by design. The host side (events, bus, record, tap_host) and the whole dashboard
@@ -23,7 +23,7 @@ PKG = os.path.join(ROOT, "vlmrl")
 
 LAYERS = {"errors": 0, "instrument": 0, "envs": 0, "models": 1, "utils": 1, "core": 2, "plan": 2, "analyze": 2}
 JAX_ROOTS = {"jax", "jaxlib", "flax", "optax", "orbax"}
-NO_JAX = ("vlmrl.utils", "vlmrl.instrument")
+NO_JAX = ("vlmrl.utils", "vlmrl.instrument", "vlmrl.analyze")
 DEVICE_SIDE = {"vlmrl.instrument.taps", "vlmrl.instrument.tap_callback"}
 
 

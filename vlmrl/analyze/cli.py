@@ -17,11 +17,8 @@ from typing import List, Optional
 from vlmrl.analyze import rowstats
 from vlmrl.analyze.logstream import LogStream, Progress
 from vlmrl.analyze.report import Analysis
+from vlmrl.errors import UsageError
 from vlmrl.instrument.record import LogFormatError
-
-
-class UsageError(ValueError):
-    """A bad argument or output directory: printed as one line, exit 2."""
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
