@@ -1,6 +1,7 @@
 """The cell grid keeps every row exactly its width and lets no control character in."""
 import unicodedata
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from vlmrl.utils.tui.canvas import Canvas, Rect, char_width, sanitize, text_width, truncate
@@ -51,3 +52,24 @@ def test_fill_and_blit_clip_to_the_canvas():
     small.put(0, 0, "xyz")
     c.blit(small, 4, 0)
     assert c.row_text(0) == "    x"
+
+
+@pytest.mark.parametrize("text, width, want", [
+    ("sampling", 5, "samp…"),           # cut inside a word: marked
+    ("step 165 · phase", 9, "step 165…"),  # the next word lost: marked too
+    ("ab  cd", 3, "ab "),               # cut inside a run of spaces: nothing lost there
+    ("fits", 4, "fits"),                 # not cut: no mark
+    ("日本語テキスト", 5, "日本…"),         # a wide char that does not fit: the mark takes its free cell
+    ("日本語テキスト", 4, "日… "),          # no free cell: the mark replaces a whole wide char
+])
+def test_text_cut_on_the_right_ends_in_an_ellipsis(text, width, want):
+    from vlmrl.utils.tui.panels.common import put as fast_put
+    from vlmrl.utils.tui.palette import COLOR
+
+    for write in (lambda c: c.put(0, 0, text), lambda c: fast_put(c, 0, 0, text, COLOR.plain)):
+        c = Canvas(width, 1)
+        write(c)
+        assert c.row_text(0) == want
+    c = Canvas(20, 1)
+    c.put(2, 0, text, max_width=width)
+    assert c.row_text(0)[2:2 + len(want)] == want

@@ -96,7 +96,10 @@ def text_width(text: str) -> int:
     return sum(char_width(ch) for ch in text)
 
 
-def truncate(text: str, width: int, ellipsis: str = "…") -> str:
+ELLIPSIS = "…"
+
+
+def truncate(text: str, width: int, ellipsis: str = ELLIPSIS) -> str:
     """Sanitised text cut to at most `width` cells, with an ellipsis when cut."""
     text = sanitize(text)
     if text_width(text) <= width:
@@ -133,7 +136,10 @@ class Canvas:
         self.styles = [[style] * self.width for _ in range(self.height)]
 
     def put(self, x: int, y: int, text: str, style: Style = PLAIN, max_width: Optional[int] = None) -> int:
-        """Write sanitised text at (x, y), clipped to the canvas (and max_width); returns the next x."""
+        """Write sanitised text at (x, y), clipped to the canvas (and max_width); returns the next x.
+
+        Text cut on the right ends in "…" (its last cell), so a cut word never reads as a
+        whole one on a narrow terminal."""
         if y < 0 or y >= self.height or x >= self.width or not text:
             return x
         text = sanitize(text)
@@ -147,6 +153,8 @@ class Canvas:
                 return x
             row_c[x:x + n] = text[:n]
             row_s[x:x + n] = [style] * n
+            if n < len(text) and text[n - 1:n + 1].strip():  # cut, and not at a space
+                row_c[x + n - 1] = ELLIPSIS
             self._mend_left(x, y)
             self._mend_right(x + n, y)
             return x + n
@@ -161,6 +169,11 @@ class Canvas:
                         row_c[prev] += ch
                 continue
             if x + w > limit:
+                if 0 <= x < limit:  # a wide char did not fit: the mark takes its free cell
+                    row_c[x], row_s[x] = ELLIPSIS, style
+                    x += 1
+                else:
+                    self._mark_cut(start, x, y, ch)
                 break
             if x < 0 < x + w:
                 # a wide char cut by the left edge: its visible half becomes a blank
@@ -176,6 +189,21 @@ class Canvas:
         self._mend_left(max(start, 0), y)
         self._mend_right(x, y)
         return x
+
+    def _mark_cut(self, start: int, x: int, y: int, next_ch: str) -> None:
+        """The cell before x (where a cut text stopped) becomes "…", unless the cut fell
+        on a space (nothing of a word is lost there)."""
+        row = self.chars[y]
+        last = x - 1
+        if last < max(start, 0) or last >= self.width:
+            return
+        if row[last] == "":  # right half of a wide char: the mark takes both cells
+            if last - 1 < max(start, 0):
+                return
+            row[last - 1], row[last] = ELLIPSIS, " "
+            self.styles[y][last] = self.styles[y][last - 1]
+        elif row[last].strip() or next_ch.strip():
+            row[last] = ELLIPSIS
 
     def _mend_left(self, x: int, y: int) -> None:
         # Overwriting the right half of a wide char leaves its left half dangling.

@@ -254,7 +254,7 @@ def put(canvas: Canvas, x: int, y: int, text: str, style: Style, max_width: Opti
         if n <= 0:
             return x
         row = canvas.chars[y]
-        if row[x] != "" and (x + n >= canvas.width or row[x + n] != ""):
+        if n == len(text) and row[x] != "" and (x + n >= canvas.width or row[x + n] != ""):
             row[x:x + n] = text[:n]
             canvas.styles[y][x:x + n] = [style] * n
             return x + n
