@@ -167,7 +167,9 @@ def oracle(path, window=8, mass=0.9, max_bins=256):
             return None
         xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
         slope = float(np.polyfit(xs, ys, 1)[0]) if len(set(xs)) >= 2 else None
-        return {"bins": len(pts), "first": pts[0][1], "last": pts[-1][1], "slope_per_update": slope}
+        quarter = max(1, len(pts) // 4)
+        return {"bins": len(pts), "first_quarter": float(np.mean(ys[:quarter])),
+                "last_quarter": float(np.mean(ys[len(ys) - quarter:])), "slope_per_update": slope}
 
     gens = {}
     for _, e in dec:

@@ -72,10 +72,10 @@ def _trend_section(r: dict) -> str:
     rows = []
     for name, t in r["steps"]["image_attention_trend"].items():
         if t is not None:
-            rows.append([name, t["bins"], t["first"], t["last"], t["slope_per_update"]])
+            rows.append([name.replace("_", " "), t["bins"], t["first_quarter"], t["last_quarter"], t["slope_per_update"]])
     if not rows:
         return "<p>No attention over updates in this log.</p>"
-    return _table(["image attention", "bins", "first bin", "last bin", "slope per update"], rows)
+    return _table(["image attention", "bins", "first quarter", "last quarter", "slope per update"], rows)
 
 
 def render(report: dict, figures: dict, out_dir: str, note: str = "") -> str:

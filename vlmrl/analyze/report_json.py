@@ -144,9 +144,11 @@ def _trend(bins: list, pick) -> Optional[dict]:
     pts = [(x, y) for x, y in pts if y is not None]
     if not pts:
         return None
-    out = {"bins": len(pts), "first": pts[0][1], "last": pts[-1][1], "slope_per_update": None}
-    if len({x for x, _ in pts}) >= 2:
-        xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    q = max(1, len(pts) // 4)
+    out = {"bins": len(pts), "first_quarter": float(ys[:q].mean()), "last_quarter": float(ys[-q:].mean()),
+           "slope_per_update": None}
+    if len(set(xs.tolist())) >= 2:
         out["slope_per_update"] = float(np.polyfit(xs, ys, 1)[0])
     return out
 

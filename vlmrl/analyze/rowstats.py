@@ -57,6 +57,10 @@ DEFINITIONS = {
                 "(the rollout that an update consumes is recorded before it); events after the last "
                 "training line are 'unattributed'; updates are grouped into bins of bin_width "
                 "consecutive update numbers"),
+    "image_attention_trend": ("for each image share (per-head vision mean, decode-row image share, matrix "
+                              "vision mass): the mean over the first and over the last quarter of the bins "
+                              "that have it (at least one bin each), and the least-squares slope of the bin "
+                              "means against the bin's middle update"),
 }
 
 
