@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from vlmrl.instrument.events import (ATTN_STATS, EVENT_TYPES, AttentionMatrix, CreditState, DecodeState, RunEnd,
-                                     RunInfo, TrainingState, decode_event)
+from vlmrl.instrument.events import (ATTN_STATS, EVENT_TYPES, GROUP_METRICS, AttentionMatrix, CreditState,
+                                     DecodeState, GroupState, RunEnd, RunInfo, TrainingState, decode_event)
 
 
 def _samples():
@@ -24,12 +24,16 @@ def _samples():
         AttentionMatrix(layer=None, head=2, query_tokens=["x", "y"], key_tokens=["x", "y"],
                         token_types=["text", "vision"], matrix=rng.random((2, 2)).astype(np.float16), pool=4),
         RunEnd(step=41, reason="stopped", seconds=12.5),
+        GroupState(step=5, group=2, prompts=["what colour?"], answers=["red"], texts=["red", "blue \x1b[2J"],
+                   tokens=[["red", "<|im_end|>"], ["blue"]], lengths=np.array([2, 1], np.int32),
+                   rewards=np.array([1.0, 0.0], np.float32), advantages=np.array([1.0, -1.0], np.float32),
+                   metrics={m: np.array([[0.5, -1.0], [2.0, np.nan]], np.float32) for m in GROUP_METRICS}),
     ]
 
 
 def _equal(a, b):
     if isinstance(a, np.ndarray):
-        return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):

@@ -232,7 +232,46 @@ class RunEnd(Event):
     wall_time: float = dataclasses.field(default_factory=time.time)
 
 
-EVENT_TYPES = {cls.kind: cls for cls in (RunInfo, DecodeState, TrainingState, CreditState, AttentionMatrix, RunEnd)}
+# Per-token metrics of a GroupState, in the order the group view cycles them:
+# logprob = log pi_old(token) under the policy that sampled it; entropy = of that policy's
+# next-token distribution; kl = k3 estimate of KL(pi_old || pi_ref) at that token;
+# credit = (d loss / d logp) * logp (see core.ppo.token_credit); ratio = pi_new / pi_old,
+# the same token's probability after the update over before it.
+GROUP_METRICS = ("logprob", "entropy", "kl", "credit", "ratio")
+# Bounds of one GroupState, so an update's event stays small (a real run's rollout of
+# 64 rows x 512 tokens would be 650 KB of floats): at most GROUP_MAX_ROWS samples and
+# GROUP_MAX_CELLS token cells in all (each completion keeps its first
+# GROUP_MAX_CELLS // rows tokens; `lengths` keeps the full count). 2048 cells x 5 metrics
+# x 4 bytes = 40 KB at most.
+GROUP_MAX_ROWS = 64
+GROUP_MAX_CELLS = 2048
+
+
+@dataclasses.dataclass
+class GroupState(Event):
+    """One update's rollout groups: every sample of every prompt, with per-token arrays.
+
+    Rows of one prompt are adjacent (`group` of them, as the trainer samples them), so
+    prompt p owns rows p*group .. p*group+group-1. R = len(texts), T = tokens kept per row.
+    """
+
+    kind: ClassVar[str] = "group"
+    step: int = 0
+    group: int = 1  # samples per prompt
+    prompts: list = dataclasses.field(default_factory=list)  # per prompt: the question
+    answers: list = dataclasses.field(default_factory=list)  # per prompt: the answer that earns reward
+    texts: list = dataclasses.field(default_factory=list)  # per row: the completion as scored
+    tokens: list = dataclasses.field(default_factory=list)  # per row: its first <= T token texts
+    lengths: Optional[np.ndarray] = None  # int32 [R]: tokens in the whole completion
+    rewards: Optional[np.ndarray] = None  # float32 [R]
+    advantages: Optional[np.ndarray] = None  # float32 [R]
+    # {name in GROUP_METRICS: float32 [R, T]}, NaN past a row's tokens
+    metrics: dict = dataclasses.field(default_factory=dict)
+    wall_time: float = dataclasses.field(default_factory=time.time)
+
+
+EVENT_TYPES = {cls.kind: cls for cls in (RunInfo, DecodeState, TrainingState, CreditState, AttentionMatrix, RunEnd,
+                                                GroupState)}
 
 
 # ---------------------------------------------------------------- the codec

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import math
 from collections.abc import Mapping as _MappingABC
 from types import MappingProxyType
 from typing import Any, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from vlmrl.instrument.events import AttentionMatrix, CreditState, DecodeState, RunEnd, RunInfo, TrainingState
+from vlmrl.instrument.events import AttentionMatrix, CreditState, DecodeState, GroupState, RunEnd, RunInfo, TrainingState
 
 RECENT_TOKENS = 64  # decode rows show at most this many recent tokens
-HISTORY = 512  # training steps kept for the reward / KL sparklines
+# Training steps kept for the header sparklines and the charts view (the whole of most
+# runs; a longer one shows its newest steps): 4096 points of 11 floats, about 1 MB.
+HISTORY = 4096
 EXPLORER_STEPS = 1024  # generation steps (attention rows) kept per batch row
 REORDER_WINDOW = 8  # a step this far below the newest one starts a new generation
 MAX_PROBLEMS = 4
@@ -49,10 +52,27 @@ class ExplorerStep(NamedTuple):
 
 
 class HistoryPoint(NamedTuple):
+    """One update's scalars as the TrainingState logged them; NaN where it had none."""
+
     step: int
     reward_mean: float
     reward_std: float
     kl: float
+    loss: float = math.nan
+    policy_entropy: float = math.nan
+    clip_fraction: float = math.nan
+    grad_norm: float = math.nan
+    learning_rate: float = math.nan
+    tokens_per_sec: float = math.nan
+    update_tokens_per_sec: float = math.nan
+
+
+class Comparison(NamedTuple):
+    """A second run's training history shown beside this one's (`--compare`)."""
+
+    label: str  # what the legend calls this run
+    other_label: str  # ... and the other one
+    history: Tuple[HistoryPoint, ...]
 
 
 _EMPTY: Mapping = MappingProxyType({})
@@ -193,6 +213,9 @@ class DashboardState:
     training: Optional[TrainingState] = None
     history: Tuple[HistoryPoint, ...] = ()
     credit: Optional[CreditState] = None
+    group: Optional[GroupState] = None  # the newest update's rollout groups (checked by the store)
+    group_v: int = 0
+    compare: Optional[Comparison] = None  # `--compare`: another run's history for the charts
     matrix: Optional[AttentionMatrix] = None
     explorer: Mapping[int, Tuple[ExplorerStep, ...]] = _empty()
     counts: Mapping[str, int] = _empty()  # events seen per kind

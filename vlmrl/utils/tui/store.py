@@ -14,6 +14,7 @@ that sleeps in between, so each object it touches is a cache miss).
 """
 from __future__ import annotations
 
+import math
 import operator
 import time
 from types import MappingProxyType
@@ -27,21 +28,28 @@ from vlmrl.instrument.events import (
     CreditState,
     DecodeState,
     Event,
+    GroupState,
     RunEnd,
     RunInfo,
     TrainingState,
     decode_event,
 )
 
+from vlmrl.utils.tui.group_data import check_group
 from vlmrl.utils.tui.state import (  # noqa: F401  (re-exported: panels import them from here)
     DEFAULT_FIELDS, EXPLORER_STEPS, HEAT_HZ, HISTORY, MAX_PROBLEMS, RECENT_TOKENS, REORDER_WINDOW,
-    DashboardState, ExplorerStep, FrozenLogs, HistoryPoint, StepLog, TokenRecord, insert_by_step,
+    Comparison, DashboardState, ExplorerStep, FrozenLogs, HistoryPoint, StepLog, TokenRecord, insert_by_step,
 )
 
 _F32 = np.dtype(np.float32)
 # For the C-level check of a decode event's usual stats (see Store._record_stats).
 _STAT_NAMES, _NDARRAY, _F32_SET, _TWO = frozenset(ATTN_STATS), frozenset({np.ndarray}), frozenset({_F32}), frozenset({2})
 _DTYPE, _NDIM = operator.attrgetter("dtype"), operator.attrgetter("ndim")
+
+
+def _scalar(value) -> float:
+    """A logged scalar as a float; NaN when the run did not log it."""
+    return math.nan if value is None else float(value)
 
 
 class _Row:
@@ -105,8 +113,10 @@ def _ints(ev, names, get=None) -> None:
 class Store:
     """Reduces events into a `DashboardState`; `apply` per event, `snapshot` per frame."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic, started_at: Optional[float] = None):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, started_at: Optional[float] = None,
+                 compare: Optional[Comparison] = None):
         self._clock = clock
+        self._compare = compare
         self._id = object()  # this store's identity token (DashboardState.store_id)
         self._started = clock() if started_at is None else float(started_at)
         self._rows: Dict[int, _Row] = {}
@@ -115,11 +125,12 @@ class Store:
         self._training: Optional[TrainingState] = None
         self._history: List[HistoryPoint] = []
         self._credit: Optional[CreditState] = None
+        self._group: Optional[GroupState] = None
         self._matrix: Optional[AttentionMatrix] = None
         self._counts: Dict[str, int] = {}
         self._problems: List[str] = []
         self._last_event_at: Optional[float] = None
-        self._v = {"all": 0, "run": 0, "decode": 0, "train": 0, "credit": 0, "matrix": 0}
+        self._v = {"all": 0, "run": 0, "decode": 0, "train": 0, "credit": 0, "group": 0, "matrix": 0}
         self._snap: Optional[DashboardState] = None
         self._heat_held: Optional[int] = None  # tick in which some row's newer stats are held back
         self.stale_events = 0  # decode events of an older generation that arrived after a newer one
@@ -133,6 +144,7 @@ class Store:
             DecodeState: self._on_decode,
             TrainingState: self._on_training,
             CreditState: self._on_credit,
+            GroupState: self._on_group,
             AttentionMatrix: self._on_matrix,
             RunInfo: self._on_run,
             RunEnd: self._on_end,
@@ -193,7 +205,7 @@ class Store:
     def _on_training(self, ev: TrainingState) -> None:
         if self._training is None or ev.step >= self._training.step:
             self._training = ev
-        point = HistoryPoint(int(ev.step), float(ev.reward_mean), float(ev.reward_std), float(ev.kl))
+        point = HistoryPoint(int(ev.step), *(_scalar(getattr(ev, name)) for name in HistoryPoint._fields[1:]))
         insert_by_step(self._history, point, HISTORY)
         self._bump("train")
 
@@ -204,6 +216,12 @@ class Store:
         if self._credit is None or ev.step >= self._credit.step:
             self._credit = ev
             self._bump("credit")
+
+    def _on_group(self, ev: GroupState) -> None:
+        check_group(ev)  # raises: apply reports the event as bad
+        if self._group is None or ev.step >= self._group.step:
+            self._group = ev
+            self._bump("group")
 
     def _on_matrix(self, ev: AttentionMatrix) -> None:
         m = ev.matrix
@@ -321,8 +339,8 @@ class Store:
     def copy(self) -> "Store":
         """An independent copy (replay checkpoints) with its own store_id, so the layout
         never mistakes the copy's versions for the original's."""
-        out = Store(clock=self._clock, started_at=self._started)
-        for name in ("_run", "_end", "_training", "_credit", "_matrix", "_last_event_at"):
+        out = Store(clock=self._clock, started_at=self._started, compare=self._compare)
+        for name in ("_run", "_end", "_training", "_credit", "_group", "_matrix", "_last_event_at"):
             setattr(out, name, getattr(self, name))
         out._history = list(self._history)
         out._counts = dict(self._counts)
@@ -359,6 +377,7 @@ class Store:
         f["last_event_at"], f["run"], f["training"] = self._last_event_at, self._run, self._training
         f["run_end"] = self._end
         f["credit"], f["matrix"] = self._credit, self._matrix
+        f["group"], f["group_v"], f["compare"] = self._group, v["group"], self._compare
         f["counts"] = MappingProxyType(dict(self._counts))
         f["problems"] = tuple(self._problems)
         self._snap = DashboardState._make(f)

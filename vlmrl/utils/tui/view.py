@@ -13,7 +13,11 @@ from typing import Any, Mapping, Optional
 
 from vlmrl.instrument.events import ATTN_STATS
 
-MODES = ("dashboard", "matrix", "explorer")
+MODES = ("dashboard", "matrix", "explorer", "charts", "group")
+# Keys that open (and close) a view. m and e work everywhere; c and g work from the
+# dashboard and the RL views, since the matrix and the explorer use g as Home.
+MODE_KEYS = {"m": "matrix", "e": "explorer", "c": "charts", "g": "group"}
+RL_MODES = ("dashboard", "charts", "group")
 ESCAPE_KEYS = ("\x1b", "escape", "KEY_ESCAPE")
 
 # Key help shown in the help overlay: (key, what it does). What `q` does depends on what
@@ -26,6 +30,8 @@ KEY_HELP = (
     ("b B", "next / previous batch element"),
     ("m", "attention matrix view"),
     ("e", "token attention explorer"),
+    ("c", "training charts (s: EMA smoothing)"),
+    ("g", "rollout group ([ ] prompt, s metric)"),
     ("?", "this help"),
 )
 # --replay's own keys (`replay.ReplayLog.handle_key`).
@@ -104,8 +110,8 @@ def handle_key(view: ViewState, key: str, state=None, cache=None) -> ViewState:
         return view.replace(show_help=False)
     if key == "p":
         return view.replace(paused=not view.paused)
-    if key in ("m", "e"):
-        mode = "matrix" if key == "m" else "explorer"
+    mode = MODE_KEYS.get(key)
+    if mode is not None and (key in "me" or view.mode in RL_MODES):
         return view.replace(mode="dashboard" if view.mode == mode else mode)
     if view.mode != "dashboard":
         if key in ESCAPE_KEYS:

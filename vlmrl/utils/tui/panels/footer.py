@@ -7,8 +7,8 @@ from vlmrl.utils.tui.canvas import Canvas, text_width, truncate
 from vlmrl.utils.tui.panels.common import fmt_int, put
 
 KEYS_LONG = (("q", "quit"), ("p", "pause"), ("[]", "page"), ("s", "stat"), ("b", "batch"),
-             ("m", "matrix"), ("e", "explore"), ("?", "help"))
-KEYS_SHORT = (("q", ""), ("p", ""), ("[]", ""), ("s", ""), ("b", ""), ("m", ""), ("e", ""), ("?", ""))
+             ("m", "matrix"), ("e", "explore"), ("c", "charts"), ("g", "group"), ("?", "help"))
+KEYS_SHORT = tuple((k, "") for k, _ in KEYS_LONG)
 RESET_HINTS = ("stuck terminal? type reset", "stuck? reset")
 SEP = " · "
 
