@@ -73,13 +73,15 @@ class LiveTUI:
       plain_stream: where plain lines go when there is no terminal (default stdout).
       process_index: this process's index in a multi-host run; only 0 draws.
       quit_ends: `q` ends the viewer (--attach) rather than leaving the run to the plain log.
+      compare: a `state.Comparison` (another run's training history) the charts overlay.
     """
 
     def __init__(self, num_layers: int = 28, num_heads: int = 16, display_layers: int = 6,
                  flash_hz: float = 5.0, max_cache: int = 2048, bus: Optional[Bus] = None, fps: float = 20,
                  out_fd: Optional[int] = None, in_fd: Optional[int] = None, screen: Optional[Callable] = None,
                  replay=None, source: str = "LIVE", plain_stream=None, summary_every: float = 10.0,
-                 depth: Optional[str] = None, process_index: int = 0, quit_ends: bool = False):
+                 depth: Optional[str] = None, process_index: int = 0, quit_ends: bool = False,
+                 compare=None):
         if fps <= 0:
             raise UsageError(f"fps must be > 0, got {fps}")
         # Only process 0 of a multi-host run draws or logs (the caller knows its index;
@@ -93,6 +95,7 @@ class LiveTUI:
         self.screen = screen  # None: the panel layout, drawn with self.render_cache
         self.render_cache = None  # the RenderCache of the running dashboard
         self.replay = replay
+        self.compare = compare
         self.source = source
         self.depth = depth or _theme.detect_color_depth()
         if plain_stream is None and out_fd is not None:

@@ -78,8 +78,37 @@ class Follow:
             tui.status = ""  # the run speaks for itself from its first event on
 
 
+def _comparison(args):
+    """The --compare run's training history as the charts overlay it (None without the
+    flag); raises OSError/LogFormatError for a file that is not a readable log."""
+    if not args.compare:
+        return None
+    from vlmrl.instrument.record import read_log
+    from vlmrl.utils.tui.state import Comparison
+    from vlmrl.utils.tui.store import Store
+
+    _, events, _ = read_log(args.compare)
+    store = Store()
+    for ev in events:  # through the store: the same checks the shown run's events get
+        store.apply(ev)
+    return Comparison(os.path.basename(args.replay or args.attach), os.path.basename(args.compare),
+                      store.snapshot().history)
+
+
+def _compare_or_exit(args):
+    """(Comparison or None, None), or (None, 2) after saying why the file cannot be read."""
+    try:
+        return _comparison(args), None
+    except (OSError, LogFormatError) as exc:
+        print(f"--compare {args.compare}: {exc}", file=sys.stderr)
+        return None, 2
+
+
 def _run_attach(args, bus: Bus, live_tui) -> int:
-    tui = live_tui(bus=bus, fps=args.fps, source="ATTACH", quit_ends=True).start()
+    compare, failed = _compare_or_exit(args)
+    if failed:
+        return failed
+    tui = live_tui(bus=bus, fps=args.fps, source="ATTACH", quit_ends=True, compare=compare).start()
     tui.status = f"waiting for {args.attach}"
     if tui.mode == "plain":
         print(f"waiting for {args.attach}", flush=True)
@@ -107,7 +136,10 @@ def _run_replay(args, live_tui) -> int:
     except (OSError, LogFormatError) as exc:
         print(f"--replay {args.replay}: {exc}", file=sys.stderr)
         return 2
-    tui = live_tui(bus=Bus(), fps=args.fps, replay=log, source="REPLAY")
+    compare, failed = _compare_or_exit(args)
+    if failed:
+        return failed
+    tui = live_tui(bus=Bus(), fps=args.fps, replay=log, source="REPLAY", compare=compare)
     if not tui.term.is_tty():  # nothing to navigate: print the run as plain lines
         for ev in log.events:
             tui.plain.feed(ev)
@@ -227,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m vlmrl.utils.tui_live",
         description="Live terminal dashboard of a Qwen3-VL RL run. Default: train the tiny "
                     "Qwen3-VL and watch it live. Keys: q leave, p pause, [ ] layers, s stat, "
-                    "b/B batch, m matrix, e explorer, ? help.")
+                    "b/B batch, m matrix, e explorer, c charts, g rollout group, ? help.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--synthetic", action="store_true", help="drive the dashboard with model-free synthetic events")
     src.add_argument("--attach", metavar="FILE", help="follow a growing event log (tail -f) and show it live")
@@ -235,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", default="colors", choices=sorted(ENVS), help="task of the live demo (default colors)")
     p.add_argument("--steps", type=int, default=DEMO_STEPS, help=f"PPO updates of the live demo (default {DEMO_STEPS})")
     p.add_argument("--seed", type=int, default=0, help="seed of the demo run, live or synthetic (default 0)")
+    p.add_argument("--compare", metavar="FILE", help="with --replay/--attach: overlay this log's training "
+                                                     "scalars on the charts view (key c)")
     p.add_argument("--record", metavar="FILE", help="the event log to write (live demo default: runs/demo-<time>.jsonl)")
     p.add_argument("--seconds", type=float, metavar="N", help="stop after N seconds")
     p.add_argument("--fps", type=float, default=20.0, help="frames per second at most (default 20)")
@@ -251,6 +285,8 @@ def main(argv=None, live_tui=None) -> int:
         p.error(f"--fps must be > 0, got {args.fps}")
     if args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
+    if args.compare and not (args.attach or args.replay):
+        p.error("--compare needs --replay FILE or --attach FILE (the run it is compared with)")
     if args.record and (args.attach or args.replay):
         p.error("--record records a run (default or --synthetic), not --attach/--replay")
     try:

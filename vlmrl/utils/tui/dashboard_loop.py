@@ -18,7 +18,7 @@ from vlmrl.utils.tui.layout import render_screen
 from vlmrl.utils.tui.render_cache import RenderCache
 from vlmrl.utils.tui.store import Store
 from vlmrl.utils.tui.term import RESET_HINT
-from vlmrl.utils.tui.view import ViewState, handle_key
+from vlmrl.utils.tui.view import MODE_KEYS, RL_MODES, ViewState, handle_key
 
 HINT_SECONDS = 5.0  # the `reset` hint is guaranteed on screen this long after start
 REPAINT_EVERY = 10.0  # seconds between full redraws (no clear) that heal stray output
@@ -34,7 +34,8 @@ class DashboardLoop:
         self.screen = tui.screen or functools.partial(render_screen, cache=self.cache)
         # Nothing shape-specific is drawn before the run's own RunInfo arrives: a guessed
         # shape (the constructor's defaults are the 2B model's) would show a wrong KV size.
-        self.store = Store()
+        self.make_store = functools.partial(Store, compare=tui.compare)  # the same for every replay seek
+        self.store = self.make_store()
         self.view = ViewState(flash_hz=tui.flash_hz, display_layers=tui.display_layers)
         self.enc = FrameEncoder(tui.depth)
         self.theme = _theme.palette_for_depth(tui.depth)
@@ -86,7 +87,10 @@ class DashboardLoop:
             if key == "KEY_REDRAW":  # Ctrl-L, as in every terminal program
                 self.enc.invalidate()
                 continue
-            if self.replay is not None and self.view.mode == "dashboard" and self.replay.handle_key(key):
+            # replay's keys step the run under the dashboard and the RL views (their own
+            # keys are [ ] s; g opens the group view rather than going Home)
+            if (self.replay is not None and self.view.mode in RL_MODES and key not in MODE_KEYS
+                    and self.replay.handle_key(key)):
                 continue
             self.view = handle_key(self.view, key, self.frozen or self.store.snapshot(), self.cache)
         return False
@@ -100,7 +104,7 @@ class DashboardLoop:
                 self.store.apply(ev)
         if replay is not None:
             replay.tick(now)
-            self.store = replay.store_at(Store)
+            self.store = replay.store_at(self.make_store)
             meta["source"] = replay.status()
             self.view = self.view.replace(replay_pos=replay.position)
         meta["dropped"] = self.sub.total_dropped

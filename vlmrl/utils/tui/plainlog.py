@@ -159,6 +159,10 @@ class PlainLog:
             parts.append(f"clip {_num(t.clip_fraction, '.3f')}")
         if t.grad_norm is not None:
             parts.append(f"grad {_num(t.grad_norm, '.3f')}")
+        if t.learning_rate is not None:
+            parts.append(f"lr {_num(t.learning_rate, '.2e')}")
+        if t.update_tokens_per_sec is not None:
+            parts.append(f"update {_num(t.update_tokens_per_sec, '.0f')} tok/s")
         if self._last_credit is not None and self._last_credit.tokens:
             c = self._last_credit
             i = max(range(min(len(c.tokens), len(c.credits))), key=lambda k: abs(float(c.credits[k])), default=None)

@@ -9,6 +9,7 @@ from vlmrl.utils.tui.panels.common import fmt_int, put
 KEYS_LONG = (("q", "quit"), ("p", "pause"), ("[]", "page"), ("s", "stat"), ("b", "batch"),
              ("m", "matrix"), ("e", "explore"), ("c", "charts"), ("g", "group"), ("?", "help"))
 KEYS_SHORT = tuple((k, "") for k, _ in KEYS_LONG)
+KEYS_TINY = tuple((k, "") for k, _ in KEYS_LONG if k not in "cg")  # the reset hint matters more
 RESET_HINTS = ("stuck terminal? type reset", "stuck? reset")
 SEP = " · "
 
@@ -65,7 +66,7 @@ def render(state, view, width, height, now, theme, cache=None) -> Canvas:
 def _fit(room: int):
     """The most informative (keys, reset hint) pair that fits in `room` cells."""
     for keys, hint in ((KEYS_LONG, RESET_HINTS[0]), (KEYS_LONG, RESET_HINTS[1]), (KEYS_SHORT, RESET_HINTS[0]),
-                       (KEYS_SHORT, RESET_HINTS[1]), (KEYS_SHORT, None), ((), RESET_HINTS[1]), ((), None)):
+                       (KEYS_SHORT, RESET_HINTS[1]), (KEYS_TINY, RESET_HINTS[1]), (KEYS_SHORT, None), ((), RESET_HINTS[1]), ((), None)):
         need = (_keys_width(keys) if keys else 0) + (text_width(hint) + 2 if hint else 0)
         if need <= room:
             return keys, hint
