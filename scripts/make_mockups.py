@@ -1,4 +1,6 @@
-"""Write mockups/tui_live_mockup.txt: three dashboard frames rendered by the real layout.
+"""Write mockups/tui_live_mockup.txt: three dashboard frames rendered by the real layout,
+and mockups/rl_views_mockup.txt: the charts (c) and rollout group (g) views of two real
+recorded tiny runs (tests/data), drawn by the same renderer.
 
 The frames come from a fixed event sequence (a tiny Qwen3-VL-shaped run answering a
 question about an image) at a fixed clock, so the file changes only when the renderer
@@ -29,6 +31,9 @@ from vlmrl.utils.tui.store import Store  # noqa: E402
 from vlmrl.utils.tui.view import ViewState  # noqa: E402
 
 PATH = os.path.join(ROOT, "mockups", "tui_live_mockup.txt")
+RL_PATH = os.path.join(ROOT, "mockups", "rl_views_mockup.txt")
+RUN_A = os.path.join(ROOT, "tests", "data", "tiny_colors_seed0.jsonl")
+RUN_B = os.path.join(ROOT, "tests", "data", "tiny_colors_seed1_lr3e-4.jsonl")
 WIDTH, HEIGHT = 120, 40
 LAYERS, HEADS = 28, 16
 GAP = 0.1  # seconds between decode events in the fixed sequence
@@ -122,21 +127,71 @@ def build() -> Tuple[str, List[Tuple[str, str, str]]]:
     return "\n".join(out), rows
 
 
+def _replayed(path: str, compare=None) -> Store:
+    from vlmrl.instrument.record import read_log
+
+    store = Store(clock=FixedClock(), started_at=0.0, compare=compare)
+    for ev in read_log(path)[1]:
+        store.apply(ev)
+    return store
+
+
+# (title, log, compare with the other run, size, keys pressed after opening the view)
+RL_FRAMES = (
+    ("charts, 120x40", "charts", False, (120, 40), ""),
+    ("charts with --compare and EMA 0.6, 120x40", "charts", True, (120, 40), "s"),
+    ("charts, 80x24 (the first six)", "charts", False, (80, 24), ""),
+    ("rollout group, metric log-prob, 100x30", "group", False, (100, 30), ""),
+    ("rollout group, prompt 2, metric credit, 100x30", "group", False, (100, 30), "]sss"),
+    ("rollout group, metric ratio after update, 80x24", "group", False, (80, 24), "ssss"),
+)
+
+
+def build_rl() -> str:
+    """The RL views mockup text, from the committed real logs."""
+    from vlmrl.utils.tui.state import Comparison
+    from vlmrl.utils.tui.view import handle_key
+
+    other = _replayed(RUN_B).snapshot().history
+    out = [
+        "vlmrl RL views: frames written by scripts/make_mockups.py with the real renderer, from two",
+        "tiny colour runs recorded by `python -m vlmrl.core.train --steps 40 --record` (seed 0; seed 1",
+        "with --lr 3e-4), kept in tests/data. No colour here: in a terminal this run's lines are cyan,",
+        "the compared run's magenta (and dashed), raw values under EMA and the reward std band dark",
+        "grey; group tokens take the heat colours of their level. Do not edit by hand.",
+        "",
+    ]
+    for i, (title, mode, compare, (w, h), keys) in enumerate(RL_FRAMES, 1):
+        comp = Comparison(os.path.basename(RUN_A), os.path.basename(RUN_B), other) if compare else None
+        state = _replayed(RUN_A, comp).snapshot()
+        view = handle_key(ViewState(), mode[0], state)
+        for k in keys:
+            view = handle_key(view, k, state)
+        canvas = layout.render_screen(state, view, w, h, 0.0, MONO, meta={"dropped": 0, "source": "REPLAY"})
+        out.append(f"=== Frame {i}: {title} ===")
+        out.extend(canvas.row_text(y).rstrip() for y in range(canvas.height))
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if the mockup file is stale; write nothing")
     args = ap.parse_args(argv)
     text, rows = build()
-    old = open(PATH, encoding="utf-8").read() if os.path.exists(PATH) else None
-    stale = old != text
-    if not args.check and stale:
-        os.makedirs(os.path.dirname(PATH), exist_ok=True)
-        with open(PATH, "w", encoding="utf-8") as f:
-            f.write(text)
+    stale = False
+    for path, body in ((PATH, text), (RL_PATH, build_rl())):
+        old = open(path, encoding="utf-8").read() if os.path.exists(path) else None
+        stale = stale or old != body
+        if not args.check and old != body:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(body)
     print(f"{'frame':<26} {'stage lit':<16} {'KV status':<10}")
     for title, lit, kv in rows:
         print(f"{title:<26} {lit:<16} {kv:<10}")
-    print(json.dumps({"path": os.path.relpath(PATH, ROOT), "frames": len(FRAMES), "stale": stale,
+    print(json.dumps({"path": os.path.relpath(PATH, ROOT), "rl_path": os.path.relpath(RL_PATH, ROOT),
+                      "frames": len(FRAMES), "rl_frames": len(RL_FRAMES), "stale": stale,
                       "written": bool(stale and not args.check)}))
     return 1 if (args.check and stale) else 0
 

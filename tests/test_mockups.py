@@ -38,3 +38,14 @@ def test_mockup_frames_show_the_three_moments():
             assert title in frame
         body = frame.splitlines()[1:41]
         assert len(body) == 40 and all(len(line) <= 120 for line in body)
+
+
+def test_rl_views_mockup_is_current_and_shows_both_views():
+    mod = _script()
+    text = mod.build_rl()
+    with open(mod.RL_PATH, encoding="utf-8") as f:
+        assert f.read() == text, "mockups/rl_views_mockup.txt is stale: run python scripts/make_mockups.py"
+    frames = text.split("=== Frame ")[1:]
+    assert len(frames) == len(mod.RL_FRAMES)
+    assert "TRAINING CHARTS" in frames[0] and "tiny_colors_seed1_lr3e-4.jsonl" in frames[1] and "EMA 0.6" in frames[1]
+    assert "ROLLOUT GROUP" in frames[3] and "prompt 2/" in frames[4] and "credit" in frames[4]

@@ -170,6 +170,7 @@ class Rollout:
     prompt_len: int  # S
     gen_tokens: int  # tokens generated in this rollout
     seconds: float  # wall time of sampling
+    examples: list = dataclasses.field(default_factory=list)  # per row: the env Example it answers
 
 
 def completion_texts(tokens, mask, codec, stop_ids) -> list:
@@ -204,6 +205,7 @@ def collect(sampler, env, codec, config: Qwen3VLConfig, *, seed: int, step: int,
                    pixel_values=prompts.pixel_values.reshape(R, -1, prompts.pixel_values.shape[-1]), grid=grid,
                    completion_mask=mask, sample_logp=out.logprobs.astype(np.float32), rewards=rewards,
                    texts=texts, prompt_len=int(out.prompt_ids.shape[1]), gen_tokens=int(out.mask.sum()),
+                   examples=list(prompts.examples),
                    seconds=seconds)
 
 

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from vlmrl.core.rollout import make_batch
-from vlmrl.instrument.events import CreditState, RunEnd, RunInfo, TrainingState
+from vlmrl.instrument.events import GROUP_MAX_CELLS, GROUP_MAX_ROWS, CreditState, GroupState, RunEnd, RunInfo, TrainingState
 
 
 def run_info(trainer) -> RunInfo:
@@ -52,6 +52,35 @@ def publish_update(bus, m: dict, codec, ro, adv: np.ndarray, credits: np.ndarray
     mask = ro.completion_mask[row]
     bus.publish(CreditState(tokens=[codec.token_text(t) for t in ro.ids[row, ro.prompt_len:][mask]],
                             credits=[float(c) for c in credits[row][mask]], step=m["step"]))
+
+
+def group_event(step: int, group: int, codec, ro, adv, logp, entropy, ref_logp, credits,
+                new_logp) -> Optional[GroupState]:
+    """The update's rollout groups for the group view, with the per-token arrays the update
+    computed: log-prob and entropy under the sampling policy, k3 KL to the reference,
+    credit, and the ratio of the token's probability after the update to before it.
+    All arrays are numpy [R, N] over completion slots. Bounded: the first GROUP_MAX_ROWS
+    rows (whole groups) and the first GROUP_MAX_CELLS // rows tokens of each."""
+    rows = min(len(ro.texts), max(group, GROUP_MAX_ROWS // group * group))
+    mask = np.asarray(ro.completion_mask[:rows], bool)
+    keep = max(1, min(GROUP_MAX_CELLS // rows, int(mask.sum(axis=1).max(initial=0))))
+    d = ref_logp - logp
+    per_token = {"logprob": logp, "entropy": entropy, "kl": np.exp(d) - d - 1.0, "credit": credits,
+                 "ratio": np.exp(new_logp - logp)}
+    tokens, lengths = [], np.zeros(rows, np.int32)
+    metrics = {name: np.full((rows, keep), np.nan, np.float32) for name in per_token}
+    for r in range(rows):
+        slots = np.flatnonzero(mask[r])  # kept completion tokens (a cut one ends the row)
+        lengths[r] = len(slots)
+        slots = slots[:keep]
+        tokens.append([codec.token_text(int(t)) for t in ro.ids[r, ro.prompt_len + slots]])
+        for name, arr in per_token.items():
+            metrics[name][r, :len(slots)] = np.asarray(arr[r], np.float32)[slots]
+    firsts = ro.examples[:rows:group]
+    return GroupState(step=int(step), group=int(group), prompts=[ex.question for ex in firsts],
+                      answers=[ex.answer for ex in firsts], texts=[str(t) for t in ro.texts[:rows]], tokens=tokens,
+                      lengths=lengths, rewards=np.asarray(ro.rewards[:rows], np.float32),
+                      advantages=np.asarray(adv[:rows], np.float32), metrics=metrics)
 
 
 def progress_line(m: dict) -> str:

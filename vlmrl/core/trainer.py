@@ -53,6 +53,9 @@ class Trainer:
         self.step = 0
         self._fns = None  # jitted score/update/credit, built at the first rollout (prompt length known)
         self.phase = "rollout (prefill + decode loop)"  # the part of an update running now (what the first compiles)
+        # Publish each update's rollout groups (GroupState) when someone watches or records:
+        # the ratio after the update costs one more scoring pass over the rollout.
+        self.groups = bool(args.tui or args.record)
 
     # ---- jitted pieces -------------------------------------------------------------------------
     def _build(self, ro) -> None:
@@ -89,7 +92,7 @@ class Trainer:
                  "pixel_values": ro.pixel_values, "completion_mask": ro.completion_mask}
         batch = rollout.to_device(batch)
         adv = ppo.group_advantages(ro.rewards, a.group, self.ppo_cfg.adv_eps)
-        old_logp, _ = score(self.params, batch)
+        old_logp, old_entropy = score(self.params, batch)
         ref_logp, _ = score(self.ref_params, batch)
         credits = credit(old_logp, old_logp, ref_logp, adv, batch["completion_mask"])
         count = jnp.int32(self.step * a.epochs * a.minibatches)
@@ -107,6 +110,12 @@ class Trainer:
                   "times/update_tok_s": rows * ro.ids.shape[1] * a.epochs / max(t2 - t1, 1e-9)})
         if self.bus is not None:
             telemetry.publish_update(self.bus, m, self.codec, ro, np.asarray(adv), np.asarray(credits))
+            if self.groups:
+                new_logp, _ = score(self.params, batch)
+                arrays = jax.device_get((adv, old_logp, old_entropy, ref_logp, credits, new_logp))
+                event = telemetry.group_event(self.step, a.group, self.codec, ro, *arrays)
+                if event is not None:
+                    self.bus.publish(event)
         self.step += 1
         return m
 

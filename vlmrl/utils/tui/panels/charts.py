@@ -4,7 +4,8 @@ One chart per scalar the run logged (reward mean with its ± std band, KL, loss,
 entropy, clip fraction, grad norm, learning rate, tok/s), laid out as a grid that fills
 the terminal: 80x24 shows the first six, 240x70 all of them. Each chart has the value at
 the top, middle and bottom of its y axis and the first and last step on its x axis. `s`
-cycles EMA smoothing (off, 0.6, 0.9); the raw values stay as a faint dotted line.
+cycles EMA smoothing (off, 0.6, 0.9); the raw values stay as a faint dotted line. The
+reward's ± std band is a sparse dot texture behind its mean line.
 With `--compare` a second run is drawn dashed in a second colour, named in the legend.
 The values plotted are those the TrainingState events carried (`chart_model`).
 """
@@ -17,7 +18,8 @@ from typing import List, Tuple
 import numpy as np
 
 from vlmrl.utils.tui.canvas import Canvas, Rect, text_width, truncate
-from vlmrl.utils.tui.chart_model import BRAILLE, SERIES, SMOOTHING, ChartModel, braille, chart_model, fmt_axis, raster, to_pixels
+from vlmrl.utils.tui.chart_model import (BRAILLE, SERIES, SMOOTHING, ChartModel, band, braille, chart_model, fmt_axis,
+                                         raster, to_pixels)
 from vlmrl.utils.tui.panels.common import fmt_int, message, put, put_glyphs, title_rule
 
 TITLE = "TRAINING CHARTS"
@@ -65,8 +67,8 @@ def models(state, view) -> List[ChartModel]:
 
 
 def grid_shape(n: int, width: int, height: int) -> Tuple[int, int]:
-    """(columns, rows) of charts: as many charts as fit at MIN_W x MIN_H, then the shape
-    whose charts come closest to ASPECT."""
+    """(columns, rows) of charts: as many charts as fit at MIN_W x MIN_H, then the fewest
+    empty places, then the shape whose charts come closest to ASPECT."""
     best, best_score = (0, 0), None
     for cols in range(1, max(1, width // MIN_W) + 1):
         rows = min(height // MIN_H, -(-n // cols))
@@ -74,7 +76,7 @@ def grid_shape(n: int, width: int, height: int) -> Tuple[int, int]:
             continue
         shown = min(n, cols * rows)
         aspect = (width / cols) / (height / rows)
-        score = (shown, -abs(math.log(aspect / ASPECT)))
+        score = (shown, -(cols * rows - shown), -abs(math.log(aspect / ASPECT)))
         if best_score is None or score > best_score:
             best, best_score = (cols, rows), score
     return best
@@ -135,13 +137,20 @@ def _legend(c: Canvas, state, theme) -> None:
     put(c, x, 0, truncate(b, each) + " ", theme.value)
 
 
+def plot_area(m: ChartModel, rect: Rect) -> Rect:
+    """Where a chart's braille cells go inside its rectangle (after the y labels and axis)."""
+    x0, y0, w, h = rect
+    rows = h - 2
+    gutter = max(text_width(t) for _, t in _y_marks(m.y_range[0], m.y_range[1], rows)) + 1
+    return Rect(x0 + gutter + 1, y0 + 1, w - gutter - 1, rows)
+
+
 def _chart(c: Canvas, rect: Rect, m: ChartModel, weight: float, theme) -> None:
     x0, y0, w, h = rect
     lo, hi = m.y_range
-    rows = h - 2
+    area = plot_area(m, rect)
+    rows, cols, gutter = area.height, area.width, area.x - x0 - 1
     marks = _y_marks(lo, hi, rows)
-    gutter = max(text_width(t) for _, t in marks) + 1
-    cols = w - gutter - 1
     if rows < 1 or cols < 4:
         return
     _title(c, x0, y0, w, m, weight, theme)
@@ -153,14 +162,13 @@ def _chart(c: Canvas, rect: Rect, m: ChartModel, weight: float, theme) -> None:
     if m.other is not None:
         xs, ys = to_pixels(m.other.steps, m.other_shown, m.x_range, m.y_range, px_w, px_h)
         layers.append((raster(xs, ys, px_w, px_h, OTHER_DASH), theme.chart_other))
-    faint = []
     if weight and m.main.steps:
-        faint.append(m.main.values)
-    if m.band is not None:
-        faint += list(m.band)
-    for vals in faint:
-        xs, ys = to_pixels(m.main.steps, vals, m.x_range, m.y_range, px_w, px_h)
+        xs, ys = to_pixels(m.main.steps, m.main.values, m.x_range, m.y_range, px_w, px_h)
         layers.append((raster(xs, ys, px_w, px_h, FAINT_DASH), theme.chart_faint))
+    if m.band is not None:
+        xs, low = to_pixels(m.main.steps, m.band[0], m.x_range, m.y_range, px_w, px_h)
+        _, high = to_pixels(m.main.steps, m.band[1], m.x_range, m.y_range, px_w, px_h)
+        layers.append((band(xs, high, low, px_w, px_h), theme.chart_faint))
     codes = [braille(g) for g, _ in layers]
     allbits = np.bitwise_or.reduce(codes, axis=0) if codes else np.zeros((rows, cols), np.int64)
     style_idx = np.full((rows, cols), -1)

@@ -108,7 +108,7 @@ def render(state, view, width, height, now, theme) -> Canvas:
     values = metric_values(ev, metric, [s.row for s in rows])
     low, high = metric_scale(values, metric)
     _legend(c, 2, metric, low, high, theme)
-    put(c, 2, 3, "sample", theme.label)
+    put(c, 2, 3, "#", theme.label)
     put(c, 8, 3, "reward", theme.label)
     put(c, 18, 3, "adv", theme.label)
     put(c, HEAD - 1, 3, "│", theme.rule)
