@@ -20,7 +20,8 @@ import numpy as np
 from vlmrl.utils.tui.canvas import Canvas, Rect, text_width, truncate
 from vlmrl.utils.tui.chart_model import (BRAILLE, SERIES, SMOOTHING, ChartModel, band, braille, chart_model, fmt_axis,
                                          raster, to_pixels)
-from vlmrl.utils.tui.panels.common import fmt_int, message, put, put_glyphs, title_rule
+from vlmrl.utils.tui.panels.common import fmt_int, message, put, put_glyphs, remember, title_rule
+from vlmrl.utils.tui.render_cache import RenderCache
 
 TITLE = "TRAINING CHARTS"
 MIN_W, MIN_H = 30, 6  # a chart smaller than this says too little to be worth its place
@@ -39,7 +40,7 @@ def get_view(view) -> ChartsView:
     return cv if isinstance(cv, ChartsView) else ChartsView()
 
 
-def handle_key(view, key: str, state=None):
+def handle_key(view, key: str, state=None, cache=None):
     """s / S: next / previous EMA smoothing."""
     cv = get_view(view)
     if key not in ("s", "S"):
@@ -95,7 +96,19 @@ def chart_rects(state, view, width: int, height: int) -> List[Tuple[ChartModel, 
     return out
 
 
-def render(state, view, width, height, now, theme) -> Canvas:
+def render(state, view, width, height, now, theme, cache=None) -> Canvas:
+    """The view's canvas; kept in the dashboard's RenderCache until what it shows changes
+    (the layout redraws a mode's screen every frame)."""
+    cache = RenderCache() if cache is None else cache
+    key = (cache_key(state, view, now), width, height, id(theme), state.store_id)
+    memo = cache.memo("charts.canvas")
+    hit = memo.get(key)
+    if hit is None:
+        hit = remember(memo, key, _draw(state, view, width, height, theme, cache), 4)
+    return hit
+
+
+def _draw(state, view, width, height, theme, cache) -> Canvas:
     c = Canvas(width, height)
     if width <= 0 or height <= 0:
         return c
@@ -105,7 +118,7 @@ def render(state, view, width, height, now, theme) -> Canvas:
     hidden = len(models(state, view)) - len(placed)
     ema = f"EMA {weight:g}" if weight else "EMA off"
     right = [f"{ema} (s) · +{hidden} more: enlarge", f"{ema} (s)"] if hidden else [f"{ema} (s) · c/Esc: back", f"{ema} (s)"]
-    title_rule(c, 0, TITLE, theme, right=right)
+    title_rule(cache, c, 0, TITLE, theme, right=right)
     _legend(c, state, theme)
     if not placed:
         message(c, 2, "no training update yet: charts appear after the first update" if not state.history

@@ -18,7 +18,8 @@ from vlmrl.instrument.events import GROUP_METRICS
 from vlmrl.utils.tui.canvas import Canvas, text_width, truncate
 from vlmrl.utils.tui.group_data import CENTRE, level, metric_scale, metric_values, num_prompts, samples
 from vlmrl.utils.tui.palette import NOT_MEASURED, RAMP
-from vlmrl.utils.tui.panels.common import fmt_int, fmt_num, message, put, put_glyphs, title_rule
+from vlmrl.utils.tui.panels.common import fmt_int, fmt_num, message, put, put_glyphs, remember, title_rule
+from vlmrl.utils.tui.render_cache import RenderCache
 
 TITLE = "ROLLOUT GROUP"
 SIGNED = "▼▽─△▲"
@@ -39,7 +40,7 @@ def get_view(view) -> GroupView:
     return gv if isinstance(gv, GroupView) else GroupView()
 
 
-def handle_key(view, key: str, state=None):
+def handle_key(view, key: str, state=None, cache=None):
     """] / [ next / previous prompt, s / S next / previous metric."""
     gv = get_view(view)
     n = num_prompts(state.group) if state is not None and state.group is not None else 1
@@ -81,7 +82,19 @@ def _style(lv: float, metric: str, theme):
     return theme.heat[min(int(lv * 4), 3)]
 
 
-def render(state, view, width, height, now, theme) -> Canvas:
+def render(state, view, width, height, now, theme, cache=None) -> Canvas:
+    """The view's canvas; kept in the dashboard's RenderCache until what it shows changes
+    (the layout redraws a mode's screen every frame)."""
+    cache = RenderCache() if cache is None else cache
+    key = (cache_key(state, view, now), width, height, id(theme), state.store_id)
+    memo = cache.memo("group.canvas")
+    hit = memo.get(key)
+    if hit is None:
+        hit = remember(memo, key, _draw(state, view, width, height, theme, cache), 4)
+    return hit
+
+
+def _draw(state, view, width, height, theme, cache) -> Canvas:
     c = Canvas(width, height)
     if width <= 0 or height <= 0:
         return c
@@ -89,12 +102,12 @@ def render(state, view, width, height, now, theme) -> Canvas:
     gv = get_view(view)
     metric = GROUP_METRICS[gv.metric % len(GROUP_METRICS)]
     if ev is None:
-        title_rule(c, 0, TITLE, theme, right="g/Esc: back")
+        title_rule(cache, c, 0, TITLE, theme, right="g/Esc: back")
         message(c, 2, "no rollout group yet: the trainer sends one per update", theme)
         return c
     n = num_prompts(ev)
     p = gv.prompt % n
-    title_rule(c, 0, TITLE, theme, right=[f"update {fmt_int(ev.step)} · prompt {p + 1}/{n} · [ ] prompt · s metric",
+    title_rule(cache, c, 0, TITLE, theme, right=[f"update {fmt_int(ev.step)} · prompt {p + 1}/{n} · [ ] prompt · s metric",
                                           f"update {fmt_int(ev.step)} · prompt {p + 1}/{n}"])
     question = ev.prompts[p]
     answer = ev.answers[p] if ev.answers else None
