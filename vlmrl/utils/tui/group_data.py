@@ -8,6 +8,7 @@ through `samples` (one prompt's rows, best first) and `metric_scale`.
 from __future__ import annotations
 
 import math
+from types import MappingProxyType
 from typing import List, NamedTuple, Tuple
 
 import numpy as np
@@ -16,7 +17,7 @@ from vlmrl.instrument.events import GROUP_MAX_CELLS, GROUP_MAX_ROWS, GROUP_METRI
 
 # Metrics centred on a value (credit on 0, ratio on 1) are drawn as signed deviations;
 # the others as a level between their smallest and largest value in the prompt's group.
-CENTRE = {"credit": 0.0, "ratio": 1.0}
+CENTRE = MappingProxyType({"credit": 0.0, "ratio": 1.0})
 
 
 def _strs(value, n: int, name: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from types import MappingProxyType
 from typing import Any, Mapping, Optional
 
 from vlmrl.instrument.events import ATTN_STATS
@@ -16,7 +17,7 @@ from vlmrl.instrument.events import ATTN_STATS
 MODES = ("dashboard", "matrix", "explorer", "charts", "group")
 # Keys that open (and close) a view. m and e work everywhere; c and g work from the
 # dashboard and the RL views, since the matrix and the explorer use g as Home.
-MODE_KEYS = {"m": "matrix", "e": "explorer", "c": "charts", "g": "group"}
+MODE_KEYS = MappingProxyType({"m": "matrix", "e": "explorer", "c": "charts", "g": "group"})
 RL_MODES = ("dashboard", "charts", "group")
 ESCAPE_KEYS = ("\x1b", "escape", "KEY_ESCAPE")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from types import MappingProxyType
 from typing import List
 
 from vlmrl.instrument.events import GROUP_METRICS
@@ -24,8 +25,8 @@ from vlmrl.utils.tui.render_cache import RenderCache
 TITLE = "ROLLOUT GROUP"
 SIGNED = "▼▽─△▲"
 TOKEN_CELLS = 16  # a longer token is cut with an ellipsis
-NAMES = {"logprob": "log-prob (sampling policy)", "entropy": "entropy (nats)", "kl": "KL to reference (k3)",
-         "credit": "credit (d loss/d logp x logp)", "ratio": "ratio after update (new/old)"}
+NAMES = MappingProxyType({"logprob": "log-prob (sampling policy)", "entropy": "entropy (nats)", "kl": "KL to reference (k3)",
+         "credit": "credit (d loss/d logp x logp)", "ratio": "ratio after update (new/old)"})
 HEAD = 22  # cells before the tokens: marker, sample, reward, advantage, rule
 
 
