@@ -116,3 +116,41 @@ def test_update_calls_reach_the_bus_and_a_subclass_override_is_kept():
     for step in (4, 5):
         mine.update_decode(DecodeState(step=step))
     assert seen == [4, 5] and [e.step for e in sub.drain()] == [5]
+
+
+def test_plain_log_prints_the_run_once_compiling_once_and_the_real_decode_rate():
+    """A run republishes RunInfo every second while it compiles: one run line, one
+    compiling line, one line when the first update lands; the decode rate comes from the
+    events' step keys and clocks (taps emit every `stride`-th step), not from counting events."""
+    from vlmrl.instrument.events import RunEnd
+
+    sink = io.StringIO()
+    now = [0.0]
+    log = PlainLog(sink, summary_every=10.0, clock=lambda: now[0])
+    info = RunInfo(model_name="tiny-rl", num_layers=2, num_heads=4, batch=4)
+    log.feed(info)
+    for s in range(5):
+        log.feed(dataclasses.replace(info, status="compiling rollout (prefill + decode loop)", status_seconds=float(s)))
+    log.feed(dataclasses.replace(info, status="compiling PPO update (score + update)", status_seconds=5.0))
+    # one generation of 4 rows; emits every 4th step, 0.01 s apart: 4 rows x 4 tokens / 0.01 s
+    for k, step in enumerate(range(0, 17, 4)):
+        for row in range(4):
+            log.feed(DecodeState(step=step, seq_index=row, generation=1, batch_size=4, phase="decode",
+                                 wall_time=100.0 + 0.01 * k))
+    now[0] = 10.0
+    log.tick()
+    log.feed(TrainingState(step=0, reward_mean=0.5, tokens_per_sec=100.0))
+    log.feed(dataclasses.replace(info, status="", status_seconds=None))
+    now[0] = 30.0
+    log.tick()  # no decode event since the last summary: no line
+    log.feed(RunEnd(step=0, reason="finished", seconds=12.5))
+    lines = sink.getvalue().splitlines()
+    assert sum("run tiny-rl" in ln for ln in lines) == 1
+    assert sum("compiling" in ln for ln in lines) == 1
+    assert any(ln.endswith("compiling rollout (prefill + decode loop) ...") for ln in lines)
+    done = [ln for ln in lines if "compiled after 5 s; training" in ln]
+    assert len(done) == 1 and lines.index(done[0]) < next(i for i, ln in enumerate(lines) if "train step 0" in ln)
+    decode = [ln for ln in lines if "decode step" in ln]
+    # 4 first tokens + 4 rows x 16 steps = 68 tokens over 0.04 s of event time
+    assert len(decode) == 1 and "1700.0 tok/s" in decode[0], decode
+    assert lines[-1].endswith("run finished | last step 0 | 12.5 s")

@@ -73,7 +73,8 @@ class PlainLog:
         self._row_steps: dict = {}  # row -> (generation, step) of its newest decode event
         self._span: Optional[list] = None  # [first, last] wall_time of decode events this window
         self._shape: Optional[tuple] = None  # the RunInfo shape the run line printed
-        self._status = ""
+        self._status = ""  # the run's status while it is not training yet ("compiling ...")
+        self._status_seconds = None
         self._recent: list = []
         self._last_summary = self.t0
         self._last_credit: Optional[CreditState] = None
@@ -91,6 +92,8 @@ class PlainLog:
 
     def feed(self, event: Event) -> None:
         if isinstance(event, TrainingState):
+            if self._status:  # the first update landed: what was compiling is done
+                self._status_done()
             self._emit(self.training_line(event))
         elif isinstance(event, DecodeState):
             self._last_decode = event
@@ -117,8 +120,15 @@ class PlainLog:
         if status and not self._status:
             self._emit(f"{truncate(status, 80)} ...")
         elif self._status and not status:
-            self._emit("compiled; training" if self._status.startswith("compiling") else "ready")
+            self._status_done()
         self._status = status
+        if status:
+            self._status_seconds = r.status_seconds
+
+    def _status_done(self) -> None:
+        took = "" if self._status_seconds is None else f" after {_num(self._status_seconds, '.0f')} s"
+        self._emit(f"compiled{took}; training" if self._status.startswith("compiling") else f"ready{took}")
+        self._status, self._status_seconds = "", None
 
     def _count_tokens(self, d: DecodeState) -> None:
         """Tokens the sampler emitted, from the step keys: the taps emit every `stride`-th step,
@@ -139,7 +149,7 @@ class PlainLog:
     def tick(self, now: Optional[float] = None) -> None:
         """Emit the decode summary when one is due."""
         now = self.clock() if now is None else now
-        if now - self._last_summary >= self.summary_every and self._last_decode is not None:
+        if now - self._last_summary >= self.summary_every and self._tokens_since:
             # the rate over the events' own clock: right for a live run and for a log read back fast
             span = self._span[1] - self._span[0] if self._span is not None else 0.0
             rate = self._tokens_since / span if span > 0 else None
