@@ -79,7 +79,7 @@ def scenario(upto: int) -> Tuple[Store, float]:
     clock.t = 60.0
     store.apply(RunInfo(model_name="qwen3vl-2b", num_layers=LAYERS, num_heads=HEADS, num_kv_heads=8,
                         head_dim=128, dtype="bfloat16", max_cache=2048, batch=1, vision_depth=24,
-                        deepstack_layers=(5, 11, 17), device_kind="cuda", device_memory_in_use=5_368_709_120,
+                        deepstack_layers=(0, 1, 2), device_kind="cuda", device_memory_in_use=5_368_709_120,
                         device_memory_limit=85_899_345_920, wall_time=1_700_000_000.0))
     for s in range(1, 6):
         store.apply(TrainingState(step=s, reward_mean=0.2 + 0.1 * s, reward_std=0.3 - 0.02 * s, kl=0.004 * s,

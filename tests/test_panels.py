@@ -28,7 +28,7 @@ class Clock:
 
 def run_info(**kw) -> RunInfo:
     base = dict(model_name="qwen3vl-2b", num_layers=L, num_heads=H, num_kv_heads=8, head_dim=128,
-                dtype="bfloat16", max_cache=2048, batch=2, deepstack_layers=(5, 11, 17),
+                dtype="bfloat16", max_cache=2048, batch=2, deepstack_layers=(0, 1, 2),
                 device_memory_in_use=3 << 30, device_memory_limit=16 << 30, wall_time=1.0)
     base.update(kw)
     return RunInfo(**base)
@@ -85,7 +85,7 @@ EXPECTED = {
     "decode": ["DECODE LIVE", "Cache: 112/2048", '" w12"', "id 4012", "p 0.875", "alts"],
     "flow": ["COMPUTATION FLOW", "mRoPE", "ACTIVE", "WRITE", "SAMPLING"],
     "attention": ["ATTENTION FLOW · focus", "L27 "],
-    "vision": ["VISION INJECTION @ Token[13]", "1×16×16", "merged 64", "DeepStack → L5 L11 L17", "share/layer"],
+    "vision": ["VISION INJECTION @ Token[13]", "1×16×16", "merged 64", "DeepStack → L0 L1 L2", "share/layer"],
     "mrope": ["mRoPE", "T 72 H 72 W 72"],
     "credit": ["TOKEN CREDIT", '" big"', "-1.500", "+0.750"],
     # 2 (K,V) * 28 layers * 8 kv heads * 128 dim * 2 bytes * batch 2 = 229376 B per token

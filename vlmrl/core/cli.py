@@ -35,7 +35,11 @@ class Args:
     ent_coef: float = _f(0.03, "entropy bonus weight (keeps exploring until the image matters)")
     epochs: int = _f(2, "passes over each rollout")
     minibatches: int = _f(2, "minibatches per pass")
+    dtype: Optional[str] = _f(None, "weights, compute and KV cache: float32 | bfloat16 "
+                                    "(None: bfloat16 for --model_dir, float32 for the tiny preset)")
     tui: bool = _f(False, "live dashboard")
+    matrix_layer: str = _f("mean", "layer of the prompt's attention matrix (the `m` view): an index or mean")
+    matrix_head: str = _f("mean", "head of the attention matrix: an index or mean")
     record: Optional[str] = _f(None, "write every event to this JSONL log")
     ckpt: Optional[str] = _f(None, "checkpoint directory")
     ckpt_every: int = _f(50, "updates between checkpoints (and one at the end)")
@@ -44,6 +48,27 @@ class Args:
     compile_cache: Optional[str] = _f(None, "directory of JAX's persistent compilation cache "
                                             "(None: $XDG_CACHE_HOME/vlmrl/jax, else ~/.cache/vlmrl/jax)")
     no_compile_cache: bool = _f(False, "compile everything afresh: neither read nor write the compilation cache")
+
+
+DTYPES = ("float32", "bfloat16")
+
+
+def resolved_dtype(args: "Args") -> str:
+    """--dtype, or its default: bfloat16 for a checkpoint, float32 for the tiny preset."""
+    return args.dtype or ("bfloat16" if args.model_dir else "float32")
+
+
+def layer_or_mean(value: str, flag: str) -> Optional[int]:
+    """"mean" -> None, "3" -> 3; anything else is a UsageError naming the flag."""
+    if value == "mean":
+        return None
+    try:
+        index = int(value)
+    except ValueError:
+        raise UsageError(f"{flag} must be an index or 'mean', got {value!r}") from None
+    if index < 0:
+        raise UsageError(f"{flag} must be >= 0 or 'mean', got {index}")
+    return index
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,6 +115,10 @@ def validate(args: Args) -> None:
         raise UsageError(f"--lr must be > 0, got {args.lr}")
     if not 0 <= args.lr_final <= 1:
         raise UsageError(f"--lr_final must be a fraction of --lr in [0, 1], got {args.lr_final}")
+    if args.dtype is not None and args.dtype not in DTYPES:
+        raise UsageError(f"--dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
+    layer_or_mean(args.matrix_layer, "--matrix_layer")
+    layer_or_mean(args.matrix_head, "--matrix_head")
     if args.resume and not args.ckpt:
         raise UsageError("--resume needs --ckpt DIR")
     if args.model_dir is not None:

@@ -149,6 +149,20 @@ class Sampler:
         model_dtype = getattr(model, "dtype", None) or (floats[0] if floats else jnp.float32)
         self.cache_dtype = jnp.dtype(self.config.cache_dtype or model_dtype)
         self._jit = jax.jit(self._generate, static_argnames=("n_bucket", "greedy", "top_k", "use_top_p"))
+        self._kv_bytes: dict = {}  # (batch, slots) -> K+V bytes, see kv_cache_bytes
+
+    def kv_cache_bytes(self, batch: int, slots: int) -> int:
+        """Bytes of the K and V arrays a generate call of `batch` rows and `slots` cache slots
+        allocates, read from the arrays' own shapes and dtypes (traced, nothing allocated)."""
+        key = (int(batch), int(slots))
+        if key not in self._kv_bytes:
+            spec = self.kv_cache_spec(*key)
+            self._kv_bytes[key] = sum(int(np.prod(a.shape)) * jnp.dtype(a.dtype).itemsize for a in (spec.k, spec.v))
+        return self._kv_bytes[key]
+
+    def kv_cache_spec(self, batch: int, slots: int):
+        """The cache a generate call allocates, as shapes and dtypes (jax.eval_shape: no memory)."""
+        return jax.eval_shape(lambda: self._cache_init(self.model_config, int(batch), int(slots), self.cache_dtype))
 
     def update_params(self, model_or_state) -> None:
         """Take new weights (after a PPO update) without recompiling: same graph, new state."""
@@ -264,7 +278,7 @@ class Sampler:
             spans.append((int(where[0]), int(where[first_len - 1]) + 1))
             grids.append(tuple(int(x) for x in grid[min(img_i, len(grid) - 1)]))
             img_i += len(starts)
-        slot = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * self.cache_dtype.itemsize * len(ids)
+        slot = self.kv_cache_bytes(len(ids), cache_max) // cache_max
         return CallContext(batch=len(ids), cache_max=cache_max, rope_deltas=deltas,
                            last_positions=pos[:, :, -1].T.copy(), vision_spans=spans, vision_grids=grids,
                            prompt_ids=ids, prompt_mask=mask, kv_bytes_per_slot=slot, image_token_id=mc.image_token_id)

@@ -7,10 +7,14 @@ nothing here draws or writes a file.
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 import threading
 import time
 from typing import Callable, Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from vlmrl.core.rollout import make_batch
@@ -18,16 +22,69 @@ from vlmrl.instrument.events import GROUP_MAX_CELLS, GROUP_MAX_ROWS, CreditState
 
 
 def run_info(trainer) -> RunInfo:
-    """The shape of the run: model, cache slots of one rollout (prompt + completion buckets), batch rows."""
+    """The shape of the run, read from what it holds: the dtype of the KV cache the sampler
+    allocates and of the weights, cache slots of one rollout (prompt + completion buckets),
+    batch rows, the LLM layers DeepStack feeds, the device and its memory."""
     t, sc = trainer.config.text, trainer.sampler.config
     n = len(make_batch(trainer.env, trainer.codec, trainer.args.seed, 0, 1).prompt_ids[0])
     cache = (next(b for b in sc.prompt_buckets if b >= n)
              + next(b for b in sc.new_token_buckets if b >= trainer.max_new))
+    rows = trainer.args.batch * trainer.args.group
+    kv = trainer.sampler.kv_cache_spec(rows, cache)
+    kind, in_use, limit, source = device_memory()
     return RunInfo(model_name=trainer.config.name, num_layers=t.num_hidden_layers, num_heads=t.num_attention_heads,
-                   num_kv_heads=t.num_key_value_heads, head_dim=t.head_dim, dtype="float32",
-                   max_cache=cache, batch=trainer.args.batch * trainer.args.group,
+                   num_kv_heads=t.num_key_value_heads, head_dim=t.head_dim, dtype=str(kv.k.dtype),
+                   weights_dtype=array_dtypes(trainer.params), max_cache=cache, batch=rows,
                    vision_depth=trainer.config.vision.depth,
-                   deepstack_layers=tuple(trainer.config.vision.deepstack_visual_indexes))
+                   # DeepStack adds the features of the i-th listed vision block after LLM layer i
+                   deepstack_layers=tuple(range(len(trainer.config.vision.deepstack_visual_indexes))),
+                   device_kind=kind, device_memory_in_use=in_use, device_memory_limit=limit, memory_source=source)
+
+
+def array_dtypes(tree) -> str:
+    """The floating dtype(s) of a tree of arrays, e.g. "bfloat16" (joined with "+" if mixed)."""
+    names = sorted({str(x.dtype) for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)})
+    return "+".join(names) or "n/a"
+
+
+def device_memory():
+    """(device kind, bytes in use, bytes limit, source) of the first local device: from the
+    backend where it reports memory (GPU/TPU: source "device"), else this process's
+    resident memory out of the machine's (source "host")."""
+    dev = jax.local_devices()[0]
+    try:
+        stats = dev.memory_stats()
+    except Exception:  # backends without the call raise rather than return None
+        stats = None
+    if stats and stats.get("bytes_in_use") is not None:
+        return dev.device_kind, int(stats["bytes_in_use"]), stats.get("bytes_limit"), "device"
+    return dev.device_kind, resident_bytes(), host_total_bytes(), "host"
+
+
+def resident_bytes() -> Optional[int]:
+    """This process's resident set size now (Linux /proc), else its peak (getrusage)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak) * (1 if sys.platform == "darwin" else 1024)
+
+
+def host_total_bytes() -> Optional[int]:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def with_memory(info: RunInfo) -> RunInfo:
+    """`info` with the device memory read now (republished after each update)."""
+    _, in_use, limit, source = device_memory()
+    return dataclasses.replace(info, device_memory_in_use=in_use, device_memory_limit=limit, memory_source=source,
+                               wall_time=time.time())
 
 
 def credit_row(adv: np.ndarray, completion_mask: np.ndarray) -> int:

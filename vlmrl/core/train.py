@@ -16,12 +16,19 @@ import time
 from typing import Callable, List, Optional
 
 from vlmrl.core import compile_cache, telemetry
-from vlmrl.core.cli import Args, UsageError, parse_args, validate
+from vlmrl.core.cli import Args, UsageError, layer_or_mean, parse_args, validate
 from vlmrl.core.trainer import Trainer
 from vlmrl.instrument.bus import default_bus
 from vlmrl.instrument.record import Recorder
 from vlmrl.instrument.taps import TapConfig
 from vlmrl.utils.tui_live import LiveTUI
+
+
+def tap_config(args: Args) -> TapConfig:
+    """Taps on, with the prompt's attention matrix (the `m` view) of --matrix_layer/--matrix_head."""
+    layer = layer_or_mean(args.matrix_layer, "--matrix_layer")
+    return TapConfig(enabled=True, matrix_layer=-1 if layer is None else layer,
+                     matrix_head=layer_or_mean(args.matrix_head, "--matrix_head"))
 
 
 def run_training(argv=None, *, bus=None, log: Optional[Callable[[str], None]] = None,
@@ -43,7 +50,7 @@ def run_training(argv=None, *, bus=None, log: Optional[Callable[[str], None]] = 
     counts = None
     if not args.no_compile_cache:
         _, counts = compile_cache.enable(args.compile_cache)
-    tap = TapConfig(enabled=True) if args.tui or args.record else None
+    tap = tap_config(args) if args.tui or args.record else None
     trainer = Trainer(args, bus=bus, tap=tap)
     if args.resume and trainer.restore(args.ckpt):
         say(f"resumed from {args.ckpt} at step {trainer.step}")
@@ -71,6 +78,7 @@ def run_training(argv=None, *, bus=None, log: Optional[Callable[[str], None]] = 
                 if counts is not None:
                     say(f"first step {m['times/step_s']:.1f} s (compilations: {counts.summary()})")
             history.append(m)
+            bus.publish(telemetry.with_memory(info))  # memory as it stands after this update
             say(telemetry.progress_line(m))
             if on_update is not None:
                 on_update(m)

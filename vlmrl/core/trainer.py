@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from vlmrl.core import checkpoint, ppo, rollout, telemetry
-from vlmrl.core.cli import Args, UsageError
+from vlmrl.core.cli import Args, UsageError, resolved_dtype
 from vlmrl.core.sampling import Sampler
 from vlmrl.envs.shapes import make_env
 
@@ -32,7 +32,7 @@ class Trainer:
         tok_dir = os.path.join(base, "tokenizer") if base else None
         try:
             model, self.config, self.codec = rollout.build_policy(args.model, self.env, args.seed, args.model_dir,
-                                                                  workdir=tok_dir)
+                                                                  workdir=tok_dir, dtype=jnp.dtype(resolved_dtype(args)))
         except Exception as exc:  # the user's directory: tokenizers/safetensors raise their own types
             if args.model_dir is None:
                 raise
@@ -40,6 +40,11 @@ class Trainer:
         missing = [a for a in self.env.answers if self.codec.encode(a) == self.codec.encode("[UNK]")]
         if missing:
             raise UsageError(f"the tokenizer has no token for the answers {missing} of env {args.env!r}")
+        t = self.config.text
+        if tap is not None and tap.matrix_layer is not None and tap.matrix_layer >= t.num_hidden_layers:
+            raise UsageError(f"--matrix_layer {tap.matrix_layer}: the model has {t.num_hidden_layers} layers")
+        if tap is not None and tap.matrix_head is not None and tap.matrix_head >= t.num_attention_heads:
+            raise UsageError(f"--matrix_head {tap.matrix_head}: the model has {t.num_attention_heads} heads")
         self.graphdef, self.params = nnx.split(model)
         self.ref_params = jax.tree_util.tree_map(jnp.copy, self.params)  # frozen reference policy
         self.ppo_cfg = ppo.PPOConfig(lr=args.lr, kl_coef=args.kl_coef, ent_coef=args.ent_coef, epochs=args.epochs,

@@ -115,10 +115,15 @@ class RunInfo(Event):
     max_cache: int = 2048
     batch: int = 1
     vision_depth: int = 0
-    deepstack_layers: tuple = ()
+    deepstack_layers: tuple = ()  # the LLM layers whose output gets DeepStack features added (0, 1, 2)
     device_kind: str = "cpu"
     device_memory_in_use: Optional[int] = None
     device_memory_limit: Optional[int] = None
+    # "device": the backend's memory_stats(); "host": the process's resident memory of the
+    # machine's (backends that report none, e.g. CPU).
+    memory_source: str = "device"
+    # Floating dtype(s) of the weights as held ("float32", "bfloat16"); `dtype` is the KV cache's.
+    weights_dtype: str = ""
     process_index: int = 0
     process_count: int = 1
     # What the run is doing when no step has finished yet ("compiling ..."); "" when training.

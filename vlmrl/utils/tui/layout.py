@@ -298,7 +298,7 @@ def help_lines(source: str = "LIVE") -> List[str]:
         "sink     share on the first token   n/a     not measured",
         "H        entropy of the next-token distribution (nats)",
         "T-slot   mRoPE position minus cache slot (images compress positions)",
-        "pages    16-token KV pages used/allocated; slots used/max",
+        "pages    the contiguous KV cache counted in 16-token pages (used/allocated); slots used/max",
     ]
     return lines
 

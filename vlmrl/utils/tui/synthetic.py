@@ -36,7 +36,7 @@ class SyntheticRun:
     def __init__(self, num_layers: int = 28, num_heads: int = 16, num_kv_heads: int = 8,
                  head_dim: int = 128, max_cache: int = 2048, batch: int = 2, seed: int = 0,
                  image_grid: Tuple[int, int, int] = (1, 16, 16), gen_tokens: int = 32,
-                 deepstack_layers: Tuple[int, ...] = (5, 11, 17), prefill_walk: int = 0,
+                 deepstack_layers: Tuple[int, ...] = (0, 1, 2), prefill_walk: int = 0,
                  clock: Callable[[], float] = time.time, dtype: str = "bfloat16"):
         if num_layers < 1 or num_heads < 1 or batch < 1 or gen_tokens < 1:
             raise UsageError("num_layers, num_heads, batch and gen_tokens must be >= 1")

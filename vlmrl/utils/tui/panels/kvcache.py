@@ -1,7 +1,8 @@
 """KV CACHE MEMORY: one bar per shown layer (used/max), exact bytes, pages, status.
 
-Bytes are exact from RunInfo: 2 (K and V) x layers x kv heads x head dim x itemsize x
-batch per cached token. Qwen3-VL has no sliding window, so every layer holds the same
+Bytes are those of the cache arrays the sampler allocated (DecodeState.kv_bytes), else
+RunInfo's 2 (K and V) x layers x kv heads x head dim x itemsize x batch per cached token.
+The cache is contiguous; "pages" count it in 16-token units (no paged cache exists). Qwen3-VL has no sliding window, so every layer holds the same
 number of slots: the bars say so rather than inventing differences; the image-token
 slots inside each bar are coloured. The shown layers follow the heatmap's page.
 """
@@ -103,25 +104,33 @@ def render(state, view, width, height, now, theme, cache=None) -> Canvas:
     cap = int(d.cache_max) if d is not None and d.cache_max else (int(run.max_cache) if run else None)
     per_tok = _bytes_per_token(run, cache.memo("kvcache.per_token"))
     if height > 1:
-        used_b = per_tok * used if per_tok is not None and used is not None else (d.kv_bytes if d is not None else None)
-        alloc_b = per_tok * cap if per_tok is not None and cap else None
+        measured = d is not None and d.kv_bytes is not None and used
+        if measured:  # the taps read it from the cache arrays the sampler allocated
+            used_b = int(d.kv_bytes)
+            alloc_b = int(d.kv_bytes) // used * cap if cap else None
+        else:
+            used_b = per_tok * used if per_tok is not None and used is not None else None
+            alloc_b = per_tok * cap if per_tok is not None and cap else None
         pairs = [("KV", fmt_bytes_pair(used_b, alloc_b))]
+        # "host": the backend reports no device memory (CPU): the process's resident memory
+        where = "host" if run is not None and run.memory_source == "host" else "device"
         if run is not None and run.device_memory_in_use is not None and run.device_memory_limit:
             dev = _device(run.device_memory_in_use, run.device_memory_limit, cache.memo("kvcache.device"))
         else:
             dev = NA
-        pairs.append(("device", dev))
+        pairs.append((where, dev))
         if alloc_b is not None and run is not None and run.device_memory_limit:
-            pairs.append(("KV/device", f"{100.0 * alloc_b / run.device_memory_limit:.1f}%"))
+            pairs.append((f"KV/{where}", f"{100.0 * alloc_b / run.device_memory_limit:.1f}%"))
         pairs_line(cache, c, 1, pairs, theme)
     if height > 2:
         pages = NA if used is None or not cap else f"{math.ceil(used / PAGE_TOKENS)}/{math.ceil(cap / PAGE_TOKENS)}"
         slots = NA if used is None or not cap else f"{used}/{cap}"
+        # the cache is one contiguous buffer per layer: "pages" count it in 16-token units
         pairs = [("slots", slots), ("pages", pages)]
         if run is not None:  # the exact-bytes formula, shown only when it is known
             dt = SHORT_DTYPE.get(run.dtype, run.dtype)
             shape = f"2×{run.num_layers}L×{run.num_kv_heads}kv×{run.head_dim}d×{dt}×b{run.batch}"
-            pairs += [("", shape), ("", f"({PAGE_TOKENS} tok/page)")]
+            pairs += [("", shape), ("", f"(contiguous, counted in {PAGE_TOKENS}-tok pages)")]
         pairs_line(cache, c, 2, pairs, theme)
     rows = height - 1 - INFO_ROWS
     L = state.num_layers()
