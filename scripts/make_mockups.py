@@ -5,7 +5,7 @@ recorded tiny runs (tests/data), drawn by the same renderer.
 The frames come from a fixed event sequence (a tiny Qwen3-VL-shaped run answering a
 question about an image) at a fixed clock, so the file changes only when the renderer
 does; tests/test_mockups.py fails when it is stale. Frames:
-  1. a token being sampled   2. attention firing   3. a cache write completing
+  1. a step just arrived   2. between two steps   3. the run paused (idle)
 Usage: python scripts/make_mockups.py [--check]   (--check: exit 1 if the file is stale)
 """
 from __future__ import annotations
@@ -39,6 +39,7 @@ LAYERS, HEADS = 28, 16
 GAP = 0.1  # seconds between decode events in the fixed sequence
 PROMPT_LEN = 96  # 14 text + 64 image + 18 text tokens
 SPAN = (14, 78)
+KV_SLOT_BYTES = 2 * LAYERS * 8 * 128 * 2  # K and V, 8 kv heads x 128 dims in bf16, batch 1
 ANSWER = [" The", " image", " shows", " three", " blue", " circles", " and", " one", " red", " square", "."]
 
 
@@ -69,7 +70,8 @@ def _decode(step: int, text: str, prob: float) -> DecodeState:
                        active_head=(3 * step) % HEADS, mrope_t=pos, mrope_h=pos, mrope_w=pos,
                        batch_size=1, entropy=round(1.2 - 0.08 * step, 3), top_k=alts,
                        attn_stats=_stats(step), vision_span=SPAN, vision_grid=(1, 16, 16),
-                       phase="decode", wall_time=1_700_000_000.0 + step)
+                       phase="decode", kv_bytes=KV_SLOT_BYTES * (PROMPT_LEN + step),
+                       wall_time=1_700_000_000.0 + step)
 
 
 def scenario(upto: int) -> Tuple[Store, float]:
@@ -93,12 +95,12 @@ def scenario(upto: int) -> Tuple[Store, float]:
     return store, clock.t
 
 
-# (title, decode steps applied, seconds after the newest event): the flow sweeps a fifth
-# of the event gap per stage, so these ages light Attention, KV Cache Write and Sampling.
+# (title, decode steps applied, seconds after the newest event): `⚡ STEP` is lit for a
+# quarter second after an event arrives; the flow reads idle after 1 s without one.
 FRAMES = (
-    ("token being sampled", 6, 0.09),
-    ("attention firing", 7, 0.045),
-    ("cache write completing", 8, 0.065),
+    ("a step just arrived", 6, 0.05),
+    ("between two steps", 7, 0.5),
+    ("the run paused", 8, 3.0),
 )
 
 
@@ -107,7 +109,7 @@ def build() -> Tuple[str, List[Tuple[str, str, str]]]:
     rows: List[Tuple[str, str, str]] = []
     out: List[str] = [
         "vlmrl live dashboard: three frames written by scripts/make_mockups.py with the real renderer",
-        f"({WIDTH}x{HEIGHT}, no colour: in a terminal the lit stage and ⚡ indicators are yellow/green/cyan and",
+        f"({WIDTH}x{HEIGHT}, no colour: in a terminal the stage names and ⚡ indicators are yellow/green/cyan and",
         "flash at 5 Hz, heat cells are coloured and refresh 5x/s, heads above 0.75 and the top credit",
         "token flash at 2.5 Hz, one toggle per refresh). Do not edit by hand.",
         "",
@@ -117,11 +119,11 @@ def build() -> Tuple[str, List[Tuple[str, str, str]]]:
         now = arrived + age
         state = store.snapshot()
         canvas = layout.render_screen(state, ViewState(), WIDTH, HEIGHT, now, MONO, meta={"dropped": 0, "fps": 20.0})
-        stage = flow.stage_at(state, 0, now)
-        lit = "idle" if stage is None else (flow.STAGES + ("Sampling",))[stage]
+        lit = ("step arrived" if flow.just_arrived(state, 0, now)
+               else "idle" if flow.is_idle(state, 0, now) else "between steps")
         kv = kvcache.status(state, 0, now)
         rows.append((title, lit, kv))
-        out.append(f"=== Frame {i}: {title} · t={now:.3f}s · stage lit: {lit} · KV: {kv} ===")
+        out.append(f"=== Frame {i}: {title} · t={now:.3f}s · flow: {lit} · KV: {kv} ===")
         out.extend(canvas.row_text(y).rstrip() for y in range(canvas.height))
         out.append("")
     return "\n".join(out), rows

@@ -25,13 +25,16 @@ def test_mockup_file_is_current():
 def test_mockup_frames_show_the_three_moments():
     mod = _script()
     text, rows = mod.build()
-    assert [(t, lit) for t, lit, _ in rows] == [("token being sampled", "Sampling"),
-                                               ("attention firing", "Attention"),
-                                               ("cache write completing", "KV Cache Write")]
+    assert [(t, lit) for t, lit, _ in rows] == [("a step just arrived", "step arrived"),
+                                               ("between two steps", "between steps"),
+                                               ("the run paused", "idle")]
     frames = text.split("=== Frame ")[1:]
     assert len(frames) == 3
-    assert "⚡ SAMPLING" in frames[0] and "⚡ ACTIVE" in frames[1] and "⚡ WRITE slot" in frames[2]
-    assert "⚡ WRITE" in frames[2].split("KV CACHE MEMORY")[1].splitlines()[0]
+    assert "⚡ STEP 6 arrived" in frames[0] and "⚡" not in frames[1].split("COMPUTATION FLOW")[1].splitlines()[2]
+    assert "⚡ WRITE" in frames[0].split("KV CACHE MEMORY")[1].splitlines()[0]
+    # every stage carries a figure of the step: mRoPE t/h/w, the head layout, focus, slot and bytes
+    assert "mRoPE t45 h45 w45" in frames[0] and "Q/K/V 16q 8kv ×128d" in frames[0]
+    assert "slot 101 +112.0 KiB" in frames[0]
     for frame in frames:
         for title in ("DECODE LIVE", "COMPUTATION FLOW", "ATTENTION FLOW", "VISION INJECTION @ Token[14]",
                       "mRoPE", "TOKEN CREDIT", "KV CACHE MEMORY", "reset"):

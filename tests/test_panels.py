@@ -83,7 +83,7 @@ EXPECTED = {
     "header": ["VLMRL qwen3vl-2b", "step 7", "reward +0.531±0.120", "KL 0.0123", "loss 0.3101", "tok/s 1234",
                "entropy 1.234", "clip 0.050", "dropped 3", "fps 20.0", "up 0:01:40"],
     "decode": ["DECODE LIVE", "Cache: 112/2048", '" w12"', "id 4012", "p 0.875", "alts"],
-    "flow": ["COMPUTATION FLOW", "mRoPE", "ACTIVE", "WRITE", "SAMPLING"],
+    "flow": ["COMPUTATION FLOW", "mRoPE 72", "STEP 12"],
     "attention": ["ATTENTION FLOW · focus", "L27 "],
     "vision": ["VISION INJECTION @ Token[13]", "1×16×16", "merged 64", "DeepStack → L0 L1 L2", "share/layer"],
     "mrope": ["mRoPE", "T 72 H 72 W 72"],
@@ -218,22 +218,26 @@ def test_stat_cycles_with_s_and_changes_cells():
     assert view.stat == "focus"  # back to the start
 
 
-def test_flow_lights_stages_in_order_then_idles():
+def test_flow_shows_each_stage_figure_and_flashes_only_on_arrival():
     clock = Clock(10.0)
     store = Store(clock=clock)
+    store.apply(run_info())
     for s in range(1, 5):
-        clock.t += 0.1  # a measured gap of 0.1 s: 20 ms per stage
-        store.apply(decode_event(s))
+        clock.t += 0.1
+        store.apply(decode_event(s, mrope_t=40 + s, mrope_h=40 + s, mrope_w=40 + s, kv_bytes=1024 * (100 + s)))
     st = store.snapshot()
     arrived = clock.t
-    lit = [flow.stage_at(st, 0, arrived + a) for a in (0.001, 0.021, 0.041, 0.061, 0.081, 0.5)]
-    assert lit == [0, 1, 2, 3, 4, 4]
-    assert flow.stage_at(st, 0, arrived + 5.0) is None
-    row = lambda now: flow.render(st, ViewState(), 60, 4, now, MONO).row_text(2)
-    assert "⚡ ACTIVE" in row(arrived + 0.041) and "⚡ WRITE" not in row(arrived + 0.041)
-    assert "⚡ WRITE" in row(arrived + 0.061)
-    assert "⚡ SAMPLING" in row(arrived + 0.3)
-    assert "⚡" not in row(arrived + 5.0)
+    text = lambda now, w=110: flow.render(st, ViewState(), w, 4, now, MONO).text()
+    lit, later = text(arrived + 0.01), text(arrived + 0.5)
+    assert "⚡ STEP 4 arrived" in lit and "⚡" not in later
+    # L27 H3's focus in stats_for is ((27 * 16 + 3) % 20) / 20
+    for figure in ("mRoPE t44 h44 w44", "Q/K/V 16q 8kv ×128d", "Attention L27 H3 0.75", "slot 103 +1.0 KiB"):
+        assert figure in lit and figure in later  # the same figures lit or not: no stage is timed
+    assert "stages not timed" in later and "10 steps/s" in later
+    narrow = text(arrived + 0.5, 60)  # the chain splits after Q/K/V onto two rows
+    assert "mRoPE t44 h44 w44 → Q/K/V" in narrow and "Attention L27 H3 0.75 → KV write slot 103" in narrow
+    tight = text(arrived + 0.5, 36)
+    assert "mRoPE 44/44/44 → QKV 16/8×128 →" in tight and "Attn L27H3 0.75 → KV 103" in tight
     assert "idle" in flow.render(st, ViewState(), 60, 4, arrived + 5.0, MONO).row_text(0)
 
 
@@ -243,7 +247,7 @@ def test_kv_status_write_active_cleared():
     store.apply(run_info())
     store.apply(decode_event(1))
     st = store.snapshot()
-    assert kvcache.status(st, 0, clock.t + 0.5) == "⚡ WRITE"  # sampled, after the write
+    assert kvcache.status(st, 0, clock.t + 0.1) == "⚡ WRITE"  # the step just arrived: it wrote its K/V
     assert kvcache.status(st, 0, clock.t + 10.0) == "ACTIVE"
     store.apply(decode_event(2, cache_len=0, wall_time=5000.0))
     assert kvcache.status(store.snapshot(), 0, clock.t + 10.0) == "CLEARED"
@@ -340,12 +344,13 @@ def test_lit_indicator_flashes_at_flash_hz_with_its_colour():
         clock.t += 0.1
         store.apply(decode_event(s))
     st = store.snapshot()
-    view = ViewState(flash_hz=2.0)  # on for 0.25 s, off for 0.25 s
-    t_on, t_off = 11.0, 11.25  # both long enough after the event for SAMPLING to be lit
-    assert view.flash_on(t_on) and not view.flash_on(t_off)
+    view = ViewState(flash_hz=8.0)  # on for 1/16 s, off for 1/16 s
+    t_on = next(clock.t + k / 64 for k in range(16) if view.flash_on(clock.t + k / 64))
+    t_off = next(t for t in (t_on + k / 64 for k in range(1, 8)) if not view.flash_on(t))
+    assert t_off - clock.t < flow.ARRIVED_S  # both while the step counts as just arrived
     a = flow.render(st, view, 60, 4, t_on, COLOR)
     b = flow.render(st, view, 60, 4, t_off, COLOR)
-    x = a.row_text(2).index("⚡ SAMPLING")
+    x = a.row_text(2).index("⚡ STEP")
     assert a.row_text(2) == b.row_text(2)
     assert a.styles[2][x].fg == palette.CYAN and a.styles[2][x] != b.styles[2][x]
     mono_on, mono_off = (flow.render(st, view, 60, 4, t, MONO) for t in (t_on, t_off))

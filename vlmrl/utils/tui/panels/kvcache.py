@@ -26,13 +26,12 @@ SHORT_DTYPE = MappingProxyType({"bfloat16": "bf16", "float16": "f16", "float32":
 
 
 def status(state, batch_index: int, now: float):
-    """"⚡ WRITE" right after a step's K/V write, "ACTIVE" while the cache holds tokens,
-    "CLEARED" when it is empty, None before any decode event."""
+    """"⚡ WRITE" just after a step arrived (it wrote its K/V), "ACTIVE" while the cache
+    holds tokens, "CLEARED" when it is empty, None before any decode event."""
     d = state.decode_for(batch_index)
     if d is None:
         return None
-    stage = flow.stage_at(state, batch_index, now)
-    if stage is not None and stage >= 3 and d.cache_len > 0:
+    if flow.just_arrived(state, batch_index, now) and d.cache_len > 0:
         return "⚡ WRITE"
     return "ACTIVE" if d.cache_len > 0 else "CLEARED"
 
