@@ -383,3 +383,13 @@ def test_header_shows_the_run_status_until_training_starts():
     store.apply(TrainingState(step=1, reward_mean=0.1))
     text = screen_text(store)
     assert "compiling" not in text and "step 1" in text
+
+
+def test_reward_sparkline_keeps_the_unit_scale_when_rewards_lie_in_it():
+    flat_low = palette.sparkline([0.2, 0.21, 0.2, 0.22], 4, scale=(0.0, 1.0))
+    assert flat_low == palette.sparkline([0.2, 0.21, 0.2, 0.22], 4, scale=(0.0, 1.0))
+    assert set(flat_low) <= set(palette.SPARK[:3])  # low rewards draw low, not stretched to full height
+    assert palette.sparkline([0.0, 1.0], 2, scale=(0.0, 1.0)) == palette.SPARK[0] + palette.SPARK[-1]
+    # outside [0, 1] (a shaped reward) the line scales to its own range
+    assert palette.sparkline([-2.0, 3.0], 2, scale=(0.0, 1.0)) == palette.SPARK[0] + palette.SPARK[-1]
+    assert palette.sparkline([0.2, 0.22], 2) == palette.SPARK[0] + palette.SPARK[-1]

@@ -65,3 +65,24 @@ def test_demo_in_tmux_draws_the_dashboard_and_takes_keys():
         assert "train step" in screen
     finally:
         t.close()
+
+
+@pytest.mark.slow
+def test_live_demo_in_tmux_trains_in_a_child_and_ends_with_a_summary(tmp_path):
+    """The real demo: the dashboard waits for the child's log, shows what compiles while it
+    ticks, follows the run to its end record and prints the one-line summary."""
+    log = tmp_path / "demo.jsonl"
+    env = f"PYTHONPATH={shlex.quote(ROOT)} XDG_CACHE_HOME={shlex.quote(str(tmp_path / 'xdg'))}"
+    demo = (f"cd {shlex.quote(str(tmp_path))} && {env} {shlex.quote(sys.executable)} -m vlmrl.utils.tui_live "
+            f"--steps 2 --seed 1 --record {shlex.quote(str(log))}; echo DEMO-EXITED rc=$?; sleep 60")
+    t = Tmux(f"sh -c {shlex.quote(demo)}")
+    try:
+        screen = t.wait_for("status compiling rollout", timeout=300)
+        assert "LIVE" in screen and "2×28L" not in screen  # no guessed 2B shape meanwhile
+        screen = t.wait_for("finished at step 1", timeout=600)
+        screen = t.wait_for("DEMO-EXITED rc=0", timeout=60)
+        assert "demo: 2/2 steps on colors, final reward" in screen.replace("\n", "")
+        assert str(log) in screen.replace("\n", "")
+    finally:
+        t.close()
+    assert log.exists() and '"kind":"run_end"' in log.read_text().replace(" ", "")
