@@ -7,6 +7,7 @@ reward then measures accuracy, not which classes happened to be drawn.
 """
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import List
 
 import numpy as np
@@ -109,7 +110,8 @@ class CountEnv:
         return answer_reward(completion, example)
 
 
-ENVS = {"colors": ColorsEnv, "count": CountEnv}
+# Read-only: the registry is shared by every run in the process.
+ENVS = MappingProxyType({"colors": ColorsEnv, "count": CountEnv})
 
 
 def make_env(name: str, **kwargs):
