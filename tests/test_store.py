@@ -118,10 +118,10 @@ def test_explorer_keeps_attention_rows_per_step_with_tokens():
 def test_malformed_input_is_reported_not_fatal():
     store = Store(clock=Clock())
     cases = [
-        (decode_event(1, attn_stats={"focus": np.zeros(5, np.float32)}), "expected [layers, heads]"),
+        (decode_event(1, attn_stats={"focus": np.zeros(5, np.float32)}), "attn_stats: {'focus': array float32[5]} is not a valid"),
         (decode_event(2, attn_stats={"bogus": np.zeros((2, 2))}), "unknown attention stat 'bogus'"),
         (CreditState(tokens=["a", "b"], credits=[1.0], step=1), "2 tokens vs 1 credits"),
-        (AttentionMatrix(matrix=np.zeros((2, 2, 2))), "expected 2-D"),
+        (AttentionMatrix(matrix=np.zeros((2, 2, 2))), "matrix: array float64[2, 2, 2]"),
         (object(), "ignored event of type object"),
         ({"kind": "nope"}, "unknown event kind 'nope'"),
     ]

@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Optional
 
 import numpy as np
 
+from vlmrl.instrument import limits
+
 SCHEMA_VERSION = 1
 
 # Names of the per layer x head attention statistics, in the order taps emit them.
@@ -322,7 +324,7 @@ def decode_event(data: Any) -> Event:
     names = {f.name for f in dataclasses.fields(cls)}
     try:
         kwargs = {k: decode_value(v) for k, v in data.items() if k in names}
-    except (KeyError, TypeError, OverflowError, ValueError) as exc:
+    except (KeyError, TypeError, OverflowError, ValueError, RecursionError) as exc:
         raise ValueError(f"{kind}: bad encoded value ({type(exc).__name__}: {exc})") from None
     if kwargs.get("attention_pattern") == _FOCUS_REF:
         stats = kwargs.get("attn_stats")
@@ -341,32 +343,33 @@ def decode_event(data: Any) -> Event:
 
 # ---------------------------------------------------------------- validation
 
-# Events from a file or a queue are untrusted: a field of the wrong type would make a
-# panel raise later, far from the cause. Each field is checked against its annotation.
-_CHECKS = {
-    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-    "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "str": lambda v: isinstance(v, str),
-    "list": lambda v: isinstance(v, list),
-    "dict": lambda v: isinstance(v, dict),
-    "tuple": lambda v: isinstance(v, tuple),
-    "np.ndarray": lambda v: isinstance(v, np.ndarray),
-}
+_FIELD_CHECKS: dict = {}  # event class -> ((name, check), ...), built on first use
 
 
-def _type_ok(annotation: str, value: Any) -> bool:
-    ann = annotation.replace(" ", "")
-    if ann.startswith("Optional[") and ann.endswith("]"):
-        if value is None:
-            return True
-        ann = ann[len("Optional["):-1]
-    check = _CHECKS.get(ann)
-    return True if check is None else check(value)
+def _checks_of(cls) -> tuple:
+    checks = _FIELD_CHECKS.get(cls)
+    if checks is None:
+        checks = _FIELD_CHECKS[cls] = tuple(
+            (f.name, limits.check_for(cls.kind, f.name, str(f.type))) for f in dataclasses.fields(cls))
+    return checks
 
 
 def validate(event: Event) -> None:
-    """Raise ValueError naming the first field of `event` that a panel could not show."""
-    for f in dataclasses.fields(event):
-        value = getattr(event, f.name)
-        if not _type_ok(str(f.type), value):
-            raise ValueError(f"{event.kind}.{f.name}: unexpected value type {type(value).__name__}")
+    """Raise ValueError naming the first field of `event` outside its type or bounds
+    (`limits.py`): such an event is rejected whole, before any of it is applied."""
+    for name, check in _checks_of(type(event)):
+        value = getattr(event, name)
+        if not check(value):
+            raise ValueError(f"{event.kind}.{name}: {_describe(value)} is not a valid value")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"array {value.dtype.name}{list(value.shape)}"
+    if isinstance(value, dict) and len(value) <= 8:
+        text = "{" + ", ".join(f"{str(k)[:20]!r}: {_describe(v)}" for k, v in value.items()) + "}"
+        return text if len(text) <= 120 else f"dict of {len(value)} entries"
+    if isinstance(value, (str, list, tuple, dict)) and len(value) > 8:
+        return f"{type(value).__name__} of length {len(value)}"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{type(value).__name__} {text[:37]}..."

@@ -21,6 +21,8 @@ RECENT_TOKENS = 64  # decode rows show at most this many recent tokens
 # runs; a longer one shows its newest steps): 4096 points of 11 floats, about 1 MB.
 HISTORY = 4096
 EXPLORER_STEPS = 1024  # generation steps (attention rows) kept per batch row
+EXPLORER_BYTES = 4 << 20  # ... and at most this many bytes of attention rows per batch row
+MAX_ROWS = 64  # batch rows the store keeps (the least recently updated go first)
 REORDER_WINDOW = 8  # a step this far below the newest one starts a new generation
 MAX_PROBLEMS = 4
 # The heatmap and the vision shares (`DashboardState.heat`) show the newest attention

@@ -33,12 +33,14 @@ from vlmrl.instrument.events import (
     RunInfo,
     TrainingState,
     decode_event,
+    validate,
 )
 
 from vlmrl.utils.tui.group_data import check_group
 from vlmrl.utils.tui.state import (  # noqa: F401  (re-exported: panels import them from here)
-    DEFAULT_FIELDS, EXPLORER_STEPS, HEAT_HZ, HISTORY, MAX_PROBLEMS, RECENT_TOKENS, REORDER_WINDOW,
-    Comparison, DashboardState, ExplorerStep, FrozenLogs, HistoryPoint, StepLog, TokenRecord, insert_by_step,
+    DEFAULT_FIELDS, EXPLORER_BYTES, EXPLORER_STEPS, HEAT_HZ, HISTORY, MAX_PROBLEMS, MAX_ROWS, RECENT_TOKENS,
+    REORDER_WINDOW, Comparison, DashboardState, ExplorerStep, FrozenLogs, HistoryPoint, StepLog, TokenRecord,
+    insert_by_step,
 )
 
 _F32 = np.dtype(np.float32)
@@ -87,29 +89,6 @@ class _Row:
         return self.frozen[1]
 
 
-_RUN_INTS = ("num_layers", "num_heads", "num_kv_heads", "head_dim", "max_cache", "batch")
-_DECODE_INTS = ("step", "token_id", "cache_len", "cache_max", "active_layer", "active_head", "mrope_t",
-                "mrope_h", "mrope_w", "seq_index", "batch_size", "generation")
-_GET_DECODE_INTS = operator.attrgetter(*_DECODE_INTS)
-
-
-_INT_TYPE = frozenset({int})
-
-
-def _ints(ev, names, get=None) -> None:
-    """Raise ValueError/TypeError naming the first field that is not a non-negative integer.
-
-    `get` (an operator.attrgetter of `names`) checks the usual all-int case in C first."""
-    if get is not None:
-        values = get(ev)
-        if set(map(type, values)) == _INT_TYPE and min(values) >= 0:
-            return
-    for name in names:
-        value = getattr(ev, name)
-        if isinstance(value, bool) or int(value) != value or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-
-
 class Store:
     """Reduces events into a `DashboardState`; `apply` per event, `snapshot` per frame."""
 
@@ -129,6 +108,7 @@ class Store:
         self._matrix: Optional[AttentionMatrix] = None
         self._counts: Dict[str, int] = {}
         self._problems: List[str] = []
+        self.rows_dropped = 0  # batch rows forgotten to stay within MAX_ROWS
         self._last_event_at: Optional[float] = None
         self._v = {"all": 0, "run": 0, "decode": 0, "train": 0, "credit": 0, "group": 0, "matrix": 0}
         self._snap: Optional[DashboardState] = None
@@ -152,32 +132,40 @@ class Store:
 
     # -- intake -----------------------------------------------------------------------
     def apply(self, event: Any) -> None:
-        """Fold one event in. Dicts (recorded form) are decoded; unknown types are counted."""
+        """Fold one event in. Dicts (recorded form) are decoded; an event with a field out of
+        its type or bounds (`events.validate`) is rejected whole and listed in `problems`."""
         handler = self._handlers.get(type(event))
         if handler is None and isinstance(event, dict):
             try:
                 event = decode_event(event)
-            except (ValueError, TypeError) as exc:
+            except ValueError as exc:
                 self._problem(f"bad event dict: {exc}")
                 return
             handler = self._handlers.get(type(event))
+        elif handler is not None:
+            try:
+                validate(event)
+            except ValueError as exc:
+                self._count(event.kind)
+                self._problem(f"bad {event.kind} event: {exc}")
+                return
         if handler is not None:
             kind = event.kind
         else:
             kind = getattr(event, "kind", type(event).__name__) if isinstance(event, Event) else "unknown"
-        self._counts[kind] = self._counts.get(kind, 0) + 1
-        self._last_event_at = self._clock()  # handlers read it as the arrival time
-        self._v["all"] += 1
+        self._count(kind)
         if handler is None:
             self._problem(f"ignored event of type {type(event).__name__}")
             return
-        try:
-            handler(event)
-        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
-            # A field of the wrong type (untrusted producer): say so on screen, keep going.
-            self._problem(f"bad {kind} event: {type(exc).__name__}: {exc}")
+        handler(event)
+
+    def _count(self, kind: str) -> None:
+        self._counts[kind] = self._counts.get(kind, 0) + 1
+        self._last_event_at = self._clock()  # handlers read it as the arrival time
+        self._v["all"] += 1
 
     def _problem(self, msg: str) -> None:
+        msg = msg if len(msg) <= 160 else msg[:159] + "…"
         if msg not in self._problems:
             self._problems.append(msg)
             del self._problems[:-MAX_PROBLEMS]
@@ -187,18 +175,10 @@ class Store:
         self._v[section] += 1
 
     def _on_run(self, ev: RunInfo) -> None:
-        _ints(ev, _RUN_INTS)
-        for layer in ev.deepstack_layers:
-            int(layer)  # raises on a malformed recording; apply reports it
-        for name in ("device_memory_in_use", "device_memory_limit"):
-            if getattr(ev, name) is not None:
-                int(getattr(ev, name))
         self._run = ev
         self._bump("run")
 
     def _on_end(self, ev: RunEnd) -> None:
-        if ev.step is not None:
-            _ints(ev, ("step",))
         self._end = ev
         self._bump("run")
 
@@ -218,7 +198,11 @@ class Store:
             self._bump("credit")
 
     def _on_group(self, ev: GroupState) -> None:
-        check_group(ev)  # raises: apply reports the event as bad
+        try:
+            check_group(ev)  # the group view's own consistency checks, before anything is kept
+        except ValueError as exc:
+            self._problem(f"bad group event: {exc}")
+            return
         if self._group is None or ev.step >= self._group.step:
             self._group = ev
             self._bump("group")
@@ -232,23 +216,14 @@ class Store:
         self._bump("matrix")
 
     def _on_decode(self, ev: DecodeState) -> None:
-        # Panels trust these types; a malformed event is rejected whole (reported by apply).
-        _ints(ev, _DECODE_INTS, _GET_DECODE_INTS)
+        # apply() validated every field, so nothing below can reject the event half-way
         b = int(ev.seq_index)
         row = self._rows.get(b)
-        last = None if row is None else row.latest
-        for name, n in (("vision_span", 2), ("vision_grid", 3)):
-            value = getattr(ev, name)
-            if value is None:
-                continue
-            seen = None if last is None else getattr(last, name)
-            if type(value) is tuple and type(seen) is tuple and value == seen:
-                continue  # the image placement of the row's latest event: checked then
-            if len([int(v) for v in value]) != n:
-                raise ValueError(f"{name} must have {n} integers, got {value!r}")
         now = self._last_event_at
         self._rows_v += 1
         if row is None:
+            if len(self._rows) >= MAX_ROWS:
+                self._drop_least_recent_row()
             row = self._rows[b] = _Row()
         latest = row.latest
         if latest is not None and ev.generation and latest.generation:
@@ -287,6 +262,13 @@ class Store:
         self._record_tokens(row, ev, step)
         self._record_stats(row, ev, now, step)
 
+    def _drop_least_recent_row(self) -> None:
+        """Make room for a new batch row: forget the one that has gone longest without an event."""
+        oldest = min(self._rows, key=lambda k: self._rows[k].arrived or 0.0)
+        del self._rows[oldest]
+        self.rows_dropped += 1
+        self._problem(f"more than {MAX_ROWS} batch rows: the least recently updated are dropped")
+
     def _record_tokens(self, row: _Row, ev: DecodeState, step: int) -> None:
         token_id, text = int(ev.token_id), str(ev.token_text)
         row.recent.add(TokenRecord(step, token_id, text, float(ev.token_prob)))
@@ -294,6 +276,8 @@ class Store:
         if arr is not None:
             if type(arr) is not np.ndarray or arr.dtype is not _F32 or arr.ndim != 1:
                 arr = np.asarray(arr, dtype=np.float32).reshape(-1)
+            # bounded in bytes: rows of a long cache keep fewer steps
+            row.explorer.limit = max(1, min(EXPLORER_STEPS, EXPLORER_BYTES // max(arr.nbytes, 1)))
             row.explorer.add(ExplorerStep(step, token_id, text, int(ev.cache_len), arr))
 
     def _record_stats(self, row: _Row, ev: DecodeState, now: float, step: int) -> None:
@@ -345,6 +329,7 @@ class Store:
         out._history = list(self._history)
         out._counts = dict(self._counts)
         out._problems = list(self._problems)
+        out.rows_dropped = self.rows_dropped
         out._v = dict(self._v)
         for b, row in self._rows.items():
             r = out._rows[b] = _Row()
