@@ -11,9 +11,12 @@ import time
 from typing import Callable, Iterator, List, Optional
 
 from vlmrl.instrument.events import DecodeState, Event, RunInfo, TrainingState
-from vlmrl.instrument.record import HEADER_KEY, LogFormatError, ReadStats, parse_header, parse_line, read_log
+from vlmrl.instrument.record import (HEADER_PREFIX, LINE_MAX, LogFormatError, ReadStats, open_log, parse_header,
+                                     parse_line, read_log)
 
-HEADER_PREFIX = b'{"' + HEADER_KEY.encode() + b'":'
+# One poll reads at most this much, so a huge file is taken over several polls and the
+# caller can still honour its stop condition (--seconds, q) in between.
+POLL_BYTES = 64 << 20
 
 # ------------------------------------------------------------------ attach
 
@@ -24,7 +27,8 @@ class LogFollower:
     `poll()` returns the events completed since the last call. A line is taken only once
     its newline has arrived, so a batch half-written when we read it is picked up whole on
     a later poll. A file that shrinks (the run restarted and rewrote it) is read again
-    from the top.
+    from the top. A line longer than LINE_MAX (one never ended, too) is skipped and counted
+    without being held; a path that is not a readable regular file raises LogFormatError.
     """
 
     def __init__(self, path: str, chunk: int = 1 << 20):
@@ -36,14 +40,16 @@ class LogFollower:
         self._pos = 0
         self._buf = bytearray()
         self._lineno = 0
+        self._skipping = False  # inside a line longer than LINE_MAX: drop bytes up to its newline
 
     def _open(self) -> bool:
         if self._fh is None:
             try:
-                self._fh = open(self.path, "rb")
+                self._fh = open_log(self.path)
             except FileNotFoundError:
                 return False
             self._pos, self._buf, self._lineno, self.header = 0, bytearray(), 0, None
+            self._skipping = False
         return True
 
     def poll(self) -> List[Event]:
@@ -65,26 +71,45 @@ class LogFollower:
                 return []
         out: List[Event] = []
         self._fh.seek(self._pos)
-        while not out:
-            data = self._fh.read(self._chunk)
+        budget = POLL_BYTES
+        while not out and budget > 0:
+            try:
+                data = self._fh.read(self._chunk)
+            except OSError as exc:
+                raise LogFormatError(f"{self.path}: {exc.strerror or exc}") from None
             if not data:
                 break
             self._pos += len(data)
+            budget -= len(data)
+            if self._skipping:
+                nl = data.find(b"\n")
+                if nl < 0:
+                    continue
+                data, self._skipping = data[nl + 1:], False
             scan_from = len(self._buf)
             self._buf += data  # bytearray: appending a chunk does not copy what is there
-            if self._buf.find(b"\n", scan_from) < 0:
-                self._check_first_line()
-                continue
-            *lines, rest = bytes(self._buf).split(b"\n")
-            self._buf = bytearray(rest)
-            for line in lines:
-                self._take(line, out)
+            if self._buf.find(b"\n", scan_from) >= 0:
+                *lines, rest = bytes(self._buf).split(b"\n")
+                self._buf = bytearray(rest)
+                for line in lines:
+                    self._take(line, out)
             self._check_first_line()
+            if len(self._buf) > LINE_MAX:
+                self._too_long()
         return out
+
+    def _too_long(self) -> None:
+        self._lineno += 1
+        if self.header is None:
+            raise LogFormatError(f"{self.path}: first line longer than {LINE_MAX} bytes, not a vlmrl event log")
+        self.stats.note_garbage(self._lineno, f"line longer than {LINE_MAX} bytes")
+        self._buf, self._skipping = bytearray(), True
 
     def _take(self, line: bytes, out: List[Event]) -> None:
         self._lineno += 1
         if self.header is None:
+            if len(line) > LINE_MAX:
+                raise LogFormatError(f"{self.path}: first line longer than {LINE_MAX} bytes, not a vlmrl event log")
             self.header = parse_header(line, self.path)
             if self.header.get("run_info") is not None:
                 out.append(self.header["run_info"])
@@ -140,8 +165,11 @@ SPEEDS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 # During playback a pause in the recording longer than this (at 1x) is shortened to it:
 # hours of a run between two rollouts should not mean minutes of an empty replay.
 MAX_GAP_S = 1.0
-# The store is saved every this many events so stepping back costs at most this many applies.
+# The store is saved every this many events so stepping back costs at most this many applies;
+# past MAX_CHECKPOINTS saved copies every other one is dropped and the spacing doubles, so a
+# long log keeps a bounded number of copies (memory) at a bounded cost per step back.
 CHECKPOINT_EVERY = 2000
+MAX_CHECKPOINTS = 32
 
 
 def _clone(store):
@@ -194,6 +222,7 @@ class ReplayLog:
         self.speed = 1.0
         self._next_due: Optional[float] = None
         self._checkpoints: dict = {}
+        self._every = CHECKPOINT_EVERY
         self._store = None
         self._store_pos = 0
         self._make_store: Optional[Callable] = None
@@ -293,6 +322,7 @@ class ReplayLog:
         pos = self.position if position is None else position
         if self._make_store is not make_store:
             self._make_store, self._store, self._store_pos, self._checkpoints = make_store, None, 0, {}
+            self._every = CHECKPOINT_EVERY
         if self._store is None or pos < self._store_pos:
             base = max((p for p in self._checkpoints if p <= pos), default=None)
             if base is None:
@@ -300,15 +330,22 @@ class ReplayLog:
             else:
                 self._store, self._store_pos = _clone(self._checkpoints[base]), base
         while self._store_pos < pos:
-            end = min(pos, (self._store_pos // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY)
+            every = self._every
+            end = min(pos, (self._store_pos // every + 1) * every)
             for ev in self.events[self._store_pos:end]:
                 self._store.apply(ev)
             self._store_pos = end
-            if end % CHECKPOINT_EVERY == 0 and end not in self._checkpoints:
+            if end % every == 0 and end not in self._checkpoints:
                 saved = _clone(self._store)
                 if saved is not None:
                     self._checkpoints[end] = saved
+                    self._thin_checkpoints()
         return self._store
+
+    def _thin_checkpoints(self) -> None:
+        while len(self._checkpoints) > MAX_CHECKPOINTS:
+            self._every *= 2
+            self._checkpoints = {p: c for p, c in self._checkpoints.items() if p % self._every == 0}
 
     def status(self) -> str:
         """One footer line: where the cursor is and how playback runs."""
