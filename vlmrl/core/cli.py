@@ -40,7 +40,8 @@ class Args:
     tui: bool = _f(False, "live dashboard")
     matrix_layer: str = _f("mean", "layer of the prompt's attention matrix (the `m` view): an index or mean")
     matrix_head: str = _f("mean", "head of the attention matrix: an index or mean")
-    record: Optional[str] = _f(None, "write every event to this JSONL log")
+    record: Optional[str] = _f(None, "append every event to this JSONL log (a file that is not one is refused)")
+    force: bool = _f(False, "with --record: replace the file even if it is not a vlmrl log")
     ckpt: Optional[str] = _f(None, "checkpoint directory")
     ckpt_every: int = _f(50, "updates between checkpoints (and one at the end)")
     resume: bool = _f(False, "continue from the newest checkpoint in --ckpt")
@@ -131,6 +132,9 @@ def validate(args: Args) -> None:
         if not any(f.endswith(".safetensors") for f in os.listdir(d)):
             raise UsageError(f"--model_dir {d!r} has no *.safetensors weights")
     if args.record:
-        parent = os.path.dirname(os.path.abspath(args.record))
-        if not os.path.isdir(parent):
-            raise UsageError(f"--record {args.record!r}: directory {parent} does not exist")
+        from vlmrl.instrument.record import RecordError, check_record_path
+
+        try:
+            check_record_path(args.record, args.force)
+        except RecordError as exc:
+            raise UsageError(str(exc)) from None

@@ -19,7 +19,7 @@ from vlmrl.core import compile_cache, telemetry
 from vlmrl.core.cli import Args, UsageError, layer_or_mean, parse_args, validate
 from vlmrl.core.trainer import Trainer
 from vlmrl.instrument.bus import default_bus
-from vlmrl.instrument.record import Recorder
+from vlmrl.instrument.record import Recorder, RecordError
 from vlmrl.instrument.taps import TapConfig
 from vlmrl.utils.tui_live import LiveTUI
 
@@ -60,7 +60,10 @@ def run_training(argv=None, *, bus=None, log: Optional[Callable[[str], None]] = 
     reason = "failed"
     try:
         if args.record:
-            recorder = Recorder(bus, args.record, run_info=info)
+            try:
+                recorder = Recorder(bus, args.record, run_info=info, force=args.force)
+            except RecordError as exc:  # changed since validate() looked, or the disk is full
+                raise UsageError(str(exc)) from None
         if args.tui and manage_tui:
             tui = LiveTUI(num_layers=info.num_layers, num_heads=info.num_heads, max_cache=info.max_cache, bus=bus)
             tui.start()

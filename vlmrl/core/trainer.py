@@ -134,9 +134,12 @@ class Trainer:
 
     def restore(self, directory: str) -> bool:
         """Load the newest checkpoint in `directory` if there is one; False when there is none."""
-        if checkpoint.read_manifest(directory) is None:
-            return False
-        step, params, opt_state, rng, meta = checkpoint.restore(directory, self.params, self.opt_state)
+        try:
+            if checkpoint.read_manifest(directory) is None:
+                return False
+            step, params, opt_state, rng, meta = checkpoint.restore(directory, self.params, self.opt_state)
+        except (checkpoint.CheckpointError, FileNotFoundError) as exc:
+            raise UsageError(f"--resume: {exc}") from None
         if meta and meta != self.meta():
             raise UsageError(f"--resume: checkpoint in {directory} was made with {meta}, this run is {self.meta()}")
         self.step, self.params, self.opt_state, self.key = step, params, opt_state, jnp.asarray(rng)

@@ -209,8 +209,71 @@ def read_log(path: str) -> tuple:
 # ---------------------------------------------------------------- writer
 
 
+class RecordError(ValueError):
+    """--record cannot write where it was asked to (one line for the user, exit 2)."""
+
+
+def check_record_path(path: str, force: bool = False) -> str:
+    """What opening `path` for recording would do: "create", "append" or "replace"; raises
+    RecordError when it must not be written (a symlink, not a regular file, a file that is
+    not a vlmrl log of this schema without `force`, a missing directory)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise RecordError(f"--record {path}: directory {parent} does not exist")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "create"
+    except OSError as exc:
+        raise RecordError(f"--record {path}: {exc.strerror or exc}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise RecordError(f"--record {path}: is a symbolic link; not followed (name the file itself)")
+    if not stat.S_ISREG(st.st_mode):
+        raise RecordError(f"--record {path}: exists and is not a regular file")
+    if st.st_size == 0:
+        return "append"
+    try:
+        with open_log(path) as fh:
+            _read_header(fh, path)
+    except LogFormatError as exc:
+        if force:
+            return "replace"
+        raise RecordError(f"--record {path}: exists and is not a vlmrl log of schema {SCHEMA_VERSION} "
+                          f"({str(exc).removeprefix(path + ': ')}); refusing to overwrite it (--force replaces it)") from None
+    return "append"
+
+
+def open_for_append(path: str, force: bool = False):
+    """Open `path` to record into without destroying anything: create it, append to a log
+    of this schema (after a newline if a killed writer left a partial line), or replace
+    another file only with `force`. Never follows a symlink. RecordError otherwise."""
+    mode = check_record_path(path, force)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    if mode == "replace":
+        flags |= os.O_TRUNC
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise RecordError(f"--record {path}: {exc.strerror or exc}") from None
+    fh = open(fd, "w", encoding="ascii", newline="\n")
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as rd:
+                rd.seek(size - 1)
+                if rd.read(1) != b"\n":
+                    fh.write("\n")
+    except OSError as exc:
+        fh.close()
+        raise RecordError(f"--record {path}: {exc.strerror or exc}") from None
+    return fh
+
+
 class Recorder:
     """Writes every event published on `bus` to `path`, from its own thread.
+
+    An existing log of this schema is appended to; any other existing file is refused with
+    RecordError unless `force` (see `open_for_append`).
 
     Only process 0 writes (other processes get an inert recorder), so a multi-host run
     gives one log. The bus never blocks the producer; this thread drains its own large
@@ -218,7 +281,7 @@ class Recorder:
     """
 
     def __init__(self, bus, path: str, process_index: int = 0, run_info: Optional[RunInfo] = None,
-                 capacity: int = 100_000, poll: float = 0.05):
+                 capacity: int = 100_000, poll: float = 0.05, force: bool = False):
         self.path = path
         self.process_index = process_index
         self.active = process_index == 0
@@ -234,9 +297,13 @@ class Recorder:
         self._thread = None
         if not self.active:
             return
-        self._fh = open(path, "w", encoding="ascii", newline="\n")
-        self._fh.write(header_line(run_info, process_index) + "\n")
-        self._fh.flush()
+        self._fh = open_for_append(path, force)
+        try:
+            self._fh.write(header_line(run_info, process_index) + "\n")
+            self._fh.flush()
+        except OSError as exc:
+            self._fh.close()
+            raise RecordError(f"--record {path}: {exc.strerror or exc}") from None
         self._sub = bus.subscribe("recorder", capacity=capacity)
         self._thread = threading.Thread(target=self._run, name="vlmrl-recorder", daemon=True)
         self._thread.start()

@@ -69,7 +69,8 @@ class LiveTUI:
       fps: frames per second at most. out_fd/in_fd: terminal fds (default stdout/stdin).
       screen: `(state, view, w, h, now, theme) -> Canvas` (default: the panel layout).
       replay: a `replay.ReplayLog` to show instead of the live bus (``--replay``).
-      source: what the footer calls the data ("LIVE", "SYNTHETIC", "ATTACH").
+      source: what the footer calls the data ("LIVE", "SYNTHETIC", "ATTACH"), or a callable
+        giving it each frame (--attach adds the bad lines it skipped).
       plain_stream: where plain lines go when there is no terminal (default stdout).
       process_index: this process's index in a multi-host run; only 0 draws.
       quit_ends: `q` ends the viewer (--attach) rather than leaving the run to the plain log.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,10 +99,20 @@ class Qwen3VLConfig:
     # ---- Hugging Face config.json ----------------------------------------------------
     @classmethod
     def from_hf_dict(cls, raw: dict, name: str = "hf") -> "Qwen3VLConfig":
-        tc = dict(raw.get("text_config") or {})
-        vc = dict(raw.get("vision_config") or {})
+        """Raises CheckpointError naming every size that is missing, not an integer or out
+        of range, before anything is built from them."""
+        if not isinstance(raw, dict):
+            raise CheckpointError("config.json", ["config.json is not a JSON object"])
+        tc = raw.get("text_config") or {}
+        vc = raw.get("vision_config") or {}
+        if not isinstance(tc, dict) or not isinstance(vc, dict):
+            raise CheckpointError("config.json", ["text_config and vision_config must be JSON objects"])
+        tc, vc = dict(tc), dict(vc)
         if not tc:
-            raise ValueError("config.json has no text_config: not a Qwen3-VL checkpoint")
+            raise CheckpointError("config.json", ["config.json has no text_config: not a Qwen3-VL checkpoint"])
+        problems = _size_problems(tc, vc, raw)
+        if problems:
+            raise CheckpointError("config.json", problems)
         rope_params = tc.get("rope_parameters") or {}
         rope_scaling = tc.get("rope_scaling") or {}
         theta = rope_params.get("rope_theta", tc.get("rope_theta"))
@@ -132,10 +142,21 @@ class Qwen3VLConfig:
             rope_theta=float(vrope.get("rope_theta", 10000.0)),
         )
         if vision.out_hidden_size != text.hidden_size:
-            raise ValueError(f"vision_config.out_hidden_size {vision.out_hidden_size} != "
-                             f"text_config.hidden_size {text.hidden_size}")
-        if vision.head_dim % 4:
-            raise ValueError(f"vision head_dim {vision.head_dim} must be divisible by 4 for the 2D rotary")
+            problems.append(f"vision_config.out_hidden_size {vision.out_hidden_size} != "
+                            f"text_config.hidden_size {text.hidden_size}")
+        if vision.hidden_size % vision.num_heads or vision.head_dim % 4:
+            problems.append(f"vision hidden_size {vision.hidden_size} / num_heads {vision.num_heads} must be a "
+                            "whole head_dim divisible by 4 for the 2D rotary")
+        if text.num_attention_heads % text.num_key_value_heads:
+            problems.append(f"text num_attention_heads {text.num_attention_heads} is not a multiple of "
+                            f"num_key_value_heads {text.num_key_value_heads}")
+        if sum(text.mrope_section) * 2 != text.head_dim:
+            problems.append(f"mrope_section {list(text.mrope_section)} must sum to head_dim/2 = {text.head_dim // 2}")
+        if any(i >= vision.depth for i in vision.deepstack_visual_indexes):
+            problems.append(f"deepstack_visual_indexes {list(vision.deepstack_visual_indexes)} must be below "
+                            f"the vision depth {vision.depth}")
+        if problems:
+            raise CheckpointError("config.json", problems)
         return cls(
             text=text, vision=vision, tie_word_embeddings=tie,
             image_token_id=raw.get("image_token_id", 151655), video_token_id=raw.get("video_token_id", 151656),
@@ -147,12 +168,18 @@ class Qwen3VLConfig:
     def from_json_file(cls, path: str) -> "Qwen3VLConfig":
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no config.json at {path}")
-        with open(path, encoding="utf-8") as fh:
-            try:
-                raw = json.load(fh)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path} is not valid JSON: {exc}") from None
-        return cls.from_hf_dict(raw, name=os.path.basename(os.path.dirname(os.path.abspath(path))))
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(CONFIG_MAX + 1)
+            if len(data) > CONFIG_MAX:
+                raise ValueError(f"larger than {CONFIG_MAX} bytes")
+            raw = json.loads(data)
+        except (OSError, ValueError, RecursionError) as exc:
+            raise CheckpointError(path, [f"not a readable JSON file: {exc}"]) from None
+        try:
+            return cls.from_hf_dict(raw, name=os.path.basename(os.path.dirname(os.path.abspath(path))))
+        except CheckpointError as exc:
+            raise CheckpointError(path, exc.problems) from None
 
     def to_hf_dict(self) -> dict:
         """A config.json in the official (4.57-style) encoding."""
@@ -182,6 +209,84 @@ class Qwen3VLConfig:
             "vision_start_token_id": self.vision_start_token_id, "vision_end_token_id": self.vision_end_token_id,
             "tie_word_embeddings": self.tie_word_embeddings,
         }
+
+
+CONFIG_MAX = 1 << 20  # bytes of config.json (a real one is a few KB)
+
+# (section, key, default or None when required, upper bound): every size a config gives.
+# Bounds are far above any Qwen3-VL (8B: 36 layers, hidden 4096) and keep a crafted config
+# from building 100,000 layers before any other check.
+_SIZES = (
+    ("text", "vocab_size", None, 1 << 22), ("text", "hidden_size", None, 1 << 16),
+    ("text", "intermediate_size", None, 1 << 18), ("text", "num_hidden_layers", None, 1024),
+    ("text", "num_attention_heads", None, 1024), ("text", "num_key_value_heads", 1, 1024),
+    ("text", "head_dim", 1, 4096), ("text", "max_position_embeddings", 1, 1 << 24),
+    ("vision", "depth", 24, 1024), ("vision", "hidden_size", 1024, 1 << 16),
+    ("vision", "intermediate_size", 4096, 1 << 18), ("vision", "num_heads", 16, 1024),
+    ("vision", "in_channels", 3, 16), ("vision", "patch_size", 16, 1024), ("vision", "temporal_patch_size", 2, 64),
+    ("vision", "spatial_merge_size", 2, 64), ("vision", "out_hidden_size", 1, 1 << 16),
+    ("vision", "num_position_embeddings", 2304, 1 << 20),
+)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _size_problems(tc: dict, vc: dict, raw: dict) -> list:
+    """Every size that is missing, not a positive integer, or beyond its bound."""
+    problems = []
+    for section, key, default, hi in _SIZES:
+        d = tc if section == "text" else vc
+        if key not in d or d[key] is None:
+            if default is None:
+                problems.append(f"{section}_config.{key} is missing")
+            continue
+        v = d[key]
+        if not _is_int(v) or not 1 <= v <= hi:
+            problems.append(f"{section}_config.{key} must be an integer in [1, {hi}], got {str(v)[:40]!r}")
+    for key in ("deepstack_visual_indexes",):
+        v = vc.get(key, [])
+        if not isinstance(v, (list, tuple)) or len(v) > 1024 or not all(_is_int(i) and 0 <= i < 1024 for i in v):
+            problems.append(f"vision_config.{key} must be a list of layer indexes")
+    for d, key in ((tc, "rope_parameters"), (tc, "rope_scaling"), (vc, "rope_parameters")):
+        if d.get(key) is not None and not isinstance(d.get(key), dict):
+            problems.append(f"{key} must be a JSON object, got {str(d.get(key))[:40]!r}")
+            return problems
+    rope = tc.get("rope_parameters") or tc.get("rope_scaling") or {}
+    section = rope.get("mrope_section")
+    theta = (tc.get("rope_parameters") or {}).get("rope_theta", tc.get("rope_theta"))
+    if theta is not None and (isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 < theta < 1e300):
+        problems.append(f"rope_theta must be a positive number, got {str(theta)[:40]!r}")
+    vtheta = (vc.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    if isinstance(vtheta, bool) or not isinstance(vtheta, (int, float)) or not 0 < vtheta < 1e300:
+        problems.append(f"vision rope_theta must be a positive number, got {str(vtheta)[:40]!r}")
+    for key in ("bos_token_id", "eos_token_id"):
+        v = tc.get(key, raw.get(key))
+        ids = v if isinstance(v, (list, tuple)) else [v]
+        if v is not None and not all(_is_int(i) and 0 <= i < 1 << 31 for i in ids[:1]):
+            problems.append(f"{key} must be a token id, got {str(v)[:40]!r}")
+    if section is not None and not (isinstance(section, (list, tuple)) and len(section) == 3
+                                    and all(_is_int(i) and 0 <= i <= 4096 for i in section)):
+        problems.append(f"mrope_section must be three non-negative integers, got {str(section)[:40]}")
+    for d, key in ((tc, "rms_norm_eps"),):
+        v = d.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1e300):
+            problems.append(f"text_config.{key} must be a positive number, got {str(v)[:40]!r}")
+    for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+        v = raw.get(key)
+        if v is not None and (not _is_int(v) or not 0 <= v < 1 << 31):
+            problems.append(f"{key} must be a token id, got {str(v)[:40]!r}")
+    return problems
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model; `.problems` lists every issue found."""
+
+    def __init__(self, path: str, problems: List[str]):
+        self.path, self.problems = path, list(problems)
+        super().__init__(f"cannot load Qwen3-VL checkpoint {path}: {len(problems)} problem(s)\n  "
+                         + "\n  ".join(self.problems))
 
 
 def _first(value: Optional[Any], default: int) -> int:

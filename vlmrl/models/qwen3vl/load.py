@@ -18,20 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vlmrl.models.qwen3vl.config import Qwen3VLConfig
+from vlmrl.models.qwen3vl.config import CheckpointError, Qwen3VLConfig  # noqa: F401  (re-exported)
 
 INDEX_FILE = "model.safetensors.index.json"
 # NNX leaf name -> HF leaf name (Linear kernel, LayerNorm scale, Embed table, RMSNorm weight, biases).
 _LEAF = {"kernel": "weight", "scale": "weight", "embedding": "weight", "weight": "weight", "bias": "bias"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model; `.problems` lists every issue found."""
-
-    def __init__(self, path: str, problems: List[str]):
-        self.path, self.problems = path, list(problems)
-        super().__init__(f"cannot load Qwen3-VL checkpoint {path}: {len(problems)} problem(s)\n  "
-                         + "\n  ".join(self.problems))
 
 
 class UnusedWeightsWarning(UserWarning):
@@ -116,12 +107,20 @@ def _tensor_files(path: str, problems: List[str]) -> Dict[str, str]:
         try:
             with open(index, encoding="utf-8") as fh:
                 weight_map = json.load(fh)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError, OSError) as exc:
             problems.append(f"{index} is not a valid safetensors index ({exc!r})")
             return {}
+        if not isinstance(weight_map, dict):
+            problems.append(f"{index}: weight_map is not a JSON object")
+            return {}
         out = {}
+        root = os.path.realpath(path)
         for name, fname in weight_map.items():
             fpath = os.path.join(path, str(fname))
+            if not isinstance(fname, str) or os.path.commonpath([root, os.path.realpath(fpath)]) != root:
+                problems.append(f"{index} maps {str(name)[:80]} to {str(fname)[:80]!r}, outside the checkpoint "
+                                "directory (refused)")
+                continue
             if not os.path.isfile(fpath):
                 problems.append(f"{index} maps {name} to {fname}, which does not exist")
                 continue

@@ -23,7 +23,8 @@ from typing import Optional
 from vlmrl.envs.shapes import ENVS
 from vlmrl.instrument.bus import Bus
 from vlmrl.instrument.events import RunEnd, RunInfo, TrainingState
-from vlmrl.utils.tui.replay import LogFormatError, ReplayLog, attach_events
+from vlmrl.instrument.record import RecordError, check_record_path
+from vlmrl.utils.tui.replay import LogFollower, LogFormatError, ReplayLog, attach_events
 
 DEMO_STEPS = 60  # colors learns in about this many updates (README: 62 to a 0.9 mean reward)
 LINGER_S = 3.0  # the demo keeps "finished" on screen this long before it prints its summary
@@ -55,7 +56,7 @@ def _recorder(args, bus: Bus, run_info=None):
         return None
     from vlmrl.instrument.record import Recorder
 
-    return Recorder(bus, args.record, run_info=run_info)
+    return Recorder(bus, args.record, run_info=run_info, force=args.force)
 
 
 class Follow:
@@ -108,7 +109,15 @@ def _run_attach(args, bus: Bus, live_tui) -> int:
     compare, failed = _compare_or_exit(args)
     if failed:
         return failed
-    tui = live_tui(bus=bus, fps=args.fps, source="ATTACH", quit_ends=True, compare=compare).start()
+    follower = LogFollower(args.attach)
+    try:
+        first = follower.poll()  # a path that is not a log fails here, before the screen is taken
+    except LogFormatError as exc:
+        follower.close()
+        print(f"--attach {args.attach}: {exc}", file=sys.stderr)
+        return 2
+    source = lambda: "ATTACH" + _skipped(follower.stats)  # noqa: E731
+    tui = live_tui(bus=bus, fps=args.fps, source=source, quit_ends=True, compare=compare).start()
     tui.status = f"waiting for {args.attach}"
     if tui.mode == "plain":
         print(f"waiting for {args.attach}", flush=True)
@@ -118,7 +127,10 @@ def _run_attach(args, bus: Bus, live_tui) -> int:
     done = lambda: (tui.quit or (end is not None and time.monotonic() >= end)  # noqa: E731
                     or (tui.mode == "plain" and seen.end is not None))
     try:
-        for ev in attach_events(args.attach, stop=done, poll=0.05):
+        for ev in first:
+            seen.take(ev, tui)
+            bus.publish(ev)
+        for ev in attach_events(args.attach, stop=done, poll=0.05, follower=follower):
             seen.take(ev, tui)
             bus.publish(ev)
     except (OSError, LogFormatError) as exc:
@@ -127,7 +139,18 @@ def _run_attach(args, bus: Bus, live_tui) -> int:
         return 2
     finally:
         tui.stop()
-    return 0
+    _report_skipped(args.attach, follower.stats)
+    return 1 if tui.error else 0
+
+
+def _skipped(stats) -> str:
+    return f"  {stats.skipped} bad lines skipped" if stats.skipped else ""
+
+
+def _report_skipped(path: str, stats) -> None:
+    if stats.skipped:
+        print(f"{path}: {stats.skipped} bad lines skipped (first: {stats.first_error or 'a cut-off last line'})",
+              file=sys.stderr)
 
 
 def _run_replay(args, live_tui) -> int:
@@ -143,13 +166,15 @@ def _run_replay(args, live_tui) -> int:
     if not tui.term.is_tty():  # nothing to navigate: print the run as plain lines
         for ev in log.events:
             tui.plain.feed(ev)
+        _report_skipped(args.replay, log.stats)
         return 0
     tui.start()
     try:
         tui.wait(args.seconds)
     finally:
         tui.stop()
-    return 0
+    _report_skipped(args.replay, log.stats)
+    return 1 if tui.error else 0
 
 
 # ------------------------------------------------------------------ the live demo
@@ -190,7 +215,7 @@ def _run_training(args, live_tui) -> int:
     """Train the tiny Qwen3-VL in a child process and watch its log live from the first second."""
     log = _demo_log(args)
     cmd = [sys.executable, "-m", "vlmrl.core.train", "--env", args.env, "--steps", str(args.steps),
-           "--seed", str(args.seed), "--record", log, "--quiet"]
+           "--seed", str(args.seed), "--record", log, "--quiet"] + (["--force"] if args.force else [])
     print(f"vlmrl demo: {args.steps} PPO steps of the tiny Qwen3-VL on {args.env}. The first step compiles "
           f"(up to a minute; a second run loads the compilation cache), the header then counts steps and "
           f"the time left. q leaves the dashboard, Ctrl-C stops the run.", flush=True)
@@ -269,26 +294,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the demo run, live or synthetic (default 0)")
     p.add_argument("--compare", metavar="FILE", help="with --replay/--attach: overlay this log's training "
                                                      "scalars on the charts view (key c)")
-    p.add_argument("--record", metavar="FILE", help="the event log to write (live demo default: runs/demo-<time>.jsonl)")
+    p.add_argument("--record", metavar="FILE", help="the event log to append to (live demo default: "
+                                                      "runs/demo-<time>.jsonl); a file that is not a vlmrl log is refused")
+    p.add_argument("--force", action="store_true", help="with --record: replace FILE even if it is not a vlmrl log")
     p.add_argument("--seconds", type=float, metavar="N", help="stop after N seconds")
     p.add_argument("--fps", type=float, default=20.0, help="frames per second at most (default 20)")
     return p
+
+
+MAX_FPS = 240.0
+MIN_FPS = 0.5
+MAX_SECONDS = 365 * 24 * 3600.0
+
+
+def check_flags(args) -> str:
+    """The first problem with the parsed flags, or "" (argparse turns it into exit 2)."""
+    if args.seconds is not None and not (0 < args.seconds <= MAX_SECONDS):  # also false for nan
+        return f"--seconds must be > 0 and at most {MAX_SECONDS:g} (a year), got {args.seconds}"
+    if not MIN_FPS <= args.fps <= MAX_FPS:  # also false for nan
+        return f"--fps must be between {MIN_FPS:g} and {MAX_FPS:g}, got {args.fps}"
+    if args.steps < 1:
+        return f"--steps must be >= 1, got {args.steps}"
+    if args.compare and not (args.attach or args.replay):
+        return "--compare needs --replay FILE or --attach FILE (the run it is compared with)"
+    if args.record and (args.attach or args.replay):
+        return "--record records a run (default or --synthetic), not --attach/--replay"
+    if args.force and not args.record:
+        return "--force goes with --record"
+    return ""
 
 
 def main(argv=None, live_tui=None) -> int:
     """`python -m vlmrl.utils.tui_live` with `live_tui` the dashboard class (tui_live.LiveTUI)."""
     p = build_parser()
     args = p.parse_args(argv)
-    if args.seconds is not None and args.seconds <= 0:
-        p.error(f"--seconds must be > 0, got {args.seconds}")
-    if args.fps <= 0:
-        p.error(f"--fps must be > 0, got {args.fps}")
-    if args.steps < 1:
-        p.error(f"--steps must be >= 1, got {args.steps}")
-    if args.compare and not (args.attach or args.replay):
-        p.error("--compare needs --replay FILE or --attach FILE (the run it is compared with)")
-    if args.record and (args.attach or args.replay):
-        p.error("--record records a run (default or --synthetic), not --attach/--replay")
+    problem = check_flags(args)
+    if problem:
+        p.error(problem)
+    if args.record:
+        try:  # before anything starts, so an existing file is refused with nothing begun
+            check_record_path(args.record, args.force)
+        except RecordError as exc:
+            print(exc, file=sys.stderr)
+            return 2
     try:
         if args.attach:
             return _run_attach(args, Bus(capacity=1000), live_tui)
@@ -300,5 +348,8 @@ def main(argv=None, live_tui=None) -> int:
             return _run_synthetic(args, Bus(), live_tui, note="note: live training needs JAX, which is not "
                                                                 "installed; showing --synthetic instead")
         return _run_training(args, live_tui)
+    except RecordError as exc:  # the file changed since main looked, or the disk is full
+        print(exc, file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

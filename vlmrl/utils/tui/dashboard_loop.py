@@ -42,7 +42,9 @@ class DashboardLoop:
         self.interval = 1.0 / tui.fps
         self.t_start = time.monotonic()
         self.frame_times: collections.deque = collections.deque(maxlen=64)
-        self.meta = {"fps": None, "source": tui.source, "dropped": 0}
+        # the source may be a callable (--attach adds the bad lines it skipped)
+        self.source = tui.source if callable(tui.source) else (lambda: tui.source)
+        self.meta = {"fps": None, "source": self.source(), "dropped": 0}
         self.frozen = None  # the state shown while paused
         self.size = None  # (width, height, terminal generation) of the last frame
         self.next_frame = self.last_repaint = time.monotonic()
@@ -102,6 +104,7 @@ class DashboardLoop:
         for ev in self.sub.drain():
             if replay is None:
                 self.store.apply(ev)
+        meta["source"] = self.source()
         if replay is not None:
             replay.tick(now)
             self.store = replay.store_at(self.make_store)

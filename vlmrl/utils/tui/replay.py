@@ -139,13 +139,15 @@ def _stopped(stop) -> bool:
     return stop.is_set()
 
 
-def attach_events(path: str, stop=None, poll: float = 0.1) -> Iterator[Event]:
+def attach_events(path: str, stop=None, poll: float = 0.1, follower: Optional[LogFollower] = None) -> Iterator[Event]:
     """Yield the events of a growing log as they are written, until `stop` is set.
 
     `stop` is a threading.Event (or a callable returning True to stop). Waits for the file
-    to appear. Raises LogFormatError when its first line is not a vlmrl log header.
+    to appear. Raises LogFormatError when its first line is not a vlmrl log header or the
+    path is not a readable regular file. `follower`: a LogFollower of `path` to read with
+    (its `stats` count the bad lines), else a new one.
     """
-    follower = LogFollower(path)
+    follower = follower if follower is not None else LogFollower(path)
     try:
         while not _stopped(stop):
             events = follower.poll()
