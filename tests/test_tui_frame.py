@@ -19,7 +19,7 @@ from vlmrl.utils.tui.canvas import Canvas, Rect, Style
 from vlmrl.utils.tui.frame import BSU, ESU, FrameEncoder, full_bytes
 
 # No ZWJ: pyte stops drawing a string at any zero-width non-combining character (a
-# quirk of the emulator, not of terminals); the canvas keeps ZWJ for emoji sequences.
+# quirk of the emulator, not of terminals); the canvas drops ZWJ anyway (see canvas.py).
 TEXTS = ["hello", "中文字", "e\u0301x", "░▒▓█", "\x1b[2Jbad", "a", "🙂ok", "x\u0300y", "｜｜", "\u202eevil",
          "tab\there", " ", "ÿ\x9b31m"]
 def _pyte_safe(ch: str) -> bool:

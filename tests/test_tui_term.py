@@ -27,9 +27,10 @@ def test_parse_keys_plain_special_and_unknown():
     ({"TERM": "xterm", "COLORTERM": "24bit"}, 8, "truecolor"),
     ({"TERM": "xterm-256color"}, 256, "256"),
     ({"TERM": "xterm"}, 8, "16"),
-    ({"TERM": "vt100"}, None, "256"),  # terminfo cannot tell: 256
+    ({"TERM": "vt100"}, None, "16"),  # terminfo cannot tell: 16 colours
+    ({"TERM": "my-256color"}, None, "256"),  # ... unless the name says 256
     ({"TERM": "weird"}, 2, "none"),
-    ({}, None, "256"),
+    ({}, None, "16"),
 ])
 def test_detect_color_depth(env, colors, expect):
     assert theme.detect_color_depth(env, terminfo=lambda term: colors) == expect

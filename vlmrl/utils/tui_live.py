@@ -106,7 +106,7 @@ class LiveTUI:
         # warnings and log records while the dashboard owns the screen: a footer notice,
         # then stderr once the terminal is restored
         self.diagnostics = Diagnostics()
-        self.plain_failures = 0  # plain logs that failed after the dashboard closed
+        self.plain_failures = 0  # plain logs that died (reported on stderr at once)
         self.mode = "off"  # off | dashboard | plain
         self.frames = 0
         self.cpu_s = 0.0  # render thread CPU time (time.thread_time)
@@ -222,8 +222,19 @@ class LiveTUI:
     def _plain_thread(self) -> None:
         try:
             self.plain.run(self._sub, self._stop)
-        except Exception:  # a broken log must never end the run
-            self.error = traceback.format_exc(limit=3).strip().splitlines()[-1]
+        except Exception:  # a broken log must never end the run, but it must say it stopped
+            self._plain_died()
+
+    def _plain_died(self) -> None:
+        self.plain_failures += 1
+        why = traceback.format_exc(limit=3).strip().splitlines()[-1]
+        self.error = self.error or f"plain log: {why}"
+        self._reported = True  # said here, at once; stop() need not repeat it
+        try:
+            sys.stderr.write(f"vlmrl plain log stopped after an error (the run goes on): {why}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):  # stderr closed too: the counter and self.error are all that is left
+            pass
 
     def _dashboard_thread(self) -> None:
         quit_ = False
@@ -247,12 +258,7 @@ class LiveTUI:
             self.plain.stream.write(f"{why}; plain log follows, the run goes on\n")
             self.plain.run(self._sub, self._stop)
         except Exception:  # a broken log must never end the run: counted, said once on stderr
-            self.plain_failures += 1
-            line = traceback.format_exc(limit=3).strip().splitlines()[-1]
-            try:
-                sys.stderr.write(f"vlmrl plain log stopped after an error (the run goes on): {line}\n")
-            except (OSError, ValueError):  # stderr closed too: the counter is all that is left
-                pass
+            self._plain_died()
 
     def _dashboard_loop(self) -> bool:
         """Draw until stopped; True when the user pressed q (the steps: dashboard_loop.py)."""

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import re
 from types import MappingProxyType
 from typing import Callable, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from vlmrl.utils.tui.canvas import text_memo
 
 EPS = 1e-8
 THRESHOLD_MIN, THRESHOLD_MAX, THRESHOLD_STEP = 0.0, 0.2, 0.001
@@ -41,7 +42,7 @@ _BYTE_RE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 _MARKER_RE = re.compile(r"<\|([A-Za-z0-9_]{1,32})\|>")
 
 
-@functools.lru_cache(maxsize=65536)
+@text_memo(maxsize=65536)
 def _clean(label: str) -> str:
     label = label.replace("Ġ", " ").replace("▁", " ").replace("Ċ", "\\n")
     # decoded text (not byte-level pieces) carries real newlines and tabs: show them too

@@ -119,7 +119,9 @@ class Terminal:
         return self._active
 
     def is_tty(self) -> bool:
-        return self.out_fd is not None and _isatty(self.out_fd)
+        """True when the dashboard can draw here: a terminal with cursor addressing
+        (TERM=dumb has none, so it gets plain lines like a pipe)."""
+        return self.out_fd is not None and _isatty(self.out_fd) and os.environ.get("TERM") != "dumb"
 
     def size(self) -> Tuple[int, int]:
         """(columns, rows) now; polled every frame (SIGWINCH only reaches the main thread)."""

@@ -41,7 +41,7 @@ def _terminfo_colors(term: str) -> Optional[int]:
         t = blessed.Terminal(kind=term, stream=io.StringIO(), force_styling=True)
         n = int(t.number_of_colors)
         return n if n > 0 else None
-    except Exception:  # missing terminfo entry, curses quirks: fall back to 256
+    except Exception:  # missing terminfo entry, curses quirks: the caller falls back
         return None
 
 
@@ -49,8 +49,8 @@ def detect_color_depth(env: Optional[Mapping[str, str]] = None, terminfo=_termin
     """The depth to draw with: truecolor / 256 / 16 / none.
 
     NO_COLOR (present and non-empty) or TERM=dumb -> none; COLORTERM truecolor/24bit ->
-    truecolor; otherwise terminfo's colour count, 256 when terminfo cannot tell (COLORTERM
-    is rarely forwarded over ssh, yet nearly every terminal today has 256 colours).
+    truecolor; otherwise terminfo's colour count (COLORTERM is rarely forwarded over ssh,
+    TERM is); when terminfo does not know TERM, 256 if its name says so, else 16.
     """
     env = os.environ if env is None else env
     if env.get("NO_COLOR", ""):
@@ -61,8 +61,8 @@ def detect_color_depth(env: Optional[Mapping[str, str]] = None, terminfo=_termin
     if env.get("COLORTERM", "").lower() in ("truecolor", "24bit"):
         return TRUECOLOR
     n = terminfo(term) if term else None
-    if n is None:
-        return COLOR256
+    if n is None:  # an unknown terminal: the 16 ANSI colours every colour terminal has
+        return COLOR256 if "256col" in term else COLOR16
     if n >= 1 << 24:
         return TRUECOLOR
     if n >= 256:

@@ -12,7 +12,7 @@ import functools
 import math
 from typing import Optional, Sequence
 
-from vlmrl.utils.tui.canvas import Canvas, Style, char_width, sanitize, text_width, truncate
+from vlmrl.utils.tui.canvas import Canvas, Style, char_width, sanitize, text_memo, text_width, truncate
 
 NA = "n/a"  # a value that was not measured: never a made-up placeholder
 RULE = "━"
@@ -229,7 +229,7 @@ def _compose_pairs(x: int, limit: int, pairs, theme, sep: str):
     return tuple(pieces), text, tuple(styles)
 
 
-@functools.lru_cache(maxsize=8192)
+@text_memo(maxsize=8192)
 def _measure(text: str):
     """(cells, one cell per character and already safe) of a piece of text."""
     if text.isascii() and text.isprintable():
@@ -237,7 +237,7 @@ def _measure(text: str):
     return text_width(text), _one_cell_each(text)
 
 
-@functools.lru_cache(maxsize=8192)
+@text_memo(maxsize=8192)
 def _one_cell_each(text: str) -> bool:
     """True when the text is already safe and every character takes exactly one cell
     (box drawing, blocks, ramps...), so it can be slice-assigned like ASCII."""

@@ -2,9 +2,8 @@
 `Cache: n/max`, and the recent tokens with probability bars."""
 from __future__ import annotations
 
-import functools
 
-from vlmrl.utils.tui.canvas import PLAIN, Canvas, text_width, truncate
+from vlmrl.utils.tui.canvas import PLAIN, Canvas, text_memo, text_width, truncate
 from vlmrl.utils.tui.palette import hbar, spark_glyph
 from vlmrl.utils.tui.panels.common import NA, fmt_int, fmt_num, message, put, put_pairs, remember, share_row, title_row
 from vlmrl.utils.tui.render_cache import RenderCache
@@ -24,7 +23,7 @@ def _quoted(text: str, width: int) -> str:
     return '"' + truncate(text, max(width - 2, 1)) + '"'
 
 
-@functools.lru_cache(maxsize=4096)
+@text_memo(maxsize=4096)
 def _quoted_w(text: str, width: int):
     """(_quoted(text, width), its cells): the same vocabulary comes back every few tokens."""
     q = _quoted(text, width)

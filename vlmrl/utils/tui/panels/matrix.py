@@ -13,13 +13,12 @@ Marks: ◆ special token, ▦ image token (row and column gutters); a blank cell
 from __future__ import annotations
 
 import dataclasses
-import functools
 from types import MappingProxyType
 from typing import Optional
 
 import numpy as np
 
-from vlmrl.utils.tui.canvas import Canvas, Style, char_width, sanitize, truncate
+from vlmrl.utils.tui.canvas import Canvas, Style, char_width, sanitize, text_memo, truncate
 from vlmrl.utils.tui.explorer_math import clean_label
 from vlmrl.utils.tui.palette import RAMP
 from vlmrl.utils.tui.panels.common import message, put_glyphs, title_rule
@@ -229,7 +228,7 @@ def _column_header(c: Canvas, x0: int, k0: int, k1: int, c_cur: int, ktok, types
     put_glyphs(c, x0, 1 + COL_LABEL_ROWS, [TYPE_MARK.get(kind, " ") for kind in kinds], type_styles[:n])
 
 
-@functools.lru_cache(maxsize=65536)
+@text_memo(maxsize=65536)
 def _vertical(label: str) -> str:
     """The label's first characters, each exactly one cell wide (others shown as …)."""
     out = []

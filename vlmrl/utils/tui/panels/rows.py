@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from typing import Optional, Sequence
 
-from vlmrl.utils.tui.canvas import PLAIN, Canvas, text_width
+from vlmrl.utils.tui.canvas import PLAIN, Canvas, text_memo, text_width
 from vlmrl.utils.tui.palette import hbar
 from vlmrl.utils.tui.panels.common import NA, put_pairs, remember
 
@@ -61,7 +61,7 @@ ONE_CELL = frozenset(chr(c) for c in range(0x20, 0x7F)) | frozenset(
     chr(c) for c in range(0x2500, 0x25A0)) | frozenset("·…→←↑↓▶◆▦×±≥≤−")
 
 
-@functools.lru_cache(maxsize=4096)
+@text_memo(maxsize=4096)
 def _cells(text: str):
     """text_cells of other text, laid out once by Canvas.put on a blank row wide enough
     for all of it (so the cells are what it writes wherever the text fits whole)."""
