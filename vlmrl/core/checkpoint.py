@@ -115,13 +115,14 @@ def _check_member(zf: zipfile.ZipFile, name: str, want: tuple) -> str:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
             else:
                 return f"unsupported .npy version {version}"
+            data_offset = fp.tell()
         except (ValueError, OSError) as exc:
             return f"unreadable array header ({exc})"
     if dtype.kind not in "biuf" or dtype.hasobject:
         return f"dtype {dtype} is not numeric"
     if tuple(shape) != want:
         return f"has shape {list(shape)}, the model expects {list(want)}"
-    if info.file_size < int(np.prod(want, dtype=np.int64)) * dtype.itemsize:
+    if info.file_size - data_offset < int(np.prod(want, dtype=np.int64)) * dtype.itemsize:
         return "is shorter than its declared shape (truncated file)"
     return ""
 

@@ -57,10 +57,13 @@ def header_line(run_info: Optional[RunInfo] = None, process_index: int = 0) -> s
 
 
 def parse_header(line: bytes | str, path: str = "log") -> dict:
-    """The header dict (run_info rebuilt as a RunInfo) or LogFormatError naming the file."""
+    """The header dict (run_info rebuilt as a RunInfo) or LogFormatError naming the file.
+
+    A header whose run_info is not a valid RunInfo is still a header: run_info is None and
+    "bad_run_info" says why (the readers count it as a bad line; the rest plays)."""
     try:
         head = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         head = None
     if not isinstance(head, dict) or HEADER_KEY not in head:
         raise LogFormatError(f"{path}: not a vlmrl event log (first line is not a vlmrl log header)")
@@ -70,10 +73,10 @@ def parse_header(line: bytes | str, path: str = "log") -> dict:
     info = head.get("run_info")
     try:
         head["run_info"] = decode_event(info) if info is not None else None
+        if head["run_info"] is not None and not isinstance(head["run_info"], RunInfo):
+            raise ValueError("it is not a run_info event")
     except ValueError as exc:
-        raise LogFormatError(f"{path}: bad run_info in the log header: {exc}") from exc
-    if head["run_info"] is not None and not isinstance(head["run_info"], RunInfo):
-        raise LogFormatError(f"{path}: header run_info is not a run_info event")
+        head["run_info"], head["bad_run_info"] = None, f"bad run_info in the log header: {str(exc)[:200]}"
     return head
 
 
@@ -111,7 +114,10 @@ def parse_line(line: bytes, lineno: int, stats: ReadStats) -> Optional[Event]:
     try:
         data = json.loads(line)
         if isinstance(data, dict) and data.get("kind") == "header":
-            event = parse_header(line).get("run_info")
+            head = parse_header(line)
+            if head.get("bad_run_info"):
+                raise ValueError(head["bad_run_info"])
+            event = head.get("run_info")
             if event is None:
                 return None
         else:
@@ -187,6 +193,8 @@ def read_log(path: str) -> tuple:
     with open_log(path) as fh:
         header = _read_header(fh, path)
         stats = ReadStats()
+        if header.get("bad_run_info"):
+            stats.note_garbage(1, header["bad_run_info"])
         events = []
         for lineno, (line, complete) in enumerate(read_lines(fh), start=2):
             if line is None:
@@ -302,7 +310,10 @@ class Recorder:
             self._fh.write(header_line(run_info, process_index) + "\n")
             self._fh.flush()
         except OSError as exc:
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError:
+                pass  # the same failure again, flushing what could not be written
             raise RecordError(f"--record {path}: {exc.strerror or exc}") from None
         self._sub = bus.subscribe("recorder", capacity=capacity)
         self._thread = threading.Thread(target=self._run, name="vlmrl-recorder", daemon=True)

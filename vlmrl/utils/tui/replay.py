@@ -111,6 +111,8 @@ class LogFollower:
             if len(line) > LINE_MAX:
                 raise LogFormatError(f"{self.path}: first line longer than {LINE_MAX} bytes, not a vlmrl event log")
             self.header = parse_header(line, self.path)
+            if self.header.get("bad_run_info"):
+                self.stats.note_garbage(self._lineno, self.header["bad_run_info"])
             if self.header.get("run_info") is not None:
                 out.append(self.header["run_info"])
             return
