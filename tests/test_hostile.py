@@ -235,6 +235,9 @@ def test_an_unterminated_line_under_attach_is_not_buffered_without_limit(tmp_pat
     assert out["held"] <= LINE_MAX and out["peak_kb"] < 300 << 10, out
 
 
+ROWS = 5000  # ~80 x MAX_ROWS, and ~100 checkpoint saves at the spacing set below
+
+
 def test_many_distinct_rows_replay_in_bounded_memory(tmp_path):
     """Each decode event names a new batch row: the store keeps MAX_ROWS of them (counted)
     and replay keeps at most MAX_CHECKPOINTS copies of the store."""
@@ -243,7 +246,7 @@ def test_many_distinct_rows_replay_in_bounded_memory(tmp_path):
     path = tmp_path / "rows.jsonl"
     with open(path, "w") as fh:
         fh.write(header_line() + "\n")
-        for row in range(20_000):
+        for row in range(ROWS):
             line["seq_index"], line["step"] = row, row
             fh.write(json.dumps(line) + "\n")
     code = f"""
@@ -251,7 +254,7 @@ def test_many_distinct_rows_replay_in_bounded_memory(tmp_path):
         from vlmrl.utils.tui import replay
         from vlmrl.utils.tui.state import MAX_ROWS
         from vlmrl.utils.tui.store import Store
-        replay.CHECKPOINT_EVERY = 100  # many saves, so the thinning is exercised
+        replay.CHECKPOINT_EVERY = 50  # many saves, so the thinning is exercised
         log = replay.ReplayLog.open(sys.argv[1])
         store = log.store_at(Store)
         log.seek(log.num_steps // 3)
@@ -264,7 +267,7 @@ def test_many_distinct_rows_replay_in_bounded_memory(tmp_path):
     proc = _run_limited(code, 1200, args=(str(path),))
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout)
-    assert out["rows"] == out["max_rows"] == out["back_rows"] and out["dropped"] == 20_000 - out["max_rows"]
+    assert out["rows"] == out["max_rows"] == out["back_rows"] and out["dropped"] == ROWS - out["max_rows"]
     assert out["checkpoints"] <= out["max_checkpoints"] and "batch rows" in out["problem"]
     assert out["peak_kb"] < 800 << 10, out
 
