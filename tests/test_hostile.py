@@ -338,7 +338,7 @@ def test_a_huge_file_without_a_newline_is_refused_after_a_few_bytes(tmp_path):
                                    ["--seconds", "nan"], ["--seconds", "inf"], ["--seconds", "-1"],
                                    ["--force", "--synthetic"]])
 def test_bad_flags_are_usage_errors(flags, capsys):
-    from vlmrl.utils.tui.cli import main
+    from vlmrl.utils.tui_live import main
 
     with pytest.raises(SystemExit) as e:
         main(["--synthetic", *flags] if "--synthetic" not in flags else flags)
@@ -350,7 +350,7 @@ def test_bad_flags_are_usage_errors(flags, capsys):
 # ------------------------------------------------------------------ --record never destroys
 
 def _record(path, *extra, capsys=None) -> int:
-    from vlmrl.utils.tui.cli import main
+    from vlmrl.utils.tui_live import main
 
     try:
         return main(["--synthetic", "--seconds", "0.6", "--fps", "5", "--record", str(path), *extra])
@@ -404,7 +404,7 @@ def test_record_on_a_full_disk_is_one_line_and_exit_2(tmp_path):
         import resource, signal, sys
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
-        from vlmrl.utils.tui.cli import main
+        from vlmrl.utils.tui_live import main
         sys.exit(main(["--synthetic", "--seconds", "1", "--record", sys.argv[1]]))
     """
     proc = _run_limited(code, 2000, args=(str(path),))
