@@ -15,14 +15,18 @@ from vlmrl.instrument.record import ReadStats, parse_line, read_log
 from vlmrl.utils.tui.layout import render_screen
 from vlmrl.utils.tui.palette import COLOR
 from vlmrl.utils.tui.plainlog import PlainLog
+from vlmrl.utils.tui.render_cache import RenderCache
 from vlmrl.utils.tui.store import Store
 from vlmrl.utils.tui.view import ViewState, handle_key
 
-RUN_LOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "tiny_run.jsonl")
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+RUN_LOG = os.path.join(DATA, "tiny_run.jsonl")
+# a real run recorded with its rollout groups (GroupState events), for the group and charts views
+GROUP_LOG = os.path.join(DATA, "tiny_colors_seed0.jsonl")
 
 
-def _lines() -> list:
-    with open(RUN_LOG, "rb") as fh:
+def _lines(path: str = RUN_LOG) -> list:
+    with open(path, "rb") as fh:
         raw = fh.read().split(b"\n")
     # one line of each distinct shape is enough to mutate; the repeated run_info status lines are alike
     seen, out = set(), []
@@ -30,14 +34,15 @@ def _lines() -> list:
         if not line.strip():
             continue
         kind = json.loads(line)["kind"]
-        if kind not in seen or kind in ("decode", "training", "credit"):
+        if kind not in seen or kind in ("decode", "training", "credit", "group"):
             seen.add(kind)
             out.append(line)
     return out
 
 
-LINES = _lines()
+LINES = _lines() + [line for line in _lines(GROUP_LOG) if b'"kind":"group"' in line[:20]]
 _, BASE_EVENTS, _ = read_log(RUN_LOG)
+BASE_EVENTS = BASE_EVENTS[:40] + [e for e in read_log(GROUP_LOG)[1] if e.kind in ("group", "training")][:20]
 
 HOSTILE = st.one_of(
     st.none(), st.booleans(), st.integers(), st.integers(min_value=2 ** 62, max_value=2 ** 80).map(lambda v: -v),
@@ -103,13 +108,18 @@ def mutated_line(draw) -> bytes:
 
 
 def _render_everything(store: Store, now: float) -> None:
-    view = ViewState()
+    """Every view (dashboard, matrix, explorer, group, charts) and the dashboard's keys."""
+    cache = RenderCache()
     state = store.snapshot()
-    render_screen(state, view, 120, 40, now, COLOR)
-    render_screen(state, view, 60, 20, now, COLOR)
-    for key in ("m", "e", "b", "s", "]"):  # matrix, explorer, next batch row, next stat, next layers
-        view = handle_key(view, key, state)
-        render_screen(state, view, 120, 40, now, COLOR)
+    for w, h in ((120, 40), (60, 20)):
+        render_screen(state, ViewState(), w, h, now, COLOR, cache=cache)
+    for key in ("m", "e", "g", "c"):
+        view = handle_key(ViewState(), key, state, cache)
+        render_screen(state, view, 120, 40, now, COLOR, cache=cache)
+    view = ViewState()
+    for key in ("b", "s", "]"):  # next batch row, next stat, next layers
+        view = handle_key(view, key, state, cache)
+        render_screen(state, view, 120, 40, now, COLOR, cache=cache)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -120,7 +130,7 @@ def test_mutated_real_lines_never_raise_through_store_panels_and_plain_log(lines
     store = Store(clock=lambda: 1000.0 + next(clock) * 0.05)
     out = io.StringIO()
     plain = PlainLog(out, summary_every=0.0)
-    for ev in BASE_EVENTS[:40]:
+    for ev in BASE_EVENTS:
         store.apply(ev)
         plain.feed(ev)
     for i, line in enumerate(lines):

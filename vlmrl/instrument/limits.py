@@ -131,7 +131,8 @@ FIELDS: Dict[str, Dict[str, Callable[[Any], bool]]] = {
         "lengths": _optional(lambda v: isinstance(v, np.ndarray) and v.ndim == 1 and v.size <= MAX_TOP_K),
         "rewards": _optional(_array(1, MAX_TOP_K)), "advantages": _optional(_array(1, MAX_TOP_K)),
         "metrics": lambda v: isinstance(v, dict) and len(v) <= MAX_STATS and all(
-            isinstance(k, str) and _array(2, MAX_STAT_CELLS)(a) for k, a in v.items()),
+            isinstance(k, str) and isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.ndim == 2
+            and a.size <= MAX_STAT_CELLS for k, a in v.items()),
         "wall_time": _wall,
     },
 }
