@@ -57,7 +57,7 @@ _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\
 # filler U+FFFD.
 _ZWJ = "\u200d"
 _REGIONAL_A = 0x1F1E6  # regional indicator symbol letter A; Z is 0x1F1FF
-_HANGUL_FILLERS = set("\u115f\u1160\u3164\uffa0")
+_HANGUL_FILLERS = frozenset("\u115f\u1160\u3164\uffa0")
 
 
 @functools.lru_cache(maxsize=65536)
