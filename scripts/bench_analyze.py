@@ -48,7 +48,7 @@ def record_tiny(path: str, steps: int) -> None:
     from vlmrl.instrument.taps import TapConfig
 
     args = parse_args(["--env", "count", "--steps", str(steps), "--batch", "2", "--group", "4",
-                       "--minibatches", "2", "--max_new_tokens", "6", "--quiet"])
+                       "--minibatches", "2", "--max_new_tokens", "6", "--quiet", "--record", path])
     bus = Bus(capacity=100_000)
     trainer = Trainer(args, bus=bus, tap=TapConfig(enabled=True, matrix_layer=-1))
     info = trainer.run_info()
@@ -65,7 +65,7 @@ def build(src: str, dst: str, target_bytes: int) -> int:
         header = fh.readline()
         body = [json.loads(line) for line in fh if line.strip()]
     body = [d for d in body if d.get("kind") not in ("run_info", "run_end")]
-    updates = 1 + max((d["step"] for d in body if d["kind"] in ("training", "credit")), default=0)
+    updates = 1 + max((d["step"] for d in body if d["kind"] in ("training", "credit", "group")), default=0)
     gens = 1 + max((d["generation"] for d in body if d["kind"] == "decode"), default=0)
     written, rep = len(header), 0
     with open(dst, "wb") as out:
@@ -73,7 +73,7 @@ def build(src: str, dst: str, target_bytes: int) -> int:
         while written < target_bytes:
             chunk = []
             for d in body:
-                if d["kind"] in ("training", "credit"):
+                if d["kind"] in ("training", "credit", "group"):
                     d = {**d, "step": d["step"] + rep * updates}
                 elif d["kind"] == "decode":
                     d = {**d, "generation": d["generation"] + rep * gens}

@@ -8,7 +8,8 @@ import json
 
 import numpy as np
 
-from vlmrl.instrument.events import ATTN_STATS, AttentionMatrix, CreditState, DecodeState, RunEnd, TrainingState
+from vlmrl.instrument.events import (ATTN_STATS, GROUP_METRICS, AttentionMatrix, CreditState, DecodeState, GroupState,
+                                    RunEnd, TrainingState)
 from vlmrl.instrument.record import read_log
 
 PH = ("prefill", "decode")
@@ -92,11 +93,11 @@ def oracle(path, window=8, mass=0.9, max_bins=256):
             for j in waiting:
                 upd[j] = ev.step
             waiting, upd[i] = [], ev.step
-        elif isinstance(ev, CreditState):
+        elif isinstance(ev, (CreditState, GroupState)):
             upd[i] = ev.step
         else:
             waiting.append(i)
-    keys = sorted({upd[i] for i, e in enumerate(events) if isinstance(e, (TrainingState, CreditState))})
+    keys = sorted({upd[i] for i, e in enumerate(events) if isinstance(e, (TrainingState, CreditState, GroupState))})
     width = 1
     while len({k // width for k in keys}) > max_bins:
         width *= 2
@@ -126,6 +127,11 @@ def oracle(path, window=8, mass=0.9, max_bins=256):
         g["logprob"] = {ph: [e.logprob for i, e in dec if sel(i) and e.phase == ph] for ph in PH}
         g["credit"] = [c for i, e in credits if sel(i) for c in e.credits]
         g["train"] = [events[i] for i in range(len(events)) if sel(i) and isinstance(events[i], TrainingState)]
+        groups = [e for i, e in enumerate(events) if sel(i) and isinstance(e, GroupState)]
+        g["groups"] = len(groups)
+        g["cells"] = {m: np.concatenate([e.metrics[m].ravel() for e in groups]) if groups else np.zeros(0)
+                      for m in GROUP_METRICS}
+        g["cells"] = {m: v[~np.isnan(v)].astype(np.float64) for m, v in g["cells"].items()}
         return g
 
     everything = group(lambda i: True)
@@ -159,6 +165,7 @@ def oracle(path, window=8, mass=0.9, max_bins=256):
             "next_token_entropy": {ph: mean_or_none(g["entropy"][ph]) for ph in PH},
             "credit": {"count": len(g["credit"]), "mean": mean_or_none(g["credit"]),
                        "abs_mean": mean_or_none(np.abs(g["credit"]))},
+            "per_token": {m: mean_or_none(g["cells"][m]) for m in GROUP_METRICS},
         })
 
     def trend(pick):
@@ -206,7 +213,7 @@ def oracle(path, window=8, mass=0.9, max_bins=256):
             "bytes": {"file": len(raw), "by_kind": dict(sorted(kinds_bytes.items())), "skipped_lines": 0},
             "capture": {
                 "head_stat_events": len(stat_ev), "attention_row_events": len(row_ev), "matrix_events": len(mats),
-                "rejected": {"attn_stats": 0, "attention_row": 0, "matrix": 0},
+                "rejected": {"attn_stats": 0, "attention_row": 0, "matrix": 0, "group": 0},
                 "generations": len(gens), "decode_steps_recorded": sum(len(s) for s in gens.values()),
                 "step_coverage": sum(len(s) for s in gens.values()) / sum(max(s) + 1 for s in gens.values()),
                 "row_coverage": len(dec) / sum(sum(s.values()) for s in gens.values()),
@@ -241,5 +248,7 @@ def oracle(path, window=8, mass=0.9, max_bins=256):
                        "positive_share": float(np.mean(np.array(credit_all) > 0)) if credit_all else None,
                        "negative_share": float(np.mean(np.array(credit_all) < 0)) if credit_all else None},
             "training": {k: summary([getattr(t, k) for t in trains if getattr(t, k) is not None]) for k in TF},
+            "per_token": {"group_events": everything["groups"],
+                          **{m: summary(everything["cells"][m]) for m in GROUP_METRICS}},
         },
     }

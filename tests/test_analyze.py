@@ -44,7 +44,7 @@ def recorded(tmp_path_factory):
 
     path = str(tmp_path_factory.mktemp("run") / "run.jsonl")
     args = parse_args(["--env", "count", "--steps", "4", "--batch", "2", "--group", "4", "--minibatches", "2",
-                       "--seed", "3", "--max_new_tokens", "6"])
+                       "--seed", "3", "--max_new_tokens", "6", "--record", path])  # --record: rollout groups too
     bus = Bus(capacity=100_000)
     trainer = Trainer(args, bus=bus, tap=TapConfig(enabled=True, matrix_layer=-1))
     info = trainer.run_info()
@@ -97,6 +97,7 @@ def test_every_number_in_the_report_equals_numpy_over_the_recorded_log(recorded,
     assert report["run"]["capture"]["attention_row_events"] >= 4 and report["head_stats"]["names"] == [
         "focus", "max", "vision", "sink"]
     assert report["rows"]["decode"]["events"] >= 1 and len(report["steps"]["bins"]) == 4
+    assert events["group"] == 4 and report["telemetry"]["per_token"]["kl"]["count"] > 8
     numbers = assert_same(report, oracle(recorded))
     assert numbers > 300
     # bins merged (width 2 then 4) give the same numbers as grouping the updates directly
@@ -201,7 +202,7 @@ def test_bad_events_are_skipped_counted_and_the_rest_reported(tmp_path):
     write_log(log, events, INFO, tail=b'{"kind": "decode", "st')
     report, _ = analyze(str(log))
     cap = report["run"]["capture"]
-    assert cap["rejected"] == {"attn_stats": 3, "attention_row": 1, "matrix": 2}
+    assert cap["rejected"] == {"attn_stats": 3, "attention_row": 1, "matrix": 2, "group": 0}
     assert cap["head_stat_events"] == 1 and report["layers"][1]["heads"][2]["focus"] == 0.5
     assert report["source"]["truncated_lines"] == 1
 
@@ -216,7 +217,7 @@ def test_extreme_values_never_reach_the_report_as_nan(tmp_path):
     res = run_cli(str(log), "--out", str(out))
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
     report = json.loads((out / "report.json").read_text())  # strict JSON: no NaN or Infinity
-    assert report["run"]["capture"]["rejected"] == {"attn_stats": 0, "attention_row": 1, "matrix": 1}
+    assert report["run"]["capture"]["rejected"] == {"attn_stats": 0, "attention_row": 1, "matrix": 1, "group": 0}
 
 
 def test_progress_bar_draws_on_a_terminal_and_clears_its_line(tmp_path):

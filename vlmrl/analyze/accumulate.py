@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 
 from vlmrl.analyze import rowstats
-from vlmrl.instrument.events import ATTN_STATS, AttentionMatrix, DecodeState
+from vlmrl.instrument.events import ATTN_STATS, GROUP_METRICS, AttentionMatrix, DecodeState
 
 PHASES = ("prefill", "decode")
 TYPES = ("vision", "text", "special")
@@ -52,6 +52,15 @@ class Summary:
         self.lo = min(self.lo, o.lo)
         self.hi = max(self.hi, o.hi)
 
+    @classmethod
+    def of(cls, xs: np.ndarray) -> "Summary":
+        """The summary of an array of finite values, in one numpy pass (for merging)."""
+        xs = np.asarray(xs, dtype=np.float64).ravel()
+        if not xs.size:
+            return cls()
+        mu = float(xs.mean())
+        return cls(n=int(xs.size), mu=mu, m2=float(((xs - mu) ** 2).sum()), lo=float(xs.min()), hi=float(xs.max()))
+
     @property
     def mean(self) -> Optional[float]:
         return self.mu if self.n else None
@@ -87,6 +96,8 @@ class Acc:
         self.credit_abs = Summary()
         self.credit_signs = [0, 0]  # positive, negative
         self.training = {k: Summary() for k in TRAINING_FIELDS}
+        self.per_token = {k: Summary() for k in GROUP_METRICS}
+        self.group_events = 0
         self.updates = Summary()  # update numbers seen (min / max / count)
 
     # ---- adding events -------------------------------------------------------------------------
@@ -133,6 +144,11 @@ class Acc:
             if _finite(v):
                 self.training[k].add(float(v))
 
+    def add_group(self, cells: dict) -> None:
+        self.group_events += 1
+        for name, values in cells.items():
+            self.per_token[name].merge(Summary.of(values))
+
     def merge(self, o: "Acc") -> None:
         self.head_events += o.head_events
         for key, arr in o.head_sum.items():
@@ -161,6 +177,9 @@ class Acc:
         self.credit_signs = [x + y for x, y in zip(self.credit_signs, o.credit_signs)]
         for k in TRAINING_FIELDS:
             self.training[k].merge(o.training[k])
+        for k in GROUP_METRICS:
+            self.per_token[k].merge(o.per_token[k])
+        self.group_events += o.group_events
         self.updates.merge(o.updates)
 
     # ---- means -------------------------------------------------------------------------------
@@ -191,6 +210,20 @@ def head_arrays(ev: DecodeState, shape: tuple) -> dict:
                 and np.isfinite(arr).all() and (arr >= 0).all() and (arr <= 1).all()):
             out[name] = arr.astype(np.float64)
     return out
+
+
+def group_cells(ev) -> Optional[dict]:
+    """{metric: finite float values} of a rollout-group event's per-token arrays (NaN marks the
+    cells past a completion's end); None when no metric array is usable."""
+    metrics = getattr(ev, "metrics", None)
+    if not isinstance(metrics, dict):
+        return None
+    out = {}
+    for name in GROUP_METRICS:
+        arr = metrics.get(name)
+        if isinstance(arr, np.ndarray) and arr.ndim == 2 and arr.dtype.kind == "f":
+            out[name] = arr[np.isfinite(arr)]
+    return out or None
 
 
 def decode_row(ev: DecodeState, window: int, mass: float) -> Optional[tuple]:

@@ -20,6 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from vlmrl.instrument.events import GROUP_METRICS
+
 TYPE_COLOURS = {"vision": "#e8812a", "text": "#8f99a3", "special": "#7b4fb8"}
 ROW_PARTS = {"image": TYPE_COLOURS["vision"], "prompt_text": TYPE_COLOURS["text"], "text": TYPE_COLOURS["text"],
              "generated": "#3c8d5a"}
@@ -229,7 +231,9 @@ def telemetry_figure(report: dict) -> Optional[Figure]:
     if not bins:
         return None
     x = _bin_x(bins)
-    fig = Figure(figsize=(11, 3.8), layout="constrained")
+    per_token = report["telemetry"]["per_token"]["group_events"] > 0
+    fig = Figure(figsize=(11, 6.8 if per_token else 3.8), layout="constrained")
+    grid = fig.add_gridspec(2 if per_token else 1, 10)
     panels = [("reward and KL to the reference policy",
                [("reward mean", lambda b: b["training"]["reward_mean"]), ("KL to reference", lambda b: b["training"]["kl"])],
                [], "mean per bin"),
@@ -238,7 +242,7 @@ def telemetry_figure(report: dict) -> Optional[Figure]:
                 ("next-token entropy (decode)", lambda b: b["next_token_entropy"]["decode"])],
                [("|credit| mean (right axis)", lambda b: b["credit"]["abs_mean"])], "entropy, nats")]
     for i, (title, left, right, ylabel) in enumerate(panels):
-        ax = fig.add_subplot(1, 2, i + 1)
+        ax = fig.add_subplot(grid[0, 5 * i:5 * i + 5])
         twin = ax.twinx() if right else None
         colours = iter(("#1f5fa8", "#e8812a", "#3c8d5a"))
         for target, series in ((ax, left), (twin, right)):
@@ -258,6 +262,18 @@ def telemetry_figure(report: dict) -> Optional[Figure]:
             handles, labels = handles + h2, labels + l2
         if handles:  # below the axes: the lines fill the plot area
             ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
+    if per_token:
+        for j, name in enumerate(GROUP_METRICS):
+            ax = fig.add_subplot(grid[1, 2 * j:2 * j + 2])
+            ys = np.array([np.nan if b["per_token"][name] is None else b["per_token"][name] for b in bins], dtype=float)
+            ax.plot(x, ys, marker="o", ms=2, color="#1f5fa8")
+            ax.set_title(f"per-token {name}", fontsize=9)
+            ax.set_xlabel("update", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=4))
+            ax.grid(alpha=0.3)
+            if j == 0:
+                ax.set_ylabel("mean over tokens", fontsize=8)
     return fig
 
 
@@ -266,7 +282,7 @@ CAPTIONS = {
     "evolution": "The statistics by layer over training updates, and image attention beside the reward.",
     "matrix": "The newest prompt attention matrix in the log; image tokens marked orange on both axes.",
     "influence": "Where the attention mass goes: image, prompt text and generated tokens; by token type.",
-    "telemetry": "Reward, KL, entropies and per-token credit size over updates.",
+    "telemetry": "Reward, KL, entropies and credit over updates; per-token means from the rollout groups.",
 }
 
 

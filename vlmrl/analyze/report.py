@@ -12,9 +12,9 @@ from typing import Optional
 import numpy as np
 
 from vlmrl.analyze import rowstats
-from vlmrl.analyze.accumulate import PHASES, Acc, decode_row, head_arrays, matrix_parts
+from vlmrl.analyze.accumulate import PHASES, Acc, decode_row, group_cells, head_arrays, matrix_parts
 from vlmrl.analyze.report_json import build
-from vlmrl.instrument.events import AttentionMatrix, CreditState, DecodeState, RunEnd, RunInfo, TrainingState
+from vlmrl.instrument.events import AttentionMatrix, CreditState, DecodeState, GroupState, RunEnd, RunInfo, TrainingState
 
 # Updates are grouped into at most this many bins; the bin width doubles when there would be
 # more, so a run of any length costs the same memory and the evolution figure stays readable.
@@ -44,7 +44,7 @@ class Analysis:
         self.unattributed = 0
         self.bins: dict = {}
         self.bin_width = 1
-        self.rejected = {"attn_stats": 0, "attention_row": 0, "matrix": 0}
+        self.rejected = {"attn_stats": 0, "attention_row": 0, "matrix": 0, "group": 0}
         self.stat_events = self.row_events = self.matrix_events = 0
         self.generations: dict = {}  # generation -> [set of steps, rows recorded, batch-size sum]
         self.coverage = {"generations": 0, "steps_recorded": 0, "steps_up_to_last": 0, "rows": 0, "row_slots": 0}
@@ -69,6 +69,8 @@ class Analysis:
             for a in (self.total, acc):
                 if a is not None and isinstance(ev.credits, list):
                     a.add_credits(ev.credits)
+        elif isinstance(ev, GroupState):
+            self._group(ev)
         elif isinstance(ev, RunInfo) and self.run_info is None:
             self.run_info = ev
         elif isinstance(ev, RunEnd):
@@ -124,6 +126,16 @@ class Analysis:
         for acc in (self.total, self.pending):
             acc.add_matrix(sums, rows, shares, counts)
         self.last_matrix, self.last_matrix_update, self._matrix_waiting = ev, None, True
+
+    def _group(self, ev: GroupState) -> None:
+        cells = group_cells(ev)
+        if cells is None:
+            self.rejected["group"] += 1
+            return
+        acc = self._bin(ev.step) if isinstance(ev.step, int) and ev.step >= 0 else None
+        for a in (self.total, acc):
+            if a is not None:
+                a.add_group(cells)
 
     def _training(self, ev: TrainingState) -> None:
         if not isinstance(ev.step, int) or ev.step < 0:

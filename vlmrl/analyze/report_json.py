@@ -7,6 +7,7 @@ import numpy as np
 
 from vlmrl.analyze import rowstats
 from vlmrl.analyze.accumulate import PHASES, TRAINING_FIELDS, TYPES, Acc, matrix_parts
+from vlmrl.instrument.events import GROUP_METRICS
 
 SCHEMA = "vlmrl-analyze/1"
 NOT_RECORDED = {
@@ -115,6 +116,7 @@ def _telemetry(t: Acc) -> dict:
         "credit": {**t.credit.to_json(), "abs_mean": t.credit_abs.mean,
                    "positive_share": None, "negative_share": None},
         "training": {k: t.training[k].to_json() for k in TRAINING_FIELDS},
+        "per_token": {"group_events": t.group_events, **{k: t.per_token[k].to_json() for k in GROUP_METRICS}},
     }
 
 
@@ -136,6 +138,7 @@ def _bin_entry(key: int, width: int, acc: Acc, shape: Optional[tuple]) -> dict:
         "matrix": acc.matrix_means(),
         "next_token_entropy": {ph: acc.telemetry[ph]["entropy"].mean for ph in PHASES},
         "credit": {"count": acc.credit.n, "mean": acc.credit.mean, "abs_mean": acc.credit_abs.mean},
+        "per_token": {k: acc.per_token[k].mean for k in GROUP_METRICS},
     }
 
 

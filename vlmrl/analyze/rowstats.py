@@ -57,6 +57,11 @@ DEFINITIONS = {
                 "(the rollout that an update consumes is recorded before it); events after the last "
                 "training line are 'unattributed'; updates are grouped into bins of bin_width "
                 "consecutive update numbers"),
+    "per_token": ("from each update's rollout-group event: every recorded completion token (at most "
+                  "64 rows and 2048 token cells an update, the first tokens of each completion): logprob "
+                  "and entropy (nats) under the sampling policy, kl = the k3 estimate to the reference "
+                  "policy, credit, ratio = the token's probability after the update over before; "
+                  "summaries over all cells, bins by the event's own update"),
     "image_attention_trend": ("for each image share (per-head vision mean, decode-row image share, matrix "
                               "vision mass): the mean over the first and over the last quarter of the bins "
                               "that have it (at least one bin each), and the least-squares slope of the bin "
