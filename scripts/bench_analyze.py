@@ -40,23 +40,12 @@ print(t1 - t0, c1 - c0, t2 - t1, hwm / 1024)
 
 
 def record_tiny(path: str, steps: int) -> None:
-    from vlmrl.core.cli import parse_args
-    from vlmrl.core.telemetry import run_end
-    from vlmrl.core.trainer import Trainer
-    from vlmrl.instrument.bus import Bus
-    from vlmrl.instrument.record import Recorder
-    from vlmrl.instrument.taps import TapConfig
-
-    args = parse_args(["--env", "count", "--steps", str(steps), "--batch", "2", "--group", "4",
-                       "--minibatches", "2", "--max_new_tokens", "6", "--quiet", "--record", path])
-    bus = Bus(capacity=100_000)
-    trainer = Trainer(args, bus=bus, tap=TapConfig(enabled=True, matrix_layer=-1))
-    info = trainer.run_info()
-    with Recorder(bus, path, run_info=info):
-        bus.publish(info)
-        for _ in range(steps):
-            trainer.train_step()
-        bus.publish(run_end(trainer.step - 1, "finished", 0.0))
+    """Record a tiny run the way a user does: python -m vlmrl.core.train --record."""
+    cmd = [sys.executable, "-m", "vlmrl.core.train", "--env", "count", "--steps", str(steps), "--batch", "2",
+           "--group", "4", "--minibatches", "2", "--max_new_tokens", "6", "--quiet", "--record", path]
+    res = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"recording the tiny run failed: {res.stderr.strip()[-500:]}")
 
 
 def build(src: str, dst: str, target_bytes: int) -> int:

@@ -33,26 +33,15 @@ def run_cli(*args):
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    """A tiny PPO run recorded through the trainer's own bus and Recorder, with the prefill
-    attention matrix on (the mean over layers and heads) and decode steps to record."""
-    from vlmrl.core.cli import parse_args
-    from vlmrl.core.telemetry import run_end
-    from vlmrl.core.trainer import Trainer
-    from vlmrl.instrument.bus import Bus
-    from vlmrl.instrument.record import Recorder
-    from vlmrl.instrument.taps import TapConfig
-
+    """A tiny PPO run recorded the way a user records one (`python -m vlmrl.core.train
+    --record`): per-head statistics, attention rows, the prompt matrix (mean over layers and
+    heads, the default), rollout groups, decode steps (count env, 6 new tokens)."""
     path = str(tmp_path_factory.mktemp("run") / "run.jsonl")
-    args = parse_args(["--env", "count", "--steps", "4", "--batch", "2", "--group", "4", "--minibatches", "2",
-                       "--seed", "3", "--max_new_tokens", "6", "--record", path])  # --record: rollout groups too
-    bus = Bus(capacity=100_000)
-    trainer = Trainer(args, bus=bus, tap=TapConfig(enabled=True, matrix_layer=-1))
-    info = trainer.run_info()
-    with Recorder(bus, path, run_info=info):
-        bus.publish(info)
-        for _ in range(args.steps):
-            trainer.train_step()
-        bus.publish(run_end(trainer.step - 1, "finished", 1.5))
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    res = subprocess.run([sys.executable, "-m", "vlmrl.core.train", "--env", "count", "--steps", "4", "--batch", "2",
+                          "--group", "4", "--minibatches", "2", "--seed", "3", "--max_new_tokens", "6", "--quiet",
+                          "--record", path], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
     return path
 
 
