@@ -1,71 +1,11 @@
 """`--replay` and `--attach` in a real pseudo-terminal, read back through pyte."""
-import fcntl
-import os
-import pty
-import select
-import struct
-import subprocess
 import sys
-import termios
-import time
 
-import pyte
 import pytest
 
 from vlmrl.instrument.bus import Bus
 from vlmrl.instrument.record import Recorder
 from vlmrl.utils.tui.synthetic import SyntheticRun
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-W, H = 120, 40
-
-
-class Pty:
-    """A child process on a pty of W x H whose output is fed to a pyte screen."""
-
-    def __init__(self, args):
-        self.master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", H, W, 0, 0))
-        env = dict(os.environ, TERM="xterm-256color", COLUMNS=str(W), LINES=str(H))
-        env.pop("NO_COLOR", None)
-        self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env=env,
-                                     start_new_session=True)
-        os.close(slave)
-        self.screen = pyte.Screen(W, H)
-        self.stream = pyte.ByteStream(self.screen)
-
-    def pump(self, seconds):
-        end = time.time() + seconds
-        while time.time() < end:
-            r, _, _ = select.select([self.master], [], [], 0.05)
-            if r:
-                try:
-                    data = os.read(self.master, 65536)
-                except OSError:
-                    return
-                if not data:
-                    return
-                self.stream.feed(data)
-
-    def wait_for(self, text, timeout=30.0):
-        end = time.time() + timeout
-        while time.time() < end:
-            self.pump(0.1)
-            if text in self.text():
-                return True
-        return False
-
-    def send(self, data: bytes):
-        os.write(self.master, data)
-
-    def text(self):
-        return "\n".join(self.screen.display)
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        os.close(self.master)
 
 
 def record_run(path, n=400):
@@ -77,10 +17,10 @@ def record_run(path, n=400):
 
 
 @pytest.mark.slow
-def test_replay_in_a_terminal_steps_and_opens_the_deep_views(tmp_path):
+def test_replay_in_a_terminal_steps_and_opens_the_deep_views(tmp_path, run_in_pty):
     path = tmp_path / "run.jsonl"
     record_run(path)
-    t = Pty([sys.executable, "-m", "vlmrl.utils.tui_live", "--replay", str(path), "--seconds", "60"])
+    t = run_in_pty([sys.executable, "-m", "vlmrl.utils.tui_live", "--replay", str(path), "--seconds", "60"])
     try:
         assert t.wait_for("REPLAY"), t.text()
         total = t.text().split("REPLAY ")[1].split()[0]  # "N/N" at the end of the log
@@ -110,12 +50,12 @@ def test_replay_in_a_terminal_steps_and_opens_the_deep_views(tmp_path):
 
 
 @pytest.mark.slow
-def test_attach_in_a_terminal_waits_for_the_file_follows_it_and_says_finished(tmp_path):
+def test_attach_in_a_terminal_waits_for_the_file_follows_it_and_says_finished(tmp_path, run_in_pty):
     from vlmrl.instrument.events import RunEnd
 
     path = tmp_path / "growing.jsonl"
     run = SyntheticRun(num_layers=6, num_heads=4, batch=1, gen_tokens=8, image_grid=(1, 4, 4))
-    t = Pty([sys.executable, "-m", "vlmrl.utils.tui_live", "--attach", str(path), "--seconds", "60"])
+    t = run_in_pty([sys.executable, "-m", "vlmrl.utils.tui_live", "--attach", str(path), "--seconds", "60"])
     rec = None
     try:
         # the file does not exist yet: the screen names it, and nothing shape-specific shows

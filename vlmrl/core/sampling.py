@@ -264,7 +264,7 @@ class Sampler:
         return args, statics, self._context(ids, mask, pos, deltas, grid, S + n_bucket)
 
     def _context(self, ids, mask, pos, deltas, grid, cache_max) -> CallContext:
-        mc, t = self.model_config, self.model_config.text
+        mc = self.model_config
         spans, grids = [], []
         img_i = 0
         for row in ids:  # images are numbered in row-major order of their tokens (as in HF)

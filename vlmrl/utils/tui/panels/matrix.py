@@ -154,7 +154,7 @@ def render(state, view, width, height, now, theme, cache=None) -> Canvas:
     mv = get_view(view)
     title_rule(cache, c, 0, "ATTENTION MATRIX", theme, right="m/Esc: back")
     if ev is None or ev.matrix is None or np.ndim(ev.matrix) != 2 or 0 in np.shape(ev.matrix):
-        message(c, 2, "no attention matrix yet: run with TapConfig(matrix_layer=...) to send one at prefill", theme)
+        message(c, 2, "no attention matrix yet: each prefill sends one (train --matrix_layer, --matrix_head)", theme)
         return c
     m = ev.matrix
     nq, nk = m.shape
