@@ -59,12 +59,12 @@ def test_attach_in_a_terminal_waits_for_the_file_follows_it_and_says_finished(tm
     rec = None
     try:
         # the file does not exist yet: the screen names it, and nothing shape-specific shows
-        assert t.wait_for(f"waiting for {path}"), t.text()
+        assert t.wait_for(f"waiting for {path.name} in {path.parent}"), t.text()
         assert "2×28L" not in t.text() and "KV n/a" in t.text()
         bus = Bus(capacity=10_000)
         rec = Recorder(bus, str(path), run_info=run.info)
         assert t.wait_for("qwen3vl-synthetic"), t.text()
-        assert "step n/a" in t.text() and f"waiting for {path}" not in t.text()  # no training step yet
+        assert "step n/a" in t.text() and f"waiting for {path.name}" not in t.text()  # no training step yet
         events = run.take(200)
         for ev in events:
             bus.publish(ev)

@@ -105,6 +105,12 @@ def _compare_or_exit(args):
         return None, 2
 
 
+def _waiting_for(path: str) -> str:
+    """"waiting for NAME in DIR": a narrow header cuts the directory before the file's name."""
+    head, name = os.path.split(path)
+    return f"waiting for {name}" + (f" in {head}" if head else "")
+
+
 def _run_attach(args, bus: Bus, live_tui) -> int:
     compare, failed = _compare_or_exit(args)
     if failed:
@@ -118,7 +124,7 @@ def _run_attach(args, bus: Bus, live_tui) -> int:
         return 2
     source = lambda: "ATTACH" + _skipped(follower.stats)  # noqa: E731
     tui = live_tui(bus=bus, fps=args.fps, source=source, quit_ends=True, compare=compare).start()
-    tui.status = f"waiting for {args.attach}"
+    tui.status = _waiting_for(args.attach)
     if tui.mode == "plain":
         print(f"waiting for {args.attach}", flush=True)
     end = None if args.seconds is None else time.monotonic() + args.seconds
@@ -200,15 +206,15 @@ def _stop_child(child: subprocess.Popen) -> None:
 
 
 def _eta(seen: Follow, steps: int, t_first: Optional[list]) -> str:
-    """The header's status while training: steps left and the time they take at the pace so far."""
+    """The header's status while training: updates done and the time the rest take at the pace so far."""
     t = seen.training
     if t is None or t_first is None:
         return ""
-    left = steps - 1 - t.step
+    done, left = t.step + 1, steps - 1 - t.step
     if left <= 0 or t.step <= t_first[0]:
-        return f"step {t.step + 1} of {steps}"
+        return f"{done} of {steps} updates done"
     pace = (t.wall_time - t_first[1]) / (t.step - t_first[0])
-    return f"step {t.step + 1} of {steps} · about {left * pace:.0f} s left"
+    return f"{done} of {steps} updates done · about {left * pace:.0f} s left"
 
 
 def _run_training(args, live_tui) -> int:
@@ -224,7 +230,7 @@ def _run_training(args, live_tui) -> int:
     child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
     bus = Bus(capacity=1000)
     tui = live_tui(bus=bus, fps=args.fps, source="LIVE").start()
-    tui.status = f"starting the training process (pid {child.pid}); waiting for {log}"
+    tui.status = f"starting the training process (pid {child.pid}); {_waiting_for(log)}"
     seen, t_first, ended_at, stopping, quiet_since = Follow(), None, None, [], [None]
     deadline = None if args.seconds is None else t0 + args.seconds
 
