@@ -589,3 +589,23 @@ def test_clusters_keep_the_row_geometry_in_tmux(tmp_path):
     finally:
         tmux("kill-server")
     assert all(a == b for a, b in got.values()), got
+
+
+def test_a_long_replay_catches_up_over_frames_so_keys_are_read():
+    """The dashboard applies at most a budget of events per frame: a huge log fills in over
+    several frames (the footer says how far) instead of one frame that ignores q."""
+    from vlmrl.utils.tui.replay import ReplayLog
+
+    events = [DecodeState(step=i, seq_index=i % 3, token_text=f" t{i}", wall_time=1.0 + i) for i in range(5000)]
+    log = ReplayLog(events)
+    calls = 0
+    while True:
+        store = log.store_at(Store, budget=700)
+        calls += 1
+        if not log.catching_up:
+            break
+        assert "reading" in log.status()
+    assert calls == 8 and "reading" not in log.status()
+    full = ReplayLog(events).store_at(Store)
+    assert {b: d.step for b, d in store.snapshot().decodes.items()} == {
+        b: d.step for b, d in full.snapshot().decodes.items()} == {0: 4998, 1: 4999, 2: 4997}

@@ -16,6 +16,7 @@ from vlmrl.utils.tui.canvas import Style
 from vlmrl.utils.tui.frame import FrameEncoder
 from vlmrl.utils.tui.layout import render_screen
 from vlmrl.utils.tui.render_cache import RenderCache
+from vlmrl.utils.tui.replay import FRAME_BUDGET
 from vlmrl.utils.tui.store import Store
 from vlmrl.utils.tui.term import RESET_HINT
 from vlmrl.utils.tui.view import MODE_KEYS, RL_MODES, ViewState, handle_key
@@ -107,7 +108,7 @@ class DashboardLoop:
         meta["source"] = self.source()
         if replay is not None:
             replay.tick(now)
-            self.store = replay.store_at(self.make_store)
+            self.store = replay.store_at(self.make_store, budget=FRAME_BUDGET)
             meta["source"] = replay.status()
             self.view = self.view.replace(replay_pos=replay.position)
         meta["dropped"] = self.sub.total_dropped

@@ -174,6 +174,9 @@ MAX_GAP_S = 1.0
 # long log keeps a bounded number of copies (memory) at a bounded cost per step back.
 CHECKPOINT_EVERY = 2000
 MAX_CHECKPOINTS = 32
+# Events a dashboard frame applies at most while a replay catches up (~0.1-0.3 s of work on
+# a 2-core VM), so q and the arrows still answer on a log of hundreds of thousands of events.
+FRAME_BUDGET = 10_000
 
 
 def _clone(store):
@@ -227,6 +230,7 @@ class ReplayLog:
         self._next_due: Optional[float] = None
         self._checkpoints: dict = {}
         self._every = CHECKPOINT_EVERY
+        self.catching_up = False  # the last store_at ran out of budget short of its position
         self._store = None
         self._store_pos = 0
         self._make_store: Optional[Callable] = None
@@ -317,11 +321,14 @@ class ReplayLog:
         return moved
 
     # -- store ----------------------------------------------------------------
-    def store_at(self, make_store: Callable, position: Optional[int] = None):
+    def store_at(self, make_store: Callable, position: Optional[int] = None, budget: Optional[int] = None):
         """A store holding exactly the events before `position` (default: the cursor).
 
         Stepping forward applies only the new events; stepping back restarts from the
-        nearest saved copy, so navigation cost does not grow with the log.
+        nearest saved copy, so navigation cost does not grow with the log. With `budget`,
+        at most that many events are applied per call (the dashboard's frames, so keys
+        such as q are read while a long log is caught up); `catching_up` says whether the
+        store is short of `position`.
         """
         pos = self.position if position is None else position
         if self._make_store is not make_store:
@@ -333,9 +340,13 @@ class ReplayLog:
                 self._store, self._store_pos = make_store(), 0
             else:
                 self._store, self._store_pos = _clone(self._checkpoints[base]), base
-        while self._store_pos < pos:
+        left = budget
+        while self._store_pos < pos and (left is None or left > 0):
             every = self._every
             end = min(pos, (self._store_pos // every + 1) * every)
+            if left is not None:
+                end = min(end, self._store_pos + left)
+                left -= end - self._store_pos
             for ev in self.events[self._store_pos:end]:
                 self._store.apply(ev)
             self._store_pos = end
@@ -344,6 +355,7 @@ class ReplayLog:
                 if saved is not None:
                     self._checkpoints[end] = saved
                     self._thin_checkpoints()
+        self.catching_up = self._store_pos < pos
         return self._store
 
     def _thin_checkpoints(self) -> None:
@@ -359,6 +371,8 @@ class ReplayLog:
         what = f"{ev.kind} step {getattr(ev, 'step', '?')}" if ev is not None else "start"
         skipped = self.stats.garbage + self.stats.truncated
         extra = f"  {skipped} bad lines skipped" if skipped else ""
+        if self.catching_up:
+            extra += f"  reading {100 * self._store_pos // max(len(self.events), 1)}%"
         return f"REPLAY {self.index}/{self.num_steps} {state} {speed}  {what}{extra}"
 
 
