@@ -140,6 +140,8 @@ def test_plain_log_prints_the_run_once_compiling_once_and_the_real_decode_rate()
     now[0] = 10.0
     log.tick()
     log.feed(TrainingState(step=0, reward_mean=0.5, tokens_per_sec=100.0))
+    # a tick of the status published just before the update's line, arriving after it
+    log.feed(dataclasses.replace(info, status="compiling PPO update (score + update)", status_seconds=6.0))
     log.feed(dataclasses.replace(info, status="", status_seconds=None))
     now[0] = 30.0
     log.tick()  # no decode event since the last summary: no line
@@ -148,6 +150,7 @@ def test_plain_log_prints_the_run_once_compiling_once_and_the_real_decode_rate()
     assert sum("run tiny-rl" in ln for ln in lines) == 1
     assert sum("compiling" in ln for ln in lines) == 1
     assert any(ln.endswith("compiling rollout (prefill + decode loop) ...") for ln in lines)
+    assert sum("compiled" in ln for ln in lines) == 1
     done = [ln for ln in lines if "compiled after 5 s; training" in ln]
     assert len(done) == 1 and lines.index(done[0]) < next(i for i, ln in enumerate(lines) if "train step 0" in ln)
     decode = [ln for ln in lines if "decode step" in ln]

@@ -165,7 +165,10 @@ class CompileStatus:
         return self
 
     def _publish(self) -> None:
-        self.bus.publish(dataclasses.replace(self.info, status=f"compiling {self.phase()}",
+        phase = self.phase()
+        if not phase:  # the update is done; stop() publishes the cleared status
+            return
+        self.bus.publish(dataclasses.replace(self.info, status=f"compiling {phase}",
                                              status_seconds=round(time.monotonic() - self._t0, 1),
                                              wall_time=time.time()))
 

@@ -107,7 +107,7 @@ class Trainer:
         m = ppo.numpy_metrics(metrics)  # waits for the update
         t2 = time.perf_counter()
         self.sampler.update_params(self.params)
-        self.phase = "done"
+        self.phase = ""  # nothing left to compile in this update: the status stops ticking
         rows = ro.ids.shape[0]
         m.update({"step": self.step, "reward/mean": float(ro.rewards.mean()), "reward/std": float(ro.rewards.std()),
                   "times/rollout_s": t1 - t0, "times/update_s": t2 - t1, "times/step_s": t2 - t0,

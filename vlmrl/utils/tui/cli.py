@@ -223,7 +223,7 @@ def _run_training(args, live_tui) -> int:
     cmd = [sys.executable, "-m", "vlmrl.core.train", "--env", args.env, "--steps", str(args.steps),
            "--seed", str(args.seed), "--record", log, "--quiet"] + (["--force"] if args.force else [])
     print(f"vlmrl demo: {args.steps} PPO steps of the tiny Qwen3-VL on {args.env}. The first step compiles "
-          f"(up to a minute; a second run loads the compilation cache), the header then counts steps and "
+          f"(up to a minute; a second run loads the compilation cache), the header then counts the updates and "
           f"the time left. q leaves the dashboard, Ctrl-C stops the run.", flush=True)
     out = tempfile.TemporaryFile()
     t0 = time.monotonic()

@@ -75,6 +75,7 @@ class PlainLog:
         self._shape: Optional[tuple] = None  # the RunInfo shape the run line printed
         self._status = ""  # the run's status while it is not training yet ("compiling ...")
         self._status_seconds = None
+        self._landed = False  # an update landed while the run's status still said compiling
         self._recent: list = []
         self._last_summary = self.t0
         self._last_credit: Optional[CreditState] = None
@@ -94,6 +95,7 @@ class PlainLog:
         if isinstance(event, TrainingState):
             if self._status:  # the first update landed: what was compiling is done
                 self._status_done()
+                self._landed = True
             self._emit(self.training_line(event))
         elif isinstance(event, DecodeState):
             self._last_decode = event
@@ -117,6 +119,11 @@ class PlainLog:
             self._shape = shape
             self._emit(self.run_line(r))
         status = str(r.status or "")
+        if self._landed:
+            # a tick of the status that crossed the first update on its way: the run
+            # clears the status next; nothing to say until then
+            self._landed = bool(status)
+            return
         if status and not self._status:
             self._emit(f"{truncate(status, 80)} ...")
         elif self._status and not status:
