@@ -31,6 +31,8 @@ def _kind(ev) -> str:
 
 
 class Analysis:
+    """Fixed-size sums over a log's events, added one at a time, and the report built from them."""
+
     def __init__(self, header: Optional[dict] = None, window: int = rowstats.DIAGONAL_WINDOW,
                  mass: float = rowstats.DENSITY_MASS):
         self.window, self.mass, self.max_bins = window, mass, MAX_BINS
@@ -46,35 +48,37 @@ class Analysis:
         self.bin_width = 1
         self.rejected = {"attn_stats": 0, "attention_row": 0, "matrix": 0, "group": 0}
         self.stat_events = self.row_events = self.matrix_events = 0
-        self.generations: dict = {}  # generation -> [set of steps, rows recorded, batch-size sum]
+        self.generations: dict = {}  # generation -> [{recorded step: batch size}, events recorded]
         self.coverage = {"generations": 0, "steps_recorded": 0, "steps_up_to_last": 0, "rows": 0, "row_slots": 0}
         self.run_end: Optional[RunEnd] = None
         self.last_matrix: Optional[AttentionMatrix] = None
         self.last_matrix_update: Optional[int] = None
         self._matrix_waiting = False
+        self._handlers = {DecodeState: self._decode, AttentionMatrix: self._matrix, TrainingState: self._training,
+                          CreditState: self._credit, GroupState: self._group, RunInfo: self._run_info,
+                          RunEnd: self._run_end}
 
     # ---- events in -----------------------------------------------------------------------------
     def add(self, ev, nbytes: int = 0) -> None:
         kind = _kind(ev)
         self.counts[kind] = self.counts.get(kind, 0) + 1
         self.bytes[kind] = self.bytes.get(kind, 0) + nbytes
-        if isinstance(ev, DecodeState):
-            self._decode(ev)
-        elif isinstance(ev, AttentionMatrix):
-            self._matrix(ev)
-        elif isinstance(ev, TrainingState):
-            self._training(ev)
-        elif isinstance(ev, CreditState):
-            acc = self._bin(ev.step) if isinstance(ev.step, int) and ev.step >= 0 else None
-            for a in (self.total, acc):
-                if a is not None and isinstance(ev.credits, list):
-                    a.add_credits(ev.credits)
-        elif isinstance(ev, GroupState):
-            self._group(ev)
-        elif isinstance(ev, RunInfo) and self.run_info is None:
+        handler = self._handlers.get(type(ev))
+        if handler is not None:  # kinds the report does not read are counted only
+            handler(ev)
+
+    def _run_info(self, ev: RunInfo) -> None:
+        if self.run_info is None:  # the header's (or the first) describes the run
             self.run_info = ev
-        elif isinstance(ev, RunEnd):
-            self.run_end = ev
+
+    def _run_end(self, ev: RunEnd) -> None:
+        self.run_end = ev
+
+    def _credit(self, ev: CreditState) -> None:
+        acc = self._bin(ev.step) if isinstance(ev.step, int) and ev.step >= 0 else None
+        for a in (self.total, acc):
+            if a is not None and isinstance(ev.credits, list):
+                a.add_credits(ev.credits)
 
     def _decode(self, ev: DecodeState) -> None:
         if ev.phase not in PHASES:
