@@ -114,8 +114,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parse_args(argv)
         _check_out(args.out)  # before a long read, not after
         enabled = {"auto": None, "on": True, "off": False}[args.progress]
-        size = os.path.getsize(args.log) if os.path.isfile(args.log) else 0
-        report, analysis = analyze(args.log, args.window, args.mass, Progress(size, enabled=enabled))
+        report, analysis = analyze(args.log, args.window, args.mass, Progress(enabled=enabled))
         os.makedirs(args.out, exist_ok=True)
         write_outputs(report, analysis, args.out, figures=not args.no_figures)
     except (UsageError, LogFormatError) as exc:

@@ -1,33 +1,29 @@
 """Read a recorded event log one line at a time, with a line-length cap and a progress bar.
 
-Memory stays bounded by the longest accepted line, whatever the size of the file: a log
-of a long run can be far larger than the RAM of the laptop reading it. Lines are decoded
-by the recorder's own decoder (`vlmrl.instrument.record`), so the report reads exactly
+Memory stays bounded by the longest accepted line (record.LINE_MAX; longer ones are read
+past and counted, never held), whatever the size of the file: a log of a long run can be
+far larger than the RAM of the laptop reading it. Opening, the header, line splitting and
+decoding are the recorder's own (`vlmrl.instrument.record`), so the report reads exactly
 what `--attach` and `--replay` read.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from typing import Iterator, Optional, TextIO
 
-from vlmrl.instrument.record import LogFormatError, ReadStats, parse_header, parse_line
-
-# Longest line accepted. The largest event the taps write is a prefill attention matrix,
-# at most 4096 x 4096 float16 = 32 MiB, 43 MiB as base64; longer lines are skipped and
-# counted without being held in memory.
-MAX_LINE = 64 << 20
-_SKIP_CHUNK = 1 << 20
+from vlmrl.instrument.record import LINE_MAX, ReadStats, open_log, parse_line, read_header, read_lines
 
 
 class Progress:
     """A one-line progress bar on a terminal's stderr (nothing when stderr is not a TTY)."""
 
-    def __init__(self, total: int, stream: Optional[TextIO] = None, enabled: Optional[bool] = None,
+    def __init__(self, total: int = 0, stream: Optional[TextIO] = None, enabled: Optional[bool] = None,
                  interval: float = 0.2):
         self.stream = stream if stream is not None else sys.stderr
-        self.total = max(total, 1)
+        self.total = total  # bytes; LogStream sets it from the file it opens
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.interval = interval
         self.t0 = time.monotonic()
@@ -39,7 +35,7 @@ class Progress:
         if not self.enabled or now - self._last < self.interval:
             return
         self._last = now
-        frac = min(done / self.total, 1.0)
+        frac = min(done / max(self.total, 1), 1.0)
         rate = done / max(now - self.t0, 1e-9)
         eta = (self.total - done) / rate if rate > 0 else 0.0
         bar = "#" * int(frac * 30)
@@ -57,70 +53,52 @@ class Progress:
 class LogStream:
     """Iterate (event, line bytes) over a log; `header`, `stats` and `bytes_read` as it goes.
 
-    Raises LogFormatError (a one-line message) when the file is not a vlmrl log, OSError
-    when it cannot be read.
+    Raises LogFormatError (a one-line message) when the file is not a readable vlmrl log,
+    FileNotFoundError when there is none.
     """
 
-    def __init__(self, path: str, progress: Optional[Progress] = None, max_line: int = MAX_LINE):
+    def __init__(self, path: str, progress: Optional[Progress] = None, max_line: int = LINE_MAX):
         self.path = path
         self.max_line = max_line
-        self.size = os.path.getsize(path)
         self.stats = ReadStats()
-        self.bytes_read = 0
-        self.lines = 0
+        self.lines = 1
         self.garbage_bytes = 0
         self.progress = progress
-        self._fh = open(path, "rb")
+        self._fh = open_log(path)
         try:
-            first = self._fh.readline(max_line + 1)
-            if not first.strip():
-                raise LogFormatError(f"{path}: empty file, not a vlmrl event log")
-            if len(first) > max_line:
-                raise LogFormatError(f"{path}: not a vlmrl event log (first line longer than {max_line} bytes)")
-            self.header = parse_header(first, path)
+            self.size = os.fstat(self._fh.fileno()).st_size
+            if progress is not None and not progress.total:
+                progress.total = self.size
+            self.header = read_header(self._fh, path)
         except BaseException:
             self._fh.close()
             raise
-        self.bytes_read = len(first)
-        self.lines = 1
-
-    def _skip_rest_of_line(self) -> int:
-        skipped = 0
-        while True:
-            chunk = self._fh.readline(_SKIP_CHUNK)
-            skipped += len(chunk)
-            if not chunk or chunk.endswith(b"\n"):
-                return skipped
+        if self.header.get("bad_run_info"):
+            self.stats.note_garbage(1, self.header["bad_run_info"])
+        self.bytes_read = self._fh.tell()
 
     def __iter__(self) -> Iterator[tuple]:
         try:
-            while True:
-                line = self._fh.readline(self.max_line + 1)
-                if not line:
-                    return
+            for line, complete in read_lines(self._fh, self.max_line):
                 self.lines += 1
-                self.bytes_read += len(line)
-                if self.progress is not None:
-                    self.progress.update(self.bytes_read)
-                if len(line) > self.max_line and not line.endswith(b"\n"):
-                    n = self._skip_rest_of_line()
-                    self.bytes_read += n
-                    self.garbage_bytes += len(line) + n
+                if line is None:  # longer than max_line: read past, never held
+                    before, self.bytes_read = self.bytes_read, self._fh.tell()
+                    self.garbage_bytes += self.bytes_read - before
                     self.stats.note_garbage(self.lines, f"line longer than {self.max_line} bytes")
                     continue
-                if not line.endswith(b"\n") and line.strip():
-                    # The writer died inside this line; keep it only when it is whole JSON.
-                    before = self.stats.garbage
-                    event = parse_line(line, self.lines, self.stats)
-                    if event is None and self.stats.garbage > before:
-                        self.stats.garbage -= 1
-                        self.stats.truncated += 1
-                else:
-                    event = parse_line(line, self.lines, self.stats)
-                if event is None:
-                    self.garbage_bytes += len(line)
+                n = len(line) + complete
+                self.bytes_read += n
+                if self.progress is not None:
+                    self.progress.update(self.bytes_read)
+                if not complete and line.strip() and not _whole_json(line):
+                    self.stats.truncated += 1  # the writer died inside this line
+                    self.garbage_bytes += n
                     continue
-                yield event, len(line)
+                event = parse_line(line, self.lines, self.stats)
+                if event is None:
+                    self.garbage_bytes += n
+                    continue
+                yield event, n
         finally:
             self.close()
 
@@ -128,3 +106,13 @@ class LogStream:
         self._fh.close()
         if self.progress is not None:
             self.progress.close()
+
+
+def _whole_json(line: bytes) -> bool:
+    """A last line without a newline is kept only when it parses (a strict prefix of a JSON
+    object never does)."""
+    try:
+        json.loads(line)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return True

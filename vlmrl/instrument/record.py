@@ -149,7 +149,8 @@ def open_log(path: str):
         raise LogFormatError(f"{path}: {exc.strerror or exc}") from None
 
 
-def _read_header(fh, path: str) -> dict:
+def read_header(fh, path: str) -> dict:
+    """The header of a log opened with open_log (its first line), or LogFormatError."""
     # The writer starts every log with this exact prefix: anything else is refused after
     # a few bytes, so a huge file with no newline is never read into memory.
     peek = fh.read(len(HEADER_PREFIX))
@@ -191,7 +192,7 @@ def read_log(path: str) -> tuple:
     or that is not a readable regular file, raises LogFormatError.
     """
     with open_log(path) as fh:
-        header = _read_header(fh, path)
+        header = read_header(fh, path)
         stats = ReadStats()
         if header.get("bad_run_info"):
             stats.note_garbage(1, header["bad_run_info"])
@@ -242,7 +243,7 @@ def check_record_path(path: str, force: bool = False) -> str:
         return "append"
     try:
         with open_log(path) as fh:
-            _read_header(fh, path)
+            read_header(fh, path)
     except LogFormatError as exc:
         if force:
             return "replace"
