@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     plain_bus, tui_bus = Bus(), Bus()
     plain = Trainer(args, bus=plain_bus, tap=None)
     tui_tr = Trainer(args, bus=tui_bus, tap=TapConfig(enabled=True))
+    tui_tr.groups = True  # as under --tui: each update's GroupState (one more scoring pass)
     out_fd, in_fd, mode, cleanup, written = open_terminal()
     null = open(os.devnull, "w")
     t = tui_tr.config.text

@@ -25,6 +25,7 @@ CASES = {
                      {"ratio_vs_hf", "ours_tokens_per_s", "hf_tokens_per_s", "tokens_match"}),
     "bench_analyze": (["--sizes-mb", "0.3,0.6", "--steps", "2"],
                       {"s_per_100mb", "cpu_s_per_100mb", "mb_per_s", "figures_s", "peak_rss_mb", "rss_growth"}),
+    "bench_rl_views": ([], {"max_ratio", "max_update_ratio"}),
     "bench_train": (["--steps-per-block", "1", "--blocks", "1", "--warmup", "1"],
                     {"updates_per_s_plain", "updates_per_s_tui", "ratio_tui"}),
 }
