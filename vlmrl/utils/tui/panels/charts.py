@@ -121,7 +121,9 @@ def _draw(state, view, width, height, theme, cache) -> Canvas:
     title_rule(cache, c, 0, TITLE, theme, right=right)
     _legend(c, state, theme)
     if not placed:
-        message(c, 2, "no training update yet: charts appear after the first update" if not state.history
+        status = state.run.status if state.run is not None and state.run.status else ""
+        message(c, 2, ("no training update yet: charts appear after the first update"
+                       + (f" (run: {status})" if status else "")) if not state.history
                 else "terminal too small for a chart", theme)
         return c
     for m, rect in placed:

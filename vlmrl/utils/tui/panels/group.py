@@ -104,7 +104,9 @@ def _draw(state, view, width, height, theme, cache) -> Canvas:
     metric = GROUP_METRICS[gv.metric % len(GROUP_METRICS)]
     if ev is None:
         title_rule(cache, c, 0, TITLE, theme, right="g/Esc: back")
-        message(c, 2, "no rollout group yet: the trainer sends one per update", theme)
+        status = state.run.status if state.run is not None and state.run.status else ""
+        message(c, 2, "no rollout group yet: the trainer sends one per update under --tui or --record"
+                + (f" (run: {status})" if status else ""), theme)
         return c
     n = num_prompts(ev)
     p = gv.prompt % n
