@@ -85,3 +85,31 @@ def test_attach_in_a_terminal_waits_for_the_file_follows_it_and_says_finished(tm
         if rec is not None:
             rec.close()
         t.close()
+
+
+@pytest.mark.slow
+def test_replay_of_a_real_run_opens_the_rl_views_and_steps_under_them():
+    data = os.path.join(REPO, "tests", "data")
+    t = Pty([sys.executable, "-m", "vlmrl.utils.tui_live", "--replay", os.path.join(data, "tiny_colors_seed0.jsonl"),
+             "--compare", os.path.join(data, "tiny_colors_seed1_lr3e-4.jsonl"), "--seconds", "60"])
+    try:
+        assert t.wait_for("REPLAY"), t.text()
+        n = int(t.text().split("REPLAY ")[1].split()[0].split("/")[1])
+        t.send(b"c")
+        assert t.wait_for("TRAINING CHARTS"), t.text()
+        assert "tiny_colors_seed1_lr3e-4.jsonl" in t.screen.display[0]
+        t.send(b"\x1b[D")  # the arrows still step the replay under the charts
+        assert t.wait_for(f"REPLAY {n - 1}/{n}"), t.text()
+        t.send(b"s")
+        assert t.wait_for("EMA 0.6"), t.text()
+        t.send(b"g")  # the group view, not Home
+        assert t.wait_for("ROLLOUT GROUP"), t.text()
+        assert f"REPLAY {n - 1}/{n}" in t.text()
+        t.send(b"]s")
+        assert t.wait_for("prompt 2/8"), t.text()
+        assert t.wait_for("entropy (nats)"), t.text()
+        t.send(b"q")
+        t.proc.wait(20)
+        assert t.proc.returncode == 0
+    finally:
+        t.close()

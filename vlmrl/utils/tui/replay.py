@@ -273,7 +273,7 @@ class ReplayLog:
         elif key in ("KEY_LEFT", "left", "h"):
             self.playing = False
             self.step(-1)
-        elif key in ("KEY_HOME", "home", "g"):
+        elif key in ("KEY_HOME", "home"):  # not g: it opens the group view
             self.playing = False
             self.seek(0)
         elif key in ("KEY_END", "end", "G"):

@@ -38,7 +38,7 @@ KEY_HELP = (
 # --replay's own keys (`replay.ReplayLog.handle_key`).
 REPLAY_KEY_HELP = (
     ("← →", "step back / forward (h l too)"),
-    ("Home End", "first / last step (g G too)"),
+    ("Home End", "first / last step (G too; g is the group view)"),
     ("space", "play / pause"),
     ("+ -", "faster / slower"),
 )
