@@ -204,3 +204,28 @@ def test_plain_log_prints_one_compact_line_per_update_with_every_scalar():
 def test_ema_is_debiased():
     assert ema([2.0, 2.0, 2.0], 0.9) == pytest.approx((2.0, 2.0, 2.0))
     assert chart_model(SERIES[1], [], None) is None
+
+
+def test_long_completions_wrap_in_order_and_count_what_is_left_out():
+    words = [f"w{i}" for i in range(60)]
+    ev = hostile_group(prompts=["q"], texts=["x", "y"], tokens=[words, ["a"]],
+                       lengths=np.array([60 + 25, 1], np.int32),
+                       metrics={m: np.zeros((2, 60), np.float32) for m in GROUP_METRICS})
+    store = Store(clock=lambda: T)
+    store.apply(ev)
+    state = store.snapshot()
+    for w, h in ((80, 24), (120, 40)):
+        lines = layout.render_screen(state, ViewState(mode="group"), w, h, T, MONO).text().splitlines()
+        assert lines[4].startswith("▶ #1")  # reward 1.0 first
+        start = next(i for i, line in enumerate(lines) if line.startswith("  #0"))
+        shown = []
+        for line in lines[start:]:
+            if line[2:3] == "#" and line is not lines[start]:
+                break
+            part = line[group.HEAD + 1:].split()
+            if part and part[0].startswith("w"):
+                shown += part
+        assert shown[-1].startswith("+")
+        toks, rest = shown[:-1], int(shown[-1][1:])
+        assert toks == words[:len(toks)] and len(toks) > 20  # several lines, in order
+        assert rest == 85 - len(toks)

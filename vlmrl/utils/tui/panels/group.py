@@ -129,12 +129,16 @@ def _draw(state, view, width, height, theme, cache) -> Canvas:
     put(c, 18, 3, "adv", theme.label)
     put(c, HEAD - 1, 3, "│", theme.rule)
     put(c, HEAD + 1, 3, "tokens", theme.label)
-    strips = 4 + 2 * len(rows) <= height
+    # Rows each sample gets: a glyph strip under every token line when there are two,
+    # and long completions wrap onto as many token lines as the share allows.
+    per = max(1, (height - 4) // max(len(rows), 1))
+    strips = per >= 2
+    lines = per // 2 if strips else 1
     y = 4
     for i, s in enumerate(rows):
         if y >= height:
             break
-        y = _sample(c, y, i == 0, s, s.row - p * ev.group, values[i], low, high, metric, strips, theme)
+        y = _sample(c, y, i == 0, s, s.row - p * ev.group, values[i], low, high, metric, strips, lines, theme)
     if not strips and y < height:
         message(c, y, "(taller terminal: level glyphs under every token)", theme)
     return c
@@ -165,36 +169,44 @@ def _legend(c: Canvas, y: int, metric: str, low: float, high: float, theme) -> N
         x = put(c, x + 1, y, text + "  ", theme.label)
 
 
-def _sample(c: Canvas, y: int, best: bool, s, index: int, vals, low, high, metric, strips: bool, theme) -> int:
+def _sample(c: Canvas, y: int, best: bool, s, index: int, vals, low, high, metric, strips: bool, lines: int,
+            theme) -> int:
+    """One sample: its figures, then its tokens on up to `lines` token lines (each with its
+    glyph strip below when `strips`); returns the row after it."""
+    step = 2 if strips else 1
     put(c, 0, y, "▶" if best else " ", theme.warn if best else theme.plain)
     put(c, 2, y, f"#{index}", theme.label)
     put(c, 7, y, f"{fmt_num(s.reward, 3, signed=True):>7}", theme.good if s.reward > 0 else theme.value)
     put(c, 15, y, f"{fmt_num(s.advantage, 2, signed=True):>6}", theme.value)
-    put(c, HEAD - 1, y, "│", theme.rule)
-    if strips and y + 1 < c.height:
-        put(c, HEAD - 1, y + 1, "│", theme.rule)
-    x, limit = HEAD + 1, c.width - 1
+    x, limit, line, used = HEAD + 1, c.width - 1, 0, 1
     shown = 0
     for j, tok in enumerate(s.tokens):
         text = truncate(tok, TOKEN_CELLS) or "∅"
         w = text_width(text)
-        more = len(s.tokens) - j - 1 + (s.length - len(s.tokens))
-        if x + w + (len(f" +{more}") if more else 0) > limit:
-            break
+        more = s.length - j - 1
+        last_line = line == lines - 1
+        if x + w + (len(f" +{more}") if more and last_line else 0) > limit:
+            if last_line or x == HEAD + 1:
+                break
+            line, x = line + 1, HEAD + 1  # wrap onto the next token line
+            used = line + 1
+        row = y + line * step
         lv = level(float(vals[j]) if j < len(vals) else math.nan, low, high, metric)
         x0 = x
-        x = put(c, x, y, text, _style(lv, metric, theme))
-        if strips and y + 1 < c.height:
-            g = glyph(lv, metric)
-            put_glyphs(c, x0, y + 1, [g] * (x - x0), [_style(lv, metric, theme)] * (x - x0))
+        x = put(c, x, row, text, _style(lv, metric, theme))
+        if strips and row + 1 < c.height:
+            put_glyphs(c, x0, row + 1, [glyph(lv, metric)] * (x - x0), [_style(lv, metric, theme)] * (x - x0))
         x += 1
         shown += 1
     rest = s.length - shown
+    row = y + line * step
     if rest > 0:
-        put(c, x, y, f"+{rest}", theme.na)
+        put(c, x, row, f"+{rest}", theme.na)
     if not s.tokens:
-        put(c, x, y, "(empty completion)", theme.na)
-    return y + (2 if strips else 1)
+        put(c, x, row, "(empty completion)", theme.na)
+    for r in range(y, min(y + used * step, c.height)):
+        put(c, HEAD - 1, r, "│", theme.rule)
+    return y + used * step
 
 
 def sample_order(state, view) -> List[int]:
