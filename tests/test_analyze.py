@@ -163,6 +163,17 @@ def test_a_file_that_is_not_a_log_exits_2_with_one_line(tmp_path, content):
     assert str(bad) in res.stderr and not (tmp_path / "o" / "report.json").exists()
 
 
+def test_without_matplotlib_the_report_and_page_are_written_and_the_figures_named_missing(tmp_path):
+    log = tmp_path / "ok.jsonl"
+    write_log(log, [decode(), TrainingState(step=0)], INFO)
+    code = "import sys; sys.modules['matplotlib'] = None; " + NO_JAX.split("; ", 1)[1]
+    res = subprocess.run([sys.executable, "-c", code, str(log), "--out", str(tmp_path / "o")], cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and "pip install 'vlmrl[report]'" in res.stderr, res.stderr
+    assert sorted(os.listdir(tmp_path / "o")) == ["index.html", "report.json"]
+    assert "figures skipped" in (tmp_path / "o" / "index.html").read_text()
+
+
 def test_missing_file_directory_and_bad_out_exit_2(tmp_path):
     log = tmp_path / "ok.jsonl"
     write_log(log, [decode()], INFO)
