@@ -229,3 +229,17 @@ def test_long_completions_wrap_in_order_and_count_what_is_left_out():
         toks, rest = shown[:-1], int(shown[-1][1:])
         assert toks == words[:len(toks)] and len(toks) > 20  # several lines, in order
         assert rest == 85 - len(toks)
+
+
+def test_a_compare_file_that_is_not_a_log_is_one_line_and_exit_2(tmp_path, capsys):
+    from vlmrl.utils.tui_live import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b"\x1b[2Jnot a log\n")
+    assert main(["--replay", RUN_A, "--compare", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"--compare {bad}:") and "\n" not in err and "\x1b" not in err
+    assert main(["--replay", RUN_A, "--compare", str(tmp_path / "missing.jsonl")]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["--synthetic", "--compare", RUN_B])
+    assert exc.value.code == 2
