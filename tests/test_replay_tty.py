@@ -1,4 +1,5 @@
 """`--replay` and `--attach` in a real pseudo-terminal, read back through pyte."""
+import os
 import sys
 
 import pytest
@@ -88,9 +89,9 @@ def test_attach_in_a_terminal_waits_for_the_file_follows_it_and_says_finished(tm
 
 
 @pytest.mark.slow
-def test_replay_of_a_real_run_opens_the_rl_views_and_steps_under_them():
-    data = os.path.join(REPO, "tests", "data")
-    t = Pty([sys.executable, "-m", "vlmrl.utils.tui_live", "--replay", os.path.join(data, "tiny_colors_seed0.jsonl"),
+def test_replay_of_a_real_run_opens_the_rl_views_and_steps_under_them(run_in_pty):
+    data = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+    t = run_in_pty([sys.executable, "-m", "vlmrl.utils.tui_live", "--replay", os.path.join(data, "tiny_colors_seed0.jsonl"),
              "--compare", os.path.join(data, "tiny_colors_seed1_lr3e-4.jsonl"), "--seconds", "60"])
     try:
         assert t.wait_for("REPLAY"), t.text()
