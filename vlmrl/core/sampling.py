@@ -220,6 +220,15 @@ class Sampler:
         args, statics, _ = self._call_args(**kw)
         return jax.make_jaxpr(functools.partial(self._generate, **statics))(*args)
 
+    def lowered(self, **generate_kw):
+        """The lowered program `generate(**generate_kw)` would run; `.compile().memory_analysis()`
+        gives XLA's own buffer sizes for it (the memory planner's tests read them)."""
+        kw = dict(input_ids=None, attention_mask=None, pixel_values=None, image_grid_thw=None, prompts=None,
+                  max_new_tokens=64, key=None, temperature=0.0, top_k=0, top_p=1.0)
+        kw.update(generate_kw)
+        args, statics, _ = self._call_args(**kw)
+        return self._jit.lower(*args, **statics)
+
     def _call_args(self, input_ids, attention_mask, pixel_values, image_grid_thw, prompts, max_new_tokens, key,
                    temperature, top_k, top_p):
         if max_new_tokens < 1:

@@ -1,0 +1,5 @@
+import sys
+
+from vlmrl.plan.cli import main
+
+sys.exit(main())
