@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from vlmrl.instrument.events import (ATTN_STATS, EVENT_TYPES, GROUP_METRICS, AttentionMatrix, CreditState,
-                                     DecodeState, GroupState, RunEnd, RunInfo, TrainingState, decode_event)
+                                     DecodeState, GroupState, MemoryPlan, RunEnd, RunInfo, TrainingState,
+                                     decode_event)
 
 
 def _samples():
@@ -28,6 +29,8 @@ def _samples():
                    tokens=[["red", "<|im_end|>"], ["blue"]], lengths=np.array([2, 1], np.int32),
                    rewards=np.array([1.0, 0.0], np.float32), advantages=np.array([1.0, -1.0], np.float32),
                    metrics={m: np.array([[0.5, -1.0], [2.0, np.nan]], np.float32) for m in GROUP_METRICS}),
+        MemoryPlan(model_name="2b", dtype="bfloat16", kv_bytes=1 << 33, per_device_bytes=5 << 30,
+                   held_weights_bytes=4255064064),
     ]
 
 

@@ -1,5 +1,5 @@
-"""What a training run publishes: its RunInfo, a status while it compiles, per-update
-TrainingState and CreditState, the progress line, and the RunEnd record.
+"""What a training run publishes: its RunInfo, its memory plan, a status while it compiles,
+per-update TrainingState and CreditState, the progress line, and the RunEnd record.
 
 Events go to the bus (the dashboard, the recorder and the plain log subscribe to it);
 nothing here draws or writes a file.
@@ -19,16 +19,24 @@ import numpy as np
 
 from vlmrl.core.rollout import make_batch
 from vlmrl.instrument.events import GROUP_MAX_CELLS, GROUP_MAX_ROWS, CreditState, GroupState, RunEnd, RunInfo, TrainingState
+from vlmrl.models.qwen3vl.processor import ImageProcessorConfig
+from vlmrl.plan.live import plan_event
+from vlmrl.plan.spec import RunSpec
+
+
+def cache_slots(trainer) -> tuple:
+    """(prompt slots, completion slots) of one rollout row: the sampler's length buckets."""
+    sc = trainer.sampler.config
+    n = len(make_batch(trainer.env, trainer.codec, trainer.args.seed, 0, 1).prompt_ids[0])
+    return (next(b for b in sc.prompt_buckets if b >= n), next(b for b in sc.new_token_buckets if b >= trainer.max_new))
 
 
 def run_info(trainer) -> RunInfo:
     """The shape of the run, read from what it holds: the dtype of the KV cache the sampler
     allocates and of the weights, cache slots of one rollout (prompt + completion buckets),
     batch rows, the LLM layers DeepStack feeds, the device and its memory."""
-    t, sc = trainer.config.text, trainer.sampler.config
-    n = len(make_batch(trainer.env, trainer.codec, trainer.args.seed, 0, 1).prompt_ids[0])
-    cache = (next(b for b in sc.prompt_buckets if b >= n)
-             + next(b for b in sc.new_token_buckets if b >= trainer.max_new))
+    t = trainer.config.text
+    cache = sum(cache_slots(trainer))
     rows = trainer.args.batch * trainer.args.group
     kv = trainer.sampler.kv_cache_spec(rows, cache)
     kind, in_use, limit, source = device_memory()
@@ -85,6 +93,40 @@ def with_memory(info: RunInfo) -> RunInfo:
     _, in_use, limit, source = device_memory()
     return dataclasses.replace(info, device_memory_in_use=in_use, device_memory_limit=limit, memory_source=source,
                                wall_time=time.time())
+
+
+def _float_dtype(tree) -> str:
+    """The dtype name of a tree's floating arrays (what the run really holds)."""
+    for x in jax.tree_util.tree_leaves(tree):
+        if jnp.issubdtype(x.dtype, jnp.floating):
+            return jnp.dtype(x.dtype).name
+    return "float32"
+
+
+def _nbytes(tree) -> int:
+    return sum(int(x.size) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
+
+
+def memory_plan(trainer) -> MemoryPlan:
+    """The memory planner's figures for this run's exact shape (buckets, image size, the
+    dtypes of the arrays it holds), beside the bytes of its policy, reference and optimizer."""
+    a = trainer.args
+    prompt_slots, new_slots = cache_slots(trainer)
+    example = make_batch(trainer.env, trainer.codec, a.seed, 0, 1)
+    grid = example.image_grid_thw[0]
+    merge = trainer.config.vision.spatial_merge_size
+    # the processor's output grid, in pixels: planned at that size the resize is the identity
+    patch = trainer.config.vision.patch_size
+    h, w = int(grid[1]) * patch, int(grid[2]) * patch
+    area = h * w
+    spec = RunSpec(config=trainer.config, batch=a.batch, group=a.group, max_new=new_slots, images=1, image_hw=(h, w),
+                   processor=ImageProcessorConfig(patch_size=patch, merge_size=merge, min_pixels=area,
+                                                  max_pixels=area),
+                   dtype=_float_dtype(trainer.params), optimizer_dtype=_float_dtype(trainer.opt_state),
+                   minibatches=a.minibatches, prompt_len_override=prompt_slots)
+    held = {"weights": _nbytes(trainer.params), "reference": _nbytes(trainer.ref_params),
+            "optimizer": _nbytes(trainer.opt_state)}
+    return plan_event(spec, held)
 
 
 def credit_row(adv: np.ndarray, completion_mask: np.ndarray) -> int:

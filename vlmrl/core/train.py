@@ -67,6 +67,7 @@ def run_training(argv=None, *, bus=None, log: Optional[Callable[[str], None]] = 
         if args.tui and manage_tui:
             tui = LiveTUI(num_layers=info.num_layers, num_heads=info.num_heads, max_cache=info.max_cache, bus=bus)
             tui.start()
+        bus.publish(telemetry.memory_plan(trainer))  # the plan view (key k); recorded for replay
         if trainer.step < args.steps:
             say(f"compiling rollout and update for {args.env} (first step is slower) ...")
             # the dashboard shows what is compiling, ticking, until the first update lands

@@ -274,11 +274,43 @@ class GroupState(Event):
     advantages: Optional[np.ndarray] = None  # float32 [R]
     # {name in GROUP_METRICS: float32 [R, T]}, NaN past a row's tokens
     metrics: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class MemoryPlan(Event):
+    """The memory planner's figures for this run (`vlmrl.plan`), bytes per device, beside
+    the bytes of the arrays the run holds (`held_*`, None when not read). The dashboard's
+    plan view (key k) shows them with what the run measures (KV cache, device memory)."""
+
+    kind: ClassVar[str] = "memory_plan"
+    model_name: str = ""
+    dtype: str = ""
+    optimizer_dtype: str = ""
+    mesh: str = ""
+    rows: int = 0  # batch x group
+    cache_slots: int = 0  # prompt + completion slots of one row
+    weights_bytes: int = 0
+    reference_bytes: int = 0
+    optimizer_bytes: int = 0
+    grads_bytes: int = 0
+    kv_bytes: int = 0  # contiguous reservation
+    kv_bytes_paged: int = 0  # 16-token pages for the planned completion lengths
+    activation_bytes: int = 0  # the update's activations
+    attention_scores_bytes: int = 0  # score matrices a fused attention would not materialise
+    rollout_bytes: int = 0  # phase figures on top of the resident state
+    score_bytes: int = 0
+    update_bytes: int = 0
+    resident_bytes: int = 0  # weights + reference + optimizer
+    per_device_bytes: int = 0  # the planned peak
+    peak_phase: str = ""
+    held_weights_bytes: Optional[int] = None
+    held_reference_bytes: Optional[int] = None
+    held_optimizer_bytes: Optional[int] = None
     wall_time: float = dataclasses.field(default_factory=time.time)
 
 
 EVENT_TYPES = {cls.kind: cls for cls in (RunInfo, DecodeState, TrainingState, CreditState, AttentionMatrix, RunEnd,
-                                                GroupState)}
+                                                GroupState, MemoryPlan)}
 
 
 # ---------------------------------------------------------------- the codec

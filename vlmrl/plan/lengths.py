@@ -1,9 +1,9 @@
 """Completion length distributions: fixed, uniform, or read from a recorded run's log.
 
 The paged KV figure is an expectation over this distribution (a row holds only the pages
-its prompt and completion fill). From a log, each training update's CreditState holds the
-tokens of one real completion (the one the dashboard shows), so its length is one draw;
-a rollout-group event, where the log has one, gives every row's length.
+its prompt and completion fill). From a log, each update's rollout-group event gives every
+row's completion length; a log without them (older runs) still has each update's
+CreditState, the tokens of one real completion (the one the dashboard shows): one draw.
 """
 from __future__ import annotations
 
@@ -71,7 +71,11 @@ class Lengths:
         except (OSError, LogFormatError, MemoryError) as exc:
             raise LengthsError(f"--lengths log:{path}: {exc}") from None
         counts: Counter = Counter()
+        # group events hold every row's length; the credit events only one row per update
+        has_groups = any(getattr(ev, "kind", None) == "group" for ev in events)
         for ev in events:
+            if has_groups and getattr(ev, "kind", None) == "credit":
+                continue
             for n in _completion_lengths(ev):
                 if n >= 1 and (n in counts or len(counts) < MAX_DISTINCT):
                     counts[n] += 1
@@ -107,14 +111,17 @@ def _int(value: str, text: str, what: str) -> int:
 
 
 def _completion_lengths(ev):
-    """Completion lengths an event states exactly (none for most kinds)."""
-    lengths = getattr(ev, "completion_lengths", None)  # a rollout-group event, where one exists
-    if lengths is not None:
+    """Completion lengths an event states exactly (none for most kinds): every row of a
+    rollout-group event, or the one completion of a credit event (used when the log has
+    no group events, see `from_log`)."""
+    kind = getattr(ev, "kind", None)
+    if kind == "group":
+        lengths = getattr(ev, "lengths", None)
         try:
-            return [int(n) for n in list(lengths)[:MAX_DISTINCT]]
+            return [int(n) for n in list(lengths)[:MAX_DISTINCT]] if lengths is not None else []
         except (TypeError, ValueError):
             return []
-    if getattr(ev, "kind", None) == "credit":
+    if kind == "credit":
         tokens = getattr(ev, "tokens", None)
         if isinstance(tokens, list) and tokens:
             return [len(tokens)]

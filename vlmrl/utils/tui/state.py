@@ -14,7 +14,8 @@ from typing import Any, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from vlmrl.instrument.events import AttentionMatrix, CreditState, DecodeState, GroupState, RunEnd, RunInfo, TrainingState
+from vlmrl.instrument.events import (AttentionMatrix, CreditState, DecodeState, GroupState, MemoryPlan, RunEnd,
+                                     RunInfo, TrainingState)
 
 RECENT_TOKENS = 64  # decode rows show at most this many recent tokens
 # Training steps kept for the header sparklines and the charts view (the whole of most
@@ -219,6 +220,7 @@ class DashboardState:
     group_v: int = 0
     compare: Optional[Comparison] = None  # `--compare`: another run's history for the charts
     matrix: Optional[AttentionMatrix] = None
+    plan: Optional[MemoryPlan] = None  # the memory planner's figures for the run (plan view)
     explorer: Mapping[int, Tuple[ExplorerStep, ...]] = _empty()
     counts: Mapping[str, int] = _empty()  # events seen per kind
     problems: Tuple[str, ...] = ()  # malformed input seen (shown in the footer)

@@ -14,6 +14,7 @@ that sleeps in between, so each object it touches is a cache miss).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import time
@@ -29,6 +30,7 @@ from vlmrl.instrument.events import (
     DecodeState,
     Event,
     GroupState,
+    MemoryPlan,
     RunEnd,
     RunInfo,
     TrainingState,
@@ -106,6 +108,7 @@ class Store:
         self._credit: Optional[CreditState] = None
         self._group: Optional[GroupState] = None
         self._matrix: Optional[AttentionMatrix] = None
+        self._plan: Optional[MemoryPlan] = None
         self._counts: Dict[str, int] = {}
         self._problems: List[str] = []
         self.rows_dropped = 0  # batch rows forgotten to stay within MAX_ROWS
@@ -128,6 +131,7 @@ class Store:
             AttentionMatrix: self._on_matrix,
             RunInfo: self._on_run,
             RunEnd: self._on_end,
+            MemoryPlan: self._on_plan,
         }
 
     # -- intake -----------------------------------------------------------------------
@@ -180,6 +184,12 @@ class Store:
 
     def _on_end(self, ev: RunEnd) -> None:
         self._end = ev
+        self._bump("run")
+
+    def _on_plan(self, ev: MemoryPlan) -> None:
+        sizes = [f.name for f in dataclasses.fields(ev) if f.name.endswith("_bytes") or f.name in ("rows", "cache_slots")]
+        _ints(ev, [name for name in sizes if getattr(ev, name) is not None])
+        self._plan = ev
         self._bump("run")
 
     def _on_training(self, ev: TrainingState) -> None:
@@ -324,7 +334,7 @@ class Store:
         """An independent copy (replay checkpoints) with its own store_id, so the layout
         never mistakes the copy's versions for the original's."""
         out = Store(clock=self._clock, started_at=self._started, compare=self._compare)
-        for name in ("_run", "_end", "_training", "_credit", "_group", "_matrix", "_last_event_at"):
+        for name in ("_run", "_end", "_plan", "_training", "_credit", "_group", "_matrix", "_last_event_at"):
             setattr(out, name, getattr(self, name))
         out._history = list(self._history)
         out._counts = dict(self._counts)
@@ -363,6 +373,7 @@ class Store:
         f["run_end"] = self._end
         f["credit"], f["matrix"] = self._credit, self._matrix
         f["group"], f["group_v"], f["compare"] = self._group, v["group"], self._compare
+        f["plan"] = self._plan
         f["counts"] = MappingProxyType(dict(self._counts))
         f["problems"] = tuple(self._problems)
         self._snap = DashboardState._make(f)

@@ -14,11 +14,12 @@ from typing import Any, Mapping, Optional
 
 from vlmrl.instrument.events import ATTN_STATS
 
-MODES = ("dashboard", "matrix", "explorer", "charts", "group")
-# Keys that open (and close) a view. m and e work everywhere; c and g work from the
-# dashboard and the RL views, since the matrix and the explorer use g as Home.
-MODE_KEYS = MappingProxyType({"m": "matrix", "e": "explorer", "c": "charts", "g": "group"})
-RL_MODES = ("dashboard", "charts", "group")
+MODES = ("dashboard", "matrix", "explorer", "charts", "group", "plan")
+# Keys that open (and close) a view. m and e work everywhere; c, g and k work from the
+# dashboard and the views with no keys of their own for those letters, since the matrix
+# and the explorer use g as Home and k as up.
+MODE_KEYS = MappingProxyType({"m": "matrix", "e": "explorer", "c": "charts", "g": "group", "k": "plan"})
+RL_MODES = ("dashboard", "charts", "group", "plan")
 ESCAPE_KEYS = ("\x1b", "escape", "KEY_ESCAPE")
 
 # Key help shown in the help overlay: (key, what it does). What `q` does depends on what
@@ -33,6 +34,7 @@ KEY_HELP = (
     ("e", "token attention explorer"),
     ("c", "training charts (s: EMA smoothing)"),
     ("g", "rollout group ([ ] prompt, s metric)"),
+    ("k", "memory plan vs what the run measures"),
     ("?", "this help"),
 )
 # --replay's own keys (`replay.ReplayLog.handle_key`).
