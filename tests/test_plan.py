@@ -96,18 +96,28 @@ def test_kv_figures_contiguous_and_paged_by_a_plain_loop():
 
 def test_lengths_from_a_recorded_log(tmp_path):
     from vlmrl.instrument.events import CreditState, RunInfo, TrainingState
-    from vlmrl.instrument.record import encode_event, header_line
+    from vlmrl.instrument.record import encode_line, header_line
 
     path = tmp_path / "run.jsonl"
     lines = [header_line(RunInfo())]
     for step, n in enumerate([3, 5, 5, 9]):
-        lines.append(encode_event(TrainingState(step=step)))
-        lines.append(encode_event(CreditState(tokens=["a"] * n, credits=[0.0] * n, step=step)))
+        lines.append(encode_line(TrainingState(step=step)))
+        lines.append(encode_line(CreditState(tokens=["a"] * n, credits=[0.0] * n, step=step)))
     lines.append('{"kind": "credit", "tokens": "not a list"')  # cut short: skipped
     path.write_text("\n".join(lines) + "\n")
     lengths = Lengths.parse(f"log:{path}")
     assert lengths.support(100) == ((3, 0.25), (5, 0.5), (9, 0.25))
     assert lengths.support(4) == ((3, 0.25), (4, 0.75))  # clipped to the reservation
+    # a log with rollout-group events: every row's length, the credit rows not counted twice
+    from vlmrl.instrument.events import GroupState
+
+    grouped = tmp_path / "grouped.jsonl"
+    lines = [header_line(RunInfo())]
+    lines.append(encode_line(GroupState(step=0, group=2, texts=["a", "b", "c", "d"], tokens=[[], [], [], []],
+                                         lengths=np.array([2, 2, 7, 11], np.int32))))
+    lines.append(encode_line(CreditState(tokens=["a"] * 2, credits=[0.0] * 2, step=0)))
+    grouped.write_text("\n".join(lines) + "\n")
+    assert Lengths.parse(str(grouped)).support(100) == ((2, 0.5), (7, 0.25), (11, 0.25))
     empty = tmp_path / "empty.jsonl"
     empty.write_text(header_line(RunInfo()) + "\n")
     with pytest.raises(LengthsError, match="no completion lengths"):
