@@ -49,7 +49,8 @@ def _kv_nbytes(cache) -> int:
 @pytest.mark.slow
 def test_tiny_training_run_allocates_exactly_what_the_plan_says(caches):
     from vlmrl.core.rollout import make_batch
-    from vlmrl.core.train import Trainer, parse_args
+    from vlmrl.core.cli import parse_args
+    from vlmrl.core.trainer import Trainer
 
     batch, group = 2, 2
     trainer = Trainer(parse_args(["--env", "colors", "--batch", str(batch), "--group", str(group), "--steps", "1",
