@@ -81,6 +81,9 @@ def test_plan_view_of_a_recorded_tiny_run_shows_plan_beside_the_runs_bytes(tmp_p
     assert "n/a" in _line(display, "gradients (update)")  # the run does not report them
     peak = _line(display, "PEAK per device")
     assert fmt_bytes(plan.per_device_bytes) in peak
+    run = store.snapshot().run
+    if run.memory_source == "host":  # a CPU run: the run's figure is the process's RSS, said so
+        assert "host RSS" in peak and fmt_bytes(run.device_memory_in_use) in peak
 
 
 def _synthetic_store(device=True):

@@ -46,6 +46,11 @@ def _rows(state, plan, batch_index: int):
     device = None
     if run is not None and run.device_memory_in_use is not None:
         device = int(run.device_memory_in_use)
+    # "host": the backend reports no device memory (a CPU run), so the run's figure is the
+    # process's resident memory, which also holds Python, the runtime and compiled code
+    source = getattr(run, "memory_source", "device") if run is not None else "device"
+    where = (f"host RSS ({run.device_kind})" if source == "host" else f"device in use ({run.device_kind})"
+             ) if device is not None else "device memory not reported"
     slots = f"slots {kv[3]}/{kv[4]}" if kv is not None else "no decode step yet"
     return [
         ("policy weights", plan.weights_bytes, plan.held_weights_bytes, f"{plan.dtype} arrays held"),
@@ -62,8 +67,7 @@ def _rows(state, plan, batch_index: int):
         ("phase: update", plan.update_bytes, None, "grads + activations + optimizer step"),
         ("resident (weights, ref, Adam)", plan.resident_bytes, resident_held, "sum of the arrays held"),
         ("PEAK per device", plan.per_device_bytes, device,
-         (f"device in use ({run.device_kind})" if device is not None else "device memory not reported")
-         + (f" of {fmt_bytes(run.device_memory_limit)}" if run is not None and run.device_memory_limit else "")),
+         where + (f" of {fmt_bytes(run.device_memory_limit)}" if run is not None and run.device_memory_limit else "")),
     ]
 
 
