@@ -71,8 +71,9 @@ def test_tiny_training_run_allocates_exactly_what_the_plan_says(caches):
     assert plan["reference_bytes"] == _nbytes(trainer.ref_params)
     assert plan["optimizer_bytes"] == _nbytes(trainer.opt_state)
     assert plan["grads_bytes"] == _nbytes(trainer.params)  # jax.grad returns the parameters' shapes and dtypes
-    assert len(caches) == 1 and caches[0].batch == batch * group
-    assert plan["kv_bytes"] == _kv_nbytes(caches[0])
+    # the sampler's jitted generate (and the run's own description of it) build one shape
+    assert caches and {(c.batch, c.max_len) for c in caches} == {(batch * group, info.max_cache)}
+    assert plan["kv_bytes"] == _kv_nbytes(caches[-1])
 
 
 @pytest.mark.slow
@@ -102,6 +103,6 @@ def test_tiny_hf_checkpoint_allocates_exactly_what_the_plan_says(hf_factory, cac
                                             new_token_buckets=(new_slots,)))
     rng = np.random.default_rng(0)
     sampler.generate(prompts=[rng.integers(2, 100, 9), rng.integers(2, 100, 20)], max_new_tokens=new_slots)
-    assert len(caches) == 1
-    assert plan["kv_bytes"] == _kv_nbytes(caches[0])
-    assert plan["kv_bytes_per_token"] * rows * (prompt_slots + new_slots) == _kv_nbytes(caches[0])
+    assert caches and {(c.batch, c.max_len) for c in caches} == {(rows, prompt_slots + new_slots)}
+    assert plan["kv_bytes"] == _kv_nbytes(caches[-1])
+    assert plan["kv_bytes_per_token"] * rows * (prompt_slots + new_slots) == _kv_nbytes(caches[-1])
