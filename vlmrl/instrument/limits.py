@@ -135,6 +135,15 @@ FIELDS: Dict[str, Dict[str, Callable[[Any], bool]]] = {
             and a.size <= MAX_STAT_CELLS for k, a in v.items()),
         "wall_time": _wall,
     },
+    "memory_plan": {
+        **{name: _index for name in (
+            "weights_bytes", "reference_bytes", "optimizer_bytes", "grads_bytes", "kv_bytes", "kv_bytes_paged",
+            "activation_bytes", "attention_scores_bytes", "rollout_bytes", "score_bytes", "update_bytes",
+            "resident_bytes", "per_device_bytes")},
+        **{name: _optional(_index) for name in ("held_weights_bytes", "held_reference_bytes", "held_optimizer_bytes")},
+        **{name: _text for name in ("model_name", "dtype", "optimizer_dtype", "mesh", "peak_phase")},
+        "rows": _count, "cache_slots": lambda v: _int(v, 1 << 40), "wall_time": _wall,
+    },
 }
 
 # By annotation, for fields of event kinds added later and not listed above.

@@ -14,7 +14,6 @@ that sleeps in between, so each object it touches is a cache miss).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import operator
 import time
@@ -187,8 +186,6 @@ class Store:
         self._bump("run")
 
     def _on_plan(self, ev: MemoryPlan) -> None:
-        sizes = [f.name for f in dataclasses.fields(ev) if f.name.endswith("_bytes") or f.name in ("rows", "cache_slots")]
-        _ints(ev, [name for name in sizes if getattr(ev, name) is not None])
         self._plan = ev
         self._bump("run")
 
