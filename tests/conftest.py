@@ -1,25 +1,52 @@
-"""Shared test helpers: the CPU setup, a Qwen3-VL-shaped tiny checkpoint, a process on a pty.
+"""What the tests share: the CPU setup, a Qwen3-VL-shaped tiny checkpoint, a process on a
+pty, a dashboard scenario, terminal-screen readers and model references. Test modules
+import shared helpers from here and nowhere else (`from conftest import scenario`), never
+from another test module. Helper modules stand behind this file and are imported only
+here: `hf_oracle.py` (tiny random Hugging Face checkpoints, the reference for parity
+tests, with its session fixtures `hf_factory` and `hf_tiny`), `fake_qwen.py` (a tiny
+stand-in model for sampler and tap tests) and `analyze_oracle.py` (the report's numbers
+computed directly from a log).
 
-None of these imports JAX: the environment below must be set before anything does."""
-import dataclasses
-import fcntl
-import json
+The environment below is set before anything imports JAX.
+"""
+from __future__ import annotations
+
 import os
-import pty
-import select
-import struct
-import subprocess
-import termios
-import time
-
-import pyte
-import pytest
 
 # Tests run on the CPU with a deterministic, full-precision setup; a GPU runner must not
 # change numerics under the parity tests.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
 
+import dataclasses  # noqa: E402
+import fcntl  # noqa: E402
+import json  # noqa: E402
+import pty  # noqa: E402
+import select  # noqa: E402
+import struct  # noqa: E402
+import subprocess  # noqa: E402
+import termios  # noqa: E402
+import time  # noqa: E402
+import unicodedata  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pyte  # noqa: E402
+import pytest  # noqa: E402
+
+from analyze_oracle import oracle  # noqa: E402,F401
+from fake_qwen import FakeCache, FakeQwen, fake_sampler_kwargs, tiny_fake  # noqa: E402,F401
+from hf_oracle import (  # noqa: E402,F401  (fixtures: hf_factory, hf_tiny)
+    _hf_inputs, build_tiny_checkpoint, hf_factory, hf_forward, hf_generate, hf_tiny, left_pad, load_reference,
+    make_prompt)
+from vlmrl.instrument.events import CreditState, DecodeState, RunInfo, TrainingState  # noqa: E402
+from vlmrl.utils.tui import layout  # noqa: E402
+from vlmrl.utils.tui.canvas import char_width  # noqa: E402
+from vlmrl.utils.tui.palette import COLOR  # noqa: E402
+from vlmrl.utils.tui.store import Store  # noqa: E402
+from vlmrl.utils.tui.view import ViewState  # noqa: E402
+
+
+# ---- checkpoints and processes -----------------------------------------------------------
 
 # A Qwen3-VL-style chat template (system turn, content lists with image parts, namespace
 # counter, whitespace control): the renderer's jinja settings all matter for it.
@@ -154,3 +181,162 @@ def run_in_pty():
     yield start
     for t in made:
         t.close()
+
+
+# ---- a dashboard scenario: the screens the panel tests read -----------------------------
+
+L, H = 28, 16
+SIZES = [(80, 24), (120, 40), (200, 60)]
+T0 = 100.0  # store clock when the last event arrives
+
+
+class Clock:
+    def __init__(self, t: float = 0.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def run_info(**kw) -> RunInfo:
+    base = dict(model_name="qwen3vl-2b", num_layers=L, num_heads=H, num_kv_heads=8, head_dim=128,
+                dtype="bfloat16", max_cache=2048, batch=2, deepstack_layers=(0, 1, 2),
+                device_memory_in_use=3 << 30, device_memory_limit=16 << 30, wall_time=1.0)
+    base.update(kw)
+    return RunInfo(**base)
+
+
+def stats_for(step: int) -> dict:
+    """Deterministic per-layer/head stats; layer l head h of `focus` = ((l*16+h) % 20)/20."""
+    grid = (np.arange(L)[:, None] * H + np.arange(H)[None, :]).astype(np.float32)
+    focus = (grid % 20) / 20.0
+    return {"focus": focus, "max": np.full((L, H), 0.9, np.float32),
+            "vision": np.tile(np.linspace(0, 1, L, dtype=np.float32)[:, None], (1, H)),
+            "sink": np.full((L, H), 0.1, np.float32)}
+
+
+def decode_event(step: int, text: str = "tok", seq: int = 0, **kw) -> DecodeState:
+    base = dict(step=step, token_id=4000 + step, token_text=text, token_prob=0.875, cache_len=100 + step,
+                cache_max=2048, active_layer=27, active_head=3, mrope_t=60 + step, mrope_h=60 + step,
+                mrope_w=60 + step, seq_index=seq, batch_size=2, entropy=1.5,
+                top_k=[(4000 + step, text, 0.875), (7, " maybe", 0.05)], attn_stats=stats_for(step),
+                vision_span=(13, 77), vision_grid=(1, 16, 16), phase="decode", wall_time=1000.0 + step)
+    base.update(kw)
+    return DecodeState(**base)
+
+
+def scenario(clock: Clock = None, steps: int = 12):
+    clock = clock or Clock(T0 - steps * 0.05)
+    store = Store(clock=clock, started_at=0.0)
+    store.apply(run_info())
+    for s in range(1, steps + 1):
+        clock.t += 0.05
+        store.apply(decode_event(s, text=f" w{s}"))
+    store.apply(TrainingState(step=7, reward_mean=0.5312, reward_std=0.1204, kl=0.0123, loss=0.3101,
+                              tokens_per_sec=1234.4, policy_entropy=1.234, clip_fraction=0.05))
+    store.apply(CreditState(tokens=[" a", " big", " cat", " sat"], credits=[0.25, -1.5, 0.75, -0.1], step=7))
+    return store
+
+
+META = {"dropped": 3, "fps": 20.0}
+
+
+def screen_text(store, view=ViewState(), size=(120, 40), now=T0 + 0.5, theme=COLOR, meta=META) -> str:
+    c = layout.render_screen(store.snapshot(), view, size[0], size[1], now, theme, meta=meta)
+    return c.text()
+
+
+def row_cells(chars) -> int:
+    """Columns a canvas row occupies on a terminal ("" is the right half of a wide char)."""
+    return sum(0 if ch == "" else char_width(ch[0]) for ch in chars)
+
+
+EXPECTED = {
+    "header": ["VLMRL qwen3vl-2b", "step 7", "reward +0.531±0.120", "KL 0.0123", "loss 0.3101", "tok/s 1234",
+               "entropy 1.234", "clip 0.050", "dropped 3", "fps 20.0", "up 0:01:40"],
+    "decode": ["DECODE LIVE", "Cache: 112/2048", '" w12"', "id 4012", "p 0.875", "alts"],
+    "flow": ["COMPUTATION FLOW", "mRoPE 72", "STEP 12"],
+    "attention": ["ATTENTION FLOW · focus", "L27 "],
+    "vision": ["VISION INJECTION @ Token[13]", "1×16×16", "merged 64", "DeepStack → L0 L1 L2", "share/layer"],
+    "mrope": ["mRoPE", "T 72 H 72 W 72"],
+    "credit": ["TOKEN CREDIT", '" big"', "-1.500", "+0.750"],
+    # 2 (K,V) * 28 layers * 8 kv heads * 128 dim * 2 bytes * batch 2 = 229376 B per token
+    "kv": ["KV CACHE MEMORY", f"KV {229376 * 112 / 2**20:.1f}/{229376 * 2048 / 2**20:.1f} MiB", "pages 7/128",
+           "3.0/16.0 GiB", "112/2048"],
+    "footer": ["dashboard", "dropped 3"],
+}
+
+
+# ---- reading a terminal emulator's screen ----------------------------------------------
+
+def cells(screen: pyte.Screen):
+    """Everything visible per cell: text and the attributes the encoder sets."""
+    return [[(c.data, c.fg, c.bg, c.bold, c.reverse, c.underscore)
+             for c in (screen.buffer[y][x] for x in range(screen.columns))]
+            for y in range(screen.lines)]
+
+
+def base_text(rows):
+    """Rows without combining marks: emulators differ on where a mark after a wide char
+    goes (pyte puts it on the wide char's empty right half and then never shows it)."""
+    return ["".join(ch for ch in unicodedata.normalize("NFD", r) if not unicodedata.combining(ch)) for r in rows]
+
+
+# ---- the real model, driven as a reference ----------------------------------------------
+
+def greedy_generate(model, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None, *,
+                    max_new_tokens: int = 32, cache_dtype=None):
+    """Greedy continuation with the KV cache, a plain Python loop over the jitted decode
+    step (the reference the sampler's scanned loop is compared with).
+
+    Returns (tokens int32 [B, max_new_tokens], logits float32 [B, max_new_tokens, V]) where
+    logits[:, k] chose tokens[:, k]. No early stopping.
+    """
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from vlmrl.models.qwen3vl.cache import KVCache
+    from vlmrl.models.qwen3vl.model import decode_fn, prefill_fn
+
+    ids, mask, pos, pv, vin = model.prepare_inputs(input_ids, pixel_values, image_grid_thw, attention_mask)
+    B, S = ids.shape
+    cache = KVCache.init(model.config, B, S + max_new_tokens, cache_dtype or model.dtype)
+    graphdef, state = nnx.split(model)
+    logits, cache, _ = prefill_fn(graphdef, state, ids, mask, pos, pv, vin, cache)
+    step_logits = [logits[:, -1]]  # left padding: the last column is real in every row
+    tokens = [jnp.argmax(step_logits[0], axis=-1).astype(jnp.int32)]
+    for _ in range(max_new_tokens - 1):
+        lg, cache, _ = decode_fn(graphdef, state, tokens[-1], cache)
+        step_logits.append(lg)
+        tokens.append(jnp.argmax(lg, axis=-1).astype(jnp.int32))
+    return (np.asarray(jnp.stack(tokens, axis=1)),
+            np.asarray(jnp.stack(step_logits, axis=1).astype(jnp.float32)))
+
+
+def load_hf_tensors(module, tensors, prefix: str = "") -> set:
+    """Copy Hugging Face arrays (name -> array) into `module` (a whole model or one tower)
+    by the mapping `load_hf_checkpoint` uses; returns the names used. Every missing tensor
+    and shape mismatch is collected and raised together before anything is written."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from vlmrl.models.qwen3vl.load import mapping_table, to_nnx
+
+    params = dict(nnx.to_flat_state(nnx.state(module, nnx.Param)))
+    plan, problems = [], []
+    for name, (path, shape, transform) in mapping_table(module).items():
+        full = prefix + name
+        if full not in tensors:
+            problems.append(f"missing tensor {full}")
+            continue
+        arr = to_nnx(np.asarray(tensors[full]), transform)
+        if tuple(arr.shape) != tuple(shape):
+            problems.append(f"{full}: checkpoint shape {tuple(np.shape(tensors[full]))} maps to "
+                            f"{tuple(arr.shape)}, the module expects {tuple(shape)}")
+            continue
+        plan.append((params[path], arr, full))
+    if problems:
+        raise ValueError("tensors do not fit the module:\n  " + "\n  ".join(problems))
+    for var, arr, _ in plan:
+        var.set_value(jnp.asarray(arr, dtype=var.get_value().dtype))
+    return {full for _, _, full in plan}

@@ -3,8 +3,9 @@
 Usable two ways:
   * plain functions (benchmarks, scripts): `build_tiny_checkpoint(path=None, **kw) -> (hf_model, path)`,
     `hf_forward(...)`, `hf_generate(...)`, `make_prompt(...)`;
-  * pytest fixtures: `from hf_oracle import hf_factory` (session scoped; each distinct set of
-    options is built and saved once per test session) or the ready-made `hf_tiny` fixture.
+  * pytest fixtures, registered by conftest.py (tests import nothing from here):
+    `hf_factory` (session scoped; each distinct set of options is built and saved once per
+    test session) or the ready-made `hf_tiny`.
 
 Every parameter is randomised (norm weights around 1, biases, a scaled-up pos_embed) because
 HF's init leaves norms at 1 and biases at 0, which hides (1+w) and bias bugs (docs/qwen3vl.md §10).

@@ -12,7 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from analyze_oracle import oracle
+from conftest import oracle
 from vlmrl.analyze import accumulate, rowstats
 from vlmrl.analyze.cli import analyze, main
 from vlmrl.analyze.logstream import LogStream, Progress

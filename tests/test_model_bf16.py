@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hf_oracle import hf_factory, hf_forward, load_reference, make_prompt  # noqa: F401  (fixture import)
+from conftest import greedy_generate, hf_forward, load_reference, make_prompt
 
 pytestmark = pytest.mark.slow
 PROMPTS = {
@@ -45,7 +45,6 @@ def test_bf16_logits_track_hf_bf16(models, kind):
 
 
 def test_bf16_cached_decode_tracks_full_forward(models):
-    from vlmrl.models.qwen3vl.model import greedy_generate
 
     hf16, _, model = models
     ids, _, _ = make_prompt(hf16.config.text_config.vocab_size, PROMPTS["text"], seed=3)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from hf_oracle import hf_factory, hf_generate, left_pad, make_prompt  # noqa: F401  (fixture import)
+from conftest import greedy_generate, hf_generate, left_pad, make_prompt
 
 pytestmark = pytest.mark.slow
 IMAGE_PROMPT = [("text", 3), ("image", (1, 4, 6)), ("text", 2), ("image", (1, 6, 2)), ("text", 4)]
@@ -102,7 +102,6 @@ def test_decode_step_runs_inside_lax_scan(tied):
 
 @pytest.mark.parametrize("kind", ["text", "image"])
 def test_greedy_32_tokens_identical_to_hf_generate(untied, kind):
-    from vlmrl.models.qwen3vl.model import greedy_generate
 
     hf, model = untied
     V = hf.config.text_config.vocab_size

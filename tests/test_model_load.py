@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from hf_oracle import hf_factory, hf_forward, load_reference, make_prompt  # noqa: F401  (fixture import)
+from conftest import hf_forward, load_reference, make_prompt
 
 from vlmrl.models.qwen3vl import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
 from vlmrl.models.qwen3vl.load import UnusedWeightsWarning

@@ -8,7 +8,7 @@ Bar: max |logit difference| <= 1e-4 (measured about 2e-6).
 import numpy as np
 import pytest
 
-from hf_oracle import hf_factory, hf_forward, left_pad, make_prompt  # noqa: F401  (fixture import)
+from conftest import hf_forward, left_pad, make_prompt
 
 pytestmark = pytest.mark.slow
 TOL = 1e-4

@@ -5,95 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlmrl.instrument.events import ATTN_STATS, CreditState, DecodeState, RunInfo, TrainingState
+from vlmrl.instrument.events import ATTN_STATS, CreditState, RunInfo, TrainingState
 from vlmrl.utils.tui import layout, palette
-from vlmrl.utils.tui.canvas import char_width
 from vlmrl.utils.tui.palette import COLOR, MONO
 from vlmrl.utils.tui.panels import attention, credit, decode, flow, footer, header, kvcache, mrope, vision
 from vlmrl.utils.tui.store import HEAT_HZ, Store
 from vlmrl.utils.tui.view import ViewState, handle_key
 
-L, H = 28, 16
-SIZES = [(80, 24), (120, 40), (200, 60)]
-T0 = 100.0  # store clock when the last event arrives
-
-
-class Clock:
-    def __init__(self, t: float = 0.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def run_info(**kw) -> RunInfo:
-    base = dict(model_name="qwen3vl-2b", num_layers=L, num_heads=H, num_kv_heads=8, head_dim=128,
-                dtype="bfloat16", max_cache=2048, batch=2, deepstack_layers=(0, 1, 2),
-                device_memory_in_use=3 << 30, device_memory_limit=16 << 30, wall_time=1.0)
-    base.update(kw)
-    return RunInfo(**base)
-
-
-def stats_for(step: int) -> dict:
-    """Deterministic per-layer/head stats; layer l head h of `focus` = ((l*16+h) % 20)/20."""
-    grid = (np.arange(L)[:, None] * H + np.arange(H)[None, :]).astype(np.float32)
-    focus = (grid % 20) / 20.0
-    return {"focus": focus, "max": np.full((L, H), 0.9, np.float32),
-            "vision": np.tile(np.linspace(0, 1, L, dtype=np.float32)[:, None], (1, H)),
-            "sink": np.full((L, H), 0.1, np.float32)}
-
-
-def decode_event(step: int, text: str = "tok", seq: int = 0, **kw) -> DecodeState:
-    base = dict(step=step, token_id=4000 + step, token_text=text, token_prob=0.875, cache_len=100 + step,
-                cache_max=2048, active_layer=27, active_head=3, mrope_t=60 + step, mrope_h=60 + step,
-                mrope_w=60 + step, seq_index=seq, batch_size=2, entropy=1.5,
-                top_k=[(4000 + step, text, 0.875), (7, " maybe", 0.05)], attn_stats=stats_for(step),
-                vision_span=(13, 77), vision_grid=(1, 16, 16), phase="decode", wall_time=1000.0 + step)
-    base.update(kw)
-    return DecodeState(**base)
-
-
-def scenario(clock: Clock = None, steps: int = 12):
-    clock = clock or Clock(T0 - steps * 0.05)
-    store = Store(clock=clock, started_at=0.0)
-    store.apply(run_info())
-    for s in range(1, steps + 1):
-        clock.t += 0.05
-        store.apply(decode_event(s, text=f" w{s}"))
-    store.apply(TrainingState(step=7, reward_mean=0.5312, reward_std=0.1204, kl=0.0123, loss=0.3101,
-                              tokens_per_sec=1234.4, policy_entropy=1.234, clip_fraction=0.05))
-    store.apply(CreditState(tokens=[" a", " big", " cat", " sat"], credits=[0.25, -1.5, 0.75, -0.1], step=7))
-    return store
-
-
-META = {"dropped": 3, "fps": 20.0}
-
-
-def screen_text(store, view=ViewState(), size=(120, 40), now=T0 + 0.5, theme=COLOR, meta=META) -> str:
-    c = layout.render_screen(store.snapshot(), view, size[0], size[1], now, theme, meta=meta)
-    return c.text()
-
-
-def row_cells(chars) -> int:
-    """Columns a canvas row occupies on a terminal ("" is the right half of a wide char)."""
-    return sum(0 if ch == "" else char_width(ch[0]) for ch in chars)
-
-
-EXPECTED = {
-    "header": ["VLMRL qwen3vl-2b", "step 7", "reward +0.531±0.120", "KL 0.0123", "loss 0.3101", "tok/s 1234",
-               "entropy 1.234", "clip 0.050", "dropped 3", "fps 20.0", "up 0:01:40"],
-    "decode": ["DECODE LIVE", "Cache: 112/2048", '" w12"', "id 4012", "p 0.875", "alts"],
-    "flow": ["COMPUTATION FLOW", "mRoPE 72", "STEP 12"],
-    "attention": ["ATTENTION FLOW · focus", "L27 "],
-    "vision": ["VISION INJECTION @ Token[13]", "1×16×16", "merged 64", "DeepStack → L0 L1 L2", "share/layer"],
-    "mrope": ["mRoPE", "T 72 H 72 W 72"],
-    "credit": ["TOKEN CREDIT", '" big"', "-1.500", "+0.750"],
-    # 2 (K,V) * 28 layers * 8 kv heads * 128 dim * 2 bytes * batch 2 = 229376 B per token
-    "kv": ["KV CACHE MEMORY", f"KV {229376 * 112 / 2**20:.1f}/{229376 * 2048 / 2**20:.1f} MiB", "pages 7/128",
-           "3.0/16.0 GiB", "112/2048"],
-    "footer": ["dashboard", "dropped 3"],
-}
-
+from conftest import EXPECTED, H, L, META, SIZES, T0, Clock, decode_event, row_cells, run_info, scenario, screen_text
 
 @pytest.mark.parametrize("size", SIZES)
 def test_every_panel_title_and_values_on_screen(size):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from test_panels import Clock, row_cells, run_info
+from conftest import Clock, row_cells, run_info
 from vlmrl.instrument.events import CreditState, DecodeState, TrainingState
 from vlmrl.utils.tui import layout
 from vlmrl.utils.tui.palette import COLOR, MONO

@@ -13,7 +13,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_panels import Clock, decode_event, screen_text
+from conftest import Clock, decode_event, screen_text
 from vlmrl.instrument.events import DecodeState
 from vlmrl.utils.tui import layout
 from vlmrl.utils.tui.palette import COLOR

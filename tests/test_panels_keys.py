@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 import types
 
-from test_panels import META, T0, decode_event, scenario, screen_text
+from conftest import META, T0, decode_event, scenario, screen_text
 from vlmrl.instrument.events import ATTN_STATS
 from vlmrl.utils.tui import layout
 from vlmrl.utils.tui.palette import COLOR

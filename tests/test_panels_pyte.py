@@ -9,7 +9,7 @@ import pyte
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from test_panels import EXPECTED, META, SIZES, T0, Clock, decode_event, scenario
+from conftest import EXPECTED, META, SIZES, T0, Clock, decode_event, scenario
 from vlmrl.instrument.events import CreditState, TrainingState
 from vlmrl.utils.tui import layout
 from vlmrl.utils.tui.frame import FrameEncoder

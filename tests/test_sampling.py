@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from test_sampling_fake import fake_sampler_kwargs, tiny_fake
+from conftest import fake_sampler_kwargs, tiny_fake
 from vlmrl.core.sampling import Sampler, SamplingConfig, sample_logits
 
 
@@ -28,7 +28,7 @@ def _prompts(seed=0, lens=(7, 12)):
 
 def _teacher_forced_argmax(model, prompt, generated):
     """argmax of an uncached forward over prompt + generated at the positions that chose each token."""
-    from test_sampling_fake import FakeCache
+    from conftest import FakeCache
 
     seq = np.concatenate([prompt, generated[:-1]])[None]
     cache = FakeCache.init(model.config, 1, seq.shape[1])

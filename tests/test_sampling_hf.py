@@ -3,7 +3,7 @@ for a left-padded text batch and for image prompts (the tiny random checkpoint).
 import numpy as np
 import pytest
 
-from hf_oracle import hf_factory, hf_generate, hf_tiny, left_pad, make_prompt  # noqa: F401  (fixtures)
+from conftest import hf_generate, left_pad, make_prompt
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import random
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from test_panels import Clock, decode_event, run_info
+from conftest import Clock, decode_event, run_info
 from vlmrl.instrument.events import AttentionMatrix, CreditState, TrainingState
 from vlmrl.utils.tui.store import HEAT_HZ, RECENT_TOKENS, Store
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from test_sampling_fake import fake_sampler_kwargs, tiny_fake
+from conftest import fake_sampler_kwargs, tiny_fake
 from vlmrl.core.sampling import Sampler, SamplingConfig
 from vlmrl.instrument.bus import Bus
 from vlmrl.instrument.events import ATTN_STATS

@@ -3,7 +3,7 @@ computed from Hugging Face `output_attentions` on the same tiny checkpoint and i
 import numpy as np
 import pytest
 
-from hf_oracle import _hf_inputs, hf_factory, hf_tiny, make_prompt  # noqa: F401  (fixtures)
+from conftest import _hf_inputs, make_prompt
 
 pytestmark = pytest.mark.slow
 

@@ -18,6 +18,8 @@ from vlmrl.utils.tui import theme
 from vlmrl.utils.tui.canvas import Canvas, Rect, Style
 from vlmrl.utils.tui.frame import BSU, ESU, FrameEncoder, full_bytes
 
+from conftest import base_text, cells
+
 # No ZWJ: pyte stops drawing a string at any zero-width non-combining character (a
 # quirk of the emulator, not of terminals); the canvas drops ZWJ anyway (see canvas.py).
 TEXTS = ["hello", "中文字", "e\u0301x", "░▒▓█", "\x1b[2Jbad", "a", "🙂ok", "x\u0300y", "｜｜", "\u202eevil",
@@ -33,22 +35,9 @@ def feed(screen: pyte.Screen, data: bytes) -> None:
     pyte.ByteStream(screen).feed(data)
 
 
-def cells(screen: pyte.Screen):
-    """Everything visible per cell: text and the attributes the encoder sets."""
-    return [[(c.data, c.fg, c.bg, c.bold, c.reverse, c.underscore)
-             for c in (screen.buffer[y][x] for x in range(screen.columns))]
-            for y in range(screen.lines)]
-
-
-def base_text(rows):
-    """Rows without combining marks: emulators differ on where a mark after a wide char
-    goes (pyte puts it on the wide char's empty right half and then never shows it)."""
-    return ["".join(ch for ch in unicodedata.normalize("NFD", r) if not unicodedata.combining(ch)) for r in rows]
-
-
 def well_formed(canvas: Canvas) -> bool:
     """Every wide char is followed by its "" right half (canvas.put can break this when a
-    wide char is clipped at the left edge: reported to the lead)."""
+    wide char is clipped at the left edge)."""
     for row in canvas.chars:
         for x, c in enumerate(row):
             wide = bool(c) and wcwidth.wcwidth(c[0]) == 2

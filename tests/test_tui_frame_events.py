@@ -17,7 +17,7 @@ from vlmrl.utils.tui.render_cache import RenderCache
 from vlmrl.utils.tui.store import Store
 from vlmrl.utils.tui.synthetic import SyntheticRun
 from vlmrl.utils.tui.view import ViewState, handle_key
-from test_tui_frame import base_text, cells  # the same screen readers
+from conftest import base_text, cells  # the same screen readers
 
 EVENTS = SyntheticRun(num_layers=8, num_heads=6, batch=2, gen_tokens=10, prefill_walk=3, seed=3,
                       clock=iter(range(10**9)).__next__).take(120)

@@ -59,7 +59,8 @@ def _hf_shape(name: str, nnx_shape: tuple, transform: str, config: Qwen3VLConfig
     return nnx_shape
 
 
-def _to_nnx(arr: np.ndarray, transform: str) -> np.ndarray:
+def to_nnx(arr: np.ndarray, transform: str) -> np.ndarray:
+    """A checkpoint tensor in the layout of its NNX parameter (`transform` from mapping_table)."""
     if transform == "T":
         return arr.T
     if transform == "flatten_T":
@@ -191,7 +192,7 @@ def load_hf_checkpoint(path: str, dtype=jnp.float32, *, strict: bool = False):
                     problems.append(f"tensor {name} has shape {list(got)} in the checkpoint but the model "
                                     f"expects {list(want)}")
                     continue
-                values[nnx_path] = _to_nnx(fh.get_tensor(name), transform)
+                values[nnx_path] = to_nnx(fh.get_tensor(name), transform)
     if unused and strict:
         problems.append(f"{len(unused)} checkpoint tensor(s) not used by the model: {', '.join(unused)}")
     if problems:

@@ -236,25 +236,3 @@ def prefill_fn(graphdef, state, ids, mask, pos, pv, vin, cache, tap=None):
 def decode_fn(graphdef, state, token_ids, cache, tap=None):
     """Pure jitted decode_step over split model state; the cache buffer is donated (updated in place)."""
     return nnx.merge(graphdef, state).decode_step(token_ids, cache, tap)
-
-
-def greedy_generate(model: Qwen3VL, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None, *,
-                    max_new_tokens: int = 32, cache_dtype=None):
-    """Greedy continuation with the KV cache: a Python loop over the jitted decode step.
-
-    Returns (tokens int32 [B, max_new_tokens], logits float32 [B, max_new_tokens, V]) where
-    logits[:, k] chose tokens[:, k]. Meant as a simple reference; it does no early stopping.
-    """
-    ids, mask, pos, pv, vin = model.prepare_inputs(input_ids, pixel_values, image_grid_thw, attention_mask)
-    B, S = ids.shape
-    cache = KVCache.init(model.config, B, S + max_new_tokens, cache_dtype or model.dtype)
-    graphdef, state = nnx.split(model)
-    logits, cache, _ = prefill_fn(graphdef, state, ids, mask, pos, pv, vin, cache)
-    step_logits = [logits[:, -1]]  # left padding: the last column is real in every row
-    tokens = [jnp.argmax(step_logits[0], axis=-1).astype(jnp.int32)]
-    for _ in range(max_new_tokens - 1):
-        lg, cache, _ = decode_fn(graphdef, state, tokens[-1], cache)
-        step_logits.append(lg)
-        tokens.append(jnp.argmax(lg, axis=-1).astype(jnp.int32))
-    return (np.asarray(jnp.stack(tokens, axis=1)),
-            np.asarray(jnp.stack(step_logits, axis=1).astype(jnp.float32)))
