@@ -4,8 +4,9 @@ import shared helpers from here and nowhere else (`from conftest import scenario
 from another test module. Helper modules stand behind this file and are imported only
 here: `hf_oracle.py` (tiny random Hugging Face checkpoints, the reference for parity
 tests, with its session fixtures `hf_factory` and `hf_tiny`), `fake_qwen.py` (a tiny
-stand-in model for sampler and tap tests) and `analyze_oracle.py` (the report's numbers
-computed directly from a log).
+stand-in model for sampler and tap tests), `analyze_oracle.py` (the report's numbers
+computed directly from a log) and `rl_views_checks.py` (the RL views' screens checked
+against a log).
 
 The environment below is set before anything imports JAX.
 """
@@ -38,6 +39,8 @@ from fake_qwen import FakeCache, FakeQwen, fake_sampler_kwargs, tiny_fake  # noq
 from hf_oracle import (  # noqa: E402,F401  (fixtures: hf_factory, hf_tiny)
     _hf_inputs, build_tiny_checkpoint, hf_factory, hf_forward, hf_generate, hf_tiny, left_pad, load_reference,
     make_prompt)
+from rl_views_checks import (  # noqa: E402,F401  (its SIZES are the three sizes defined below)
+    T, check_charts_show_logged_values, check_group_view, last_group, logged_scalars, on_terminal, raw_lines, store_of)
 from vlmrl.instrument.events import CreditState, DecodeState, RunInfo, TrainingState  # noqa: E402
 from vlmrl.utils.tui import layout  # noqa: E402
 from vlmrl.utils.tui.canvas import char_width  # noqa: E402
@@ -311,6 +314,14 @@ def greedy_generate(model, input_ids, pixel_values=None, image_grid_thw=None, at
         tokens.append(jnp.argmax(lg, axis=-1).astype(jnp.int32))
     return (np.asarray(jnp.stack(tokens, axis=1)),
             np.asarray(jnp.stack(step_logits, axis=1).astype(jnp.float32)))
+
+
+def tree_equal(a, b) -> bool:
+    """Exact equality of two pytrees of arrays."""
+    import jax
+
+    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
 
 
 def load_hf_tensors(module, tensors, prefix: str = "") -> set:

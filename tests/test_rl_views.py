@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from rl_views_checks import SIZES, T, check_charts_show_logged_values, check_group_view, logged_scalars, on_terminal, store_of
+from conftest import SIZES, T, check_charts_show_logged_values, check_group_view, logged_scalars, on_terminal, store_of
 from vlmrl.instrument.events import GROUP_MAX_CELLS, GROUP_METRICS, GroupState, TrainingState
 from vlmrl.utils.tui import layout
 from vlmrl.utils.tui.chart_model import SERIES, SMOOTHING, chart_model, ema

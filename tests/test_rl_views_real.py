@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from rl_views_checks import SIZES, check_charts_show_logged_values, check_group_view, last_group, raw_lines
+from conftest import SIZES, check_charts_show_logged_values, check_group_view, last_group, raw_lines
 from vlmrl.instrument.events import GROUP_METRICS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

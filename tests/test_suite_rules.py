@@ -7,7 +7,7 @@ import ast
 import pathlib
 
 TESTS = pathlib.Path(__file__).parent
-HELPERS = {"hf_oracle", "fake_qwen", "analyze_oracle"}  # conftest.py's own helper modules
+HELPERS = {"hf_oracle", "fake_qwen", "analyze_oracle", "rl_views_checks"}  # conftest.py's own helper modules
 
 
 def _local_imports(path: pathlib.Path):

@@ -10,6 +10,8 @@ import pytest
 
 from vlmrl.core import checkpoint
 
+from conftest import tree_equal
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--batch", "2", "--group", "4", "--minibatches", "2", "--seed", "3"]
 
@@ -62,7 +64,7 @@ def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path):
              (np.int32(0), {"mu": np.zeros((2, 3), np.float32)}))
     step, p, o, rng, meta = checkpoint.restore(str(tmp_path), *zeros)
     assert step == 3 and meta == {"seed": 1} and rng.tolist() == [0, 42]
-    assert checkpoint.tree_equal(p, params) and checkpoint.tree_equal(o, opt)
+    assert tree_equal(p, params) and tree_equal(o, opt)
     with pytest.raises(ValueError, match=r"params\['a'\] has shape \[2, 3\], the model expects \[3, 2\]"):
         checkpoint.restore(str(tmp_path), {"a": np.zeros((3, 2), np.float32), "b": [np.zeros(2, np.float32)]}, zeros[1])
     assert checkpoint.read_manifest(str(tmp_path / "none")) is None

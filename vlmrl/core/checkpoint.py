@@ -12,7 +12,7 @@ import json
 import os
 import re
 import zipfile
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import numpy as np
@@ -186,9 +186,3 @@ def restore(directory: str, params_template, opt_template) -> tuple:
     opt_state = _fill("opt", opt_template, arrays)
     rng = np.asarray(manifest["rng"], dtype=np.uint32)
     return int(manifest["step"]), params, opt_state, rng, manifest.get("meta", {})
-
-
-def tree_equal(a: Any, b: Any) -> bool:
-    """Exact equality of two pytrees of arrays (tests and resume checks)."""
-    la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))

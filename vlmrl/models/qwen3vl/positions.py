@@ -21,12 +21,6 @@ def image_token_mask(input_ids, config) -> np.ndarray:
     return np.asarray(input_ids) == config.image_token_id
 
 
-def vision_token_mask(input_ids, config) -> np.ndarray:
-    """bool [B, S]: image or video pad slots (where DeepStack features are added)."""
-    ids = np.asarray(input_ids)
-    return (ids == config.image_token_id) | (ids == config.video_token_id)
-
-
 def mm_token_type_ids(input_ids, config) -> np.ndarray:
     """int32 [B, S]: 0 text, 1 image pad, 2 video pad (what HF 5.x's processor returns)."""
     ids = np.asarray(input_ids)

@@ -27,16 +27,13 @@ PAD_SEGMENT = -1
 class VisionInputs:
     """Host-prepared index arrays for one call of `VisionTower`.
 
-    N is the (possibly padded) number of patches, n the number of images. As a pytree only
-    the four per-patch arrays are leaves, so a jitted tower compiles once per N however the
-    images split it; the host-only fields come back as None from inside jit / tree_map.
+    N is the (possibly padded) number of patches. The four per-patch arrays are the
+    pytree's leaves, so a jitted tower compiles once per N however the images split it.
     """
     coords_hw: np.ndarray      # int32 [N, 2]: full-resolution (row, col) of each patch, merge-window order
     pos_idx: np.ndarray        # int32 [N, 4]: rows of pos_embed to blend (bilinear taps)
     pos_w: np.ndarray          # float32 [N, 4]: blend weights (0 for padding patches)
     segment_ids: np.ndarray    # int32 [N]: frame index; attention stays within a segment
-    split_sizes: Optional[np.ndarray] = None  # host only, int32 [n]: LLM tokens per image, t*h*w/merge²
-    cu_seqlens: Optional[np.ndarray] = None   # host only, int32 [frames+1]: HF's cumulative patch counts
 
     def tree_flatten(self):
         return (self.coords_hw, self.pos_idx, self.pos_w, self.segment_ids), None
@@ -87,8 +84,8 @@ def prepare_vision_inputs(image_grid_thw, vision_config: VisionConfig,
         vision_config: the model's VisionConfig.
         pad_to: optional patch count to pad to (a multiple of merge², >= the real count), so
             that differently sized batches share one compiled program. Padding patches form
-            their own attention segment and their merged rows come last; drop them with
-            `split_sizes`.
+            their own attention segment and their merged rows come last (the real rows are
+            the first sum(t*h*w) / merge² of the output).
     Returns:
         VisionInputs (NumPy arrays; pass them straight into a jitted call).
     """
@@ -129,8 +126,6 @@ def prepare_vision_inputs(image_grid_thw, vision_config: VisionConfig,
         pos_idx=np.concatenate(idx).astype(np.int32),
         pos_w=np.concatenate(wts).astype(np.float32),
         segment_ids=np.concatenate(seg).astype(np.int32),
-        split_sizes=(grid.prod(axis=1) // unit).astype(np.int32),
-        cu_seqlens=np.asarray(cu, np.int32),
     )
 
 

@@ -23,7 +23,6 @@ from vlmrl.utils.tui.canvas import Canvas, char_width, sanitize
 BSU = "\x1b[?2026h"  # begin synchronized update
 ESU = "\x1b[?2026l"  # end synchronized update
 AUTOWRAP_OFF = "\x1b[?7l"
-AUTOWRAP_ON = "\x1b[?7h"
 HIDE_CURSOR = "\x1b[?25l"
 CLEAR = "\x1b[0m\x1b[H\x1b[2J"
 
@@ -55,7 +54,6 @@ class FrameEncoder:
         # run made only of these (one per cell) skips the per-cell path. Bounded (see
         # _cells_text) so odd text cannot grow it.
         self._one_cell = set(" ")
-        self.last_full = False  # whether the last non-empty frame was a full repaint
         self._repaint = False
 
     def invalidate(self) -> None:
@@ -128,7 +126,6 @@ class FrameEncoder:
         self.prev = canvas
         if not out:
             return b""
-        self.last_full = full
         head = (BSU if self.sync else "") + HIDE_CURSOR + AUTOWRAP_OFF
         tail = "\x1b[0m" + (ESU if self.sync else "")
         return (head + "".join(out) + tail).encode("utf-8", "replace")

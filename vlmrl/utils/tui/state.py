@@ -198,7 +198,6 @@ class DashboardState:
     credit_v: int = 0
     matrix_v: int = 0
     started_at: float = 0.0
-    last_event_at: Optional[float] = None
     run: Optional[RunInfo] = None
     run_end: Optional[RunEnd] = None  # the run's last record, once it came
     decodes: Mapping[int, DecodeState] = _empty()  # latest DecodeState per batch row
@@ -247,10 +246,6 @@ class DashboardState:
         return out
 
     @property
-    def events_seen(self) -> int:
-        return sum(self.counts.values())
-
-    @property
     def dropped(self) -> Optional[int]:
         """Events the bus dropped, as reported by the live loop (None: not reported)."""
         d = self.meta.get("dropped")
@@ -261,9 +256,6 @@ class DashboardState:
         if isinstance(d, Mapping):
             return int(sum(d.values()))
         return int(d)
-
-    def batch_rows(self) -> List[int]:
-        return sorted(self.decodes)
 
     def batch_size(self) -> int:
         """Rows the user can cycle through with `b`."""

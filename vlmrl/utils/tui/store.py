@@ -366,7 +366,7 @@ class Store:
         f["batch"] = DashboardState._batch_of(f["decodes"], self._run)
         f["version"], f["run_v"], f["decode_v"] = v["all"], v["run"], v["decode"]
         f["train_v"], f["credit_v"], f["matrix_v"] = v["train"], v["credit"], v["matrix"]
-        f["last_event_at"], f["run"], f["training"] = self._last_event_at, self._run, self._training
+        f["run"], f["training"] = self._run, self._training
         f["run_end"] = self._end
         f["credit"], f["matrix"] = self._credit, self._matrix
         f["group"], f["group_v"], f["compare"] = self._group, v["group"], self._compare

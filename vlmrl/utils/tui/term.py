@@ -110,7 +110,6 @@ class Terminal:
         self._on_signal: Optional[Callable[[int], None]] = None
         self.signal_callback_errors = 0  # on_signal callbacks that raised (the signal still acts)
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.bytes_written = 0
         self._leave_owed = False
         self.generation = 0  # bumped when the screen had to be given up (Ctrl-Z) and retaken
 
@@ -184,7 +183,6 @@ class Terminal:
                 continue
             except OSError:
                 return  # the terminal went away (hangup): nothing left to draw on
-            self.bytes_written += n
             view = view[n:]
 
     def restore(self) -> None:
