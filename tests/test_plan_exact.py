@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hf_oracle import hf_factory  # noqa: F401  (fixture import)
 from vlmrl.models.qwen3vl.cache import KVCache
 from vlmrl.models.qwen3vl.processor import ImageProcessorConfig
 from vlmrl.plan import cli
