@@ -28,7 +28,8 @@ hostile = st.lists(piece, min_size=1, max_size=6).map("".join)
 OUR_CSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 BASE = SyntheticRun(num_layers=8, num_heads=6, batch=1, gen_tokens=6, seed=5).take(16)
 # Panels that never show token text: the fuzz must leave their cells exactly as they were.
-CLEAN = ("header", "attention", "kv", "mrope", "flow", "vision", "footer")
+# (The flow panel names the sampled token, so it is checked by 1, 2 and 4 like the others.)
+CLEAN = ("header", "attention", "kv", "mrope", "vision", "footer")
 
 
 def _hostile_events(texts):
