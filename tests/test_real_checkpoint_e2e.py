@@ -90,6 +90,12 @@ def test_real_training_run_drives_every_panel_truthfully(tmp_path, qwen_like_che
     assert mat["layer"] is None and mat["head"] is None  # mean over layers and heads by default
     assert " colour" in mat["query_tokens"] and "<|image_pad|>" in mat["query_tokens"]
     assert "colour" in view and "vision" in " ".join(mat["token_types"])
+    # the explorer labels the prompt with the tokenizer's text, not placeholders
+    t.send(b"e")
+    assert t.wait_for("TOKEN ATTENTION EXPLORER", timeout=30), t.text()
+    t.pump(1.0)
+    view = t.text()
+    assert "colour" in view and "helpful" in view and "in1" not in view
     t.send(b"q")
 
 
