@@ -374,3 +374,21 @@ def test_real_model_matrix_rows_match_labels_and_stay_causal():
     assert m.query_tokens[:3] == ["<t1000>", "<t1002>", "<t1009>"]
     np.testing.assert_allclose(mat.sum(axis=1), 1.0, atol=5e-3)
     assert np.allclose(np.triu(mat, 1), 0, atol=1e-3)
+
+
+def test_matrix_side_is_capped_so_its_log_line_fits_the_readers():
+    import json
+    from vlmrl.instrument.events import AttentionMatrix, decode_event
+    from vlmrl.instrument.record import LINE_MAX, encode_line
+    from vlmrl.instrument.taps import MATRIX_MAX_LIMIT
+
+    with pytest.raises(ValueError, match="log line"):
+        TapConfig(enabled=True, matrix_layer=0, matrix_max=MATRIX_MAX_LIMIT + 1)
+    n = MATRIX_MAX_LIMIT
+    texts = ["<|image_pad|>"] * n
+    ev = AttentionMatrix(layer=0, head=None, query_tokens=texts, key_tokens=list(texts), token_types=["vision"] * n,
+                         matrix=np.random.default_rng(0).random((n, n), dtype=np.float32), pool=1, step=0)
+    line = encode_line(ev)
+    assert len(line) < LINE_MAX
+    back = decode_event(json.loads(line))  # the readers' own bounds accept it too
+    assert back.matrix.shape == (n, n)

@@ -27,6 +27,11 @@ from vlmrl.instrument.events import ATTN_STATS
 from vlmrl.instrument.tap_callback import CALLBACK_PRIMITIVES, emit  # noqa: F401  (re-exported)
 
 
+# Largest pooled matrix side whose float32 base64 line (n^2 * 4 * 4/3 bytes plus token texts)
+# stays well inside the 16 MiB line cap of every log reader.
+MATRIX_MAX_LIMIT = 1448
+
+
 @dataclasses.dataclass(frozen=True)
 class TapConfig:
     """Static (hashable) instrumentation switches; part of the jit cache key."""
@@ -37,7 +42,10 @@ class TapConfig:
     # At prefill, also emit one AttentionMatrix of this layer (None: none); head None = mean.
     matrix_layer: int | None = None
     matrix_head: int | None = None
-    matrix_max: int = 4096
+    # Pooled side of that matrix. It travels as one log line: 1024^2 float32 is 4 MiB (5.6 MB in
+    # base64), inside the readers' 16 MiB line cap (record.LINE_MAX); 4096 would be 89 MB and
+    # every reader would skip it as an over-long line, so sides above MATRIX_MAX_LIMIT are refused.
+    matrix_max: int = 1024
     # Send the watched sequence's newest attention row (mean over layers and heads, float16)
     # with every emit; it feeds the token explorer and costs 2 bytes per cached slot.
     attention_row: bool = True
@@ -53,6 +61,9 @@ class TapConfig:
     def __post_init__(self):
         if self.top_k < 1 or self.max_rows < 1 or self.matrix_max < 1 or self.watch_row < 0:
             raise ValueError(f"TapConfig: top_k, max_rows, matrix_max must be >= 1 and watch_row >= 0, got {self}")
+        if self.matrix_max > MATRIX_MAX_LIMIT:
+            raise ValueError(f"TapConfig: matrix_max {self.matrix_max} > {MATRIX_MAX_LIMIT}: the matrix "
+                             "would not fit one log line")
 
 
 def is_on(tap: Optional[TapConfig]) -> bool:
