@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Dict
 
-import numpy as np
-
 from vlmrl.models.qwen3vl.config import Qwen3VLConfig
 
 # Bytes per element of the dtypes the planner accepts (numpy has no bfloat16: 2 bytes).
@@ -88,8 +86,3 @@ def kv_bytes_per_token(config: Qwen3VLConfig, dtype: str) -> int:
     """K and V bytes one cached token costs in one sequence, all layers."""
     t = config.text
     return 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * dtype_bytes(dtype)
-
-
-def as_int(x) -> int:
-    """A figure as a plain int (numpy ints from callers would not serialise to JSON)."""
-    return int(np.int64(x))
