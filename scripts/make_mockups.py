@@ -1,6 +1,7 @@
 """Write mockups/tui_live_mockup.txt: three dashboard frames rendered by the real layout,
 and mockups/rl_views_mockup.txt: the charts (c) and rollout group (g) views of two real
-recorded tiny runs (tests/data), drawn by the same renderer.
+recorded tiny runs (tests/data), drawn by the same renderer, and
+mockups/update_view_mockup.txt: the update view (key u) over a fixed run of updates.
 
 The frames come from a fixed event sequence (a tiny Qwen3-VL-shaped run answering a
 question about an image) at a fixed clock, so the file changes only when the renderer
@@ -23,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from vlmrl.instrument.events import CreditState, DecodeState, RunInfo, TrainingState  # noqa: E402
+from vlmrl.instrument.events import CreditState, DecodeState, RunInfo, TrainingState, UpdateStats  # noqa: E402
 from vlmrl.utils.tui import layout  # noqa: E402
 from vlmrl.utils.tui.palette import MONO  # noqa: E402
 from vlmrl.utils.tui.panels import flow, kvcache  # noqa: E402
@@ -34,6 +35,7 @@ PATH = os.path.join(ROOT, "mockups", "tui_live_mockup.txt")
 RL_PATH = os.path.join(ROOT, "mockups", "rl_views_mockup.txt")
 RUN_A = os.path.join(ROOT, "tests", "data", "tiny_colors_seed0.jsonl")
 RUN_B = os.path.join(ROOT, "tests", "data", "tiny_colors_seed1_lr3e-4.jsonl")
+UPDATES_PATH = os.path.join(ROOT, "mockups", "update_view_mockup.txt")
 WIDTH, HEIGHT = 120, 40
 LAYERS, HEADS = 28, 16
 GAP = 0.1  # seconds between decode events in the fixed sequence
@@ -176,13 +178,55 @@ def build_rl() -> str:
     return "\n".join(out)
 
 
+def _update(step: int) -> UpdateStats:
+    """A deterministic 2B-shaped UpdateStats: ratios around 3e-4 varying by layer and head,
+    layer 3 jumping 14x at the last update (no RNG, so the file depends on the renderer only)."""
+    l = np.arange(LAYERS, dtype=np.float64)
+    h = np.arange(HEADS, dtype=np.float64)
+    base = 3e-4 * 10 ** (0.35 * np.sin(0.45 * l + 0.2 * step))
+    jump = np.where((l == 3) & (step == 11), 14.0, 1.0)
+    heads = base[:, None] * jump[:, None] * 10 ** (0.3 * np.cos(1.1 * h[None, :] + 0.6 * l[:, None]))
+    layer = base * jump
+    blocks = 1.5e-4 * 10 ** (0.25 * np.cos(0.5 * np.arange(24) + 0.1 * step))
+    f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
+    return UpdateStats(step=step, optimizer_steps=4, grad_norm=round(2.4 - 0.08 * step, 3),
+                       grad_norm_max=round(3.1 - 0.07 * step, 3), clip_factor=round(min(1.0, 1.0 / (2.4 - 0.08 * step)), 3),
+                       head_ratio=f32(heads), head_grad=f32(heads * 40), mlp_ratio=f32(layer * 1.2), mlp_grad=f32(layer * 50),
+                       layer_ratio=f32(layer), layer_grad=f32(layer * 60), vision_ratio=f32(blocks),
+                       vision_grad=f32(blocks * 30), merger_ratio=f32([2.1e-4, 1.8e-4, 1.6e-4, 1.2e-4]),
+                       merger_grad=f32([0.05, 0.04, 0.04, 0.03]), other_ratio=f32([4.0e-5, 9.0e-5, 2.0e-4]),
+                       other_grad=f32([0.3, 0.01, 0.002]), wall_time=1_700_000_000.0 + step)
+
+
+def build_updates() -> str:
+    """The update view after 12 updates with layer 3 (the one that jumped) selected."""
+    from vlmrl.utils.tui.view import handle_key
+
+    store = Store(clock=FixedClock(), started_at=0.0)
+    for step in range(12):
+        store.apply(_update(step))
+    state = store.snapshot()
+    view = handle_key(ViewState(), "u")
+    for key in ("KEY_HOME", "KEY_DOWN", "KEY_DOWN", "KEY_DOWN"):  # select L3, the layer that jumped
+        view = handle_key(view, key, state)
+    canvas = layout.render_screen(state, view, WIDTH, HEIGHT, 0.0, MONO, meta={"dropped": 0, "fps": 20.0})
+    out = [
+        "vlmrl update view (key u): written by scripts/make_mockups.py with the real renderer from 12",
+        f"fixed 2B-shaped UpdateStats events ({WIDTH}x{HEIGHT}, no colour: in a terminal the ramp cells are",
+        "heat-coloured and alerts red). Do not edit by hand.",
+        "",
+    ]
+    out.extend(canvas.row_text(y).rstrip() for y in range(canvas.height))
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if the mockup file is stale; write nothing")
     args = ap.parse_args(argv)
     text, rows = build()
     stale = False
-    for path, body in ((PATH, text), (RL_PATH, build_rl())):
+    for path, body in ((PATH, text), (RL_PATH, build_rl()), (UPDATES_PATH, build_updates())):
         old = open(path, encoding="utf-8").read() if os.path.exists(path) else None
         stale = stale or old != body
         if not args.check and old != body:
@@ -193,6 +237,7 @@ def main(argv=None) -> int:
     for title, lit, kv in rows:
         print(f"{title:<26} {lit:<16} {kv:<10}")
     print(json.dumps({"path": os.path.relpath(PATH, ROOT), "rl_path": os.path.relpath(RL_PATH, ROOT),
+                      "updates_path": os.path.relpath(UPDATES_PATH, ROOT),
                       "frames": len(FRAMES), "rl_frames": len(RL_FRAMES), "stale": stale,
                       "written": bool(stale and not args.check)}))
     return 1 if (args.check and stale) else 0

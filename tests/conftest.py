@@ -351,3 +351,20 @@ def load_hf_tensors(module, tensors, prefix: str = "") -> set:
     for var, arr, _ in plan:
         var.set_value(jnp.asarray(arr, dtype=var.get_value().dtype))
     return {full for _, _, full in plan}
+
+
+def count_prim(jaxpr, names=None) -> int:
+    """Equations of the host-callback primitives (the taps' own `tap_callback`, or
+    `debug_callback` where JAX internals are unavailable) in a (closed) jaxpr, sub-jaxprs
+    (cond, while, pjit) included."""
+    from jax.extend import core as jcore
+
+    from vlmrl.instrument.tap_callback import CALLBACK_PRIMITIVES
+
+    names = CALLBACK_PRIMITIVES if names is None else names
+    n = 0
+    for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
+        n += eqn.primitive.name in names or "callback" in eqn.primitive.name
+        for sub in jcore.jaxprs_in_params(eqn.params):
+            n += count_prim(sub, names)
+    return n

@@ -26,8 +26,9 @@ CASES = {
     "bench_analyze": (["--sizes-mb", "0.3,0.6", "--steps", "2"],
                       {"s_per_100mb", "cpu_s_per_100mb", "mb_per_s", "figures_s", "peak_rss_mb", "rss_growth"}),
     "bench_rl_views": ([], {"max_ratio", "max_update_ratio"}),
-    "bench_train": (["--steps-per-block", "1", "--blocks", "1", "--warmup", "1"],
-                    {"updates_per_s_plain", "updates_per_s_tui", "ratio_tui"}),
+    "bench_train": (["--steps-per-block", "1", "--blocks", "1", "--warmup", "1", "--update-pairs", "2"],
+                    {"updates_per_s_plain", "updates_per_s_tui", "ratio_tui", "ratio_update_taps",
+                     "update_payload_bytes", "update_event_json_bytes", "update_payload_bytes_2b"}),
 }
 
 
@@ -49,5 +50,7 @@ def test_benchmark_runs_and_ends_with_its_json_line(name):
             assert value == value, f"{key} is NaN"  # a figure the README could quote
     if name == "bench_taps":
         assert result["callback_errors"] == 0
+    if name == "bench_train":
+        assert result["update_events"] == 3 and result["update_payload_bytes_2b"] == 6444  # one per tapped update
     if name == "bench_decode":
         assert result["tokens_match"] is not False  # greedy tokens equal HF's

@@ -8,7 +8,7 @@ import pytest
 
 from vlmrl.instrument.events import (ATTN_STATS, EVENT_TYPES, GROUP_METRICS, AttentionMatrix, CreditState,
                                      DecodeState, GroupState, MemoryPlan, RunEnd, RunInfo, TrainingState,
-                                     decode_event)
+                                     UpdateStats, decode_event)
 
 
 def _samples():
@@ -31,6 +31,9 @@ def _samples():
                    metrics={m: np.array([[0.5, -1.0], [2.0, np.nan]], np.float32) for m in GROUP_METRICS}),
         MemoryPlan(model_name="2b", dtype="bfloat16", kv_bytes=1 << 33, per_device_bytes=5 << 30,
                    held_weights_bytes=4255064064),
+        UpdateStats(step=5, optimizer_steps=4, grad_norm=2.5, grad_norm_max=3.0, clip_factor=0.45,
+                    head_grad=rng.random((3, 4)).astype(np.float32), head_ratio=rng.random((3, 4)).astype(np.float32),
+                    layer_ratio=np.array([1e-3, 0.0, 2e-4], np.float32), merger_ratio=rng.random(70).astype(np.float32)),
     ]
 
 

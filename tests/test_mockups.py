@@ -52,3 +52,13 @@ def test_rl_views_mockup_is_current_and_shows_both_views():
     assert len(frames) == len(mod.RL_FRAMES)
     assert "TRAINING CHARTS" in frames[0] and "tiny_colors_seed1_lr3e-4.jsonl" in frames[1] and "EMA 0.6" in frames[1]
     assert "ROLLOUT GROUP" in frames[3] and "prompt 2/" in frames[4] and "credit" in frames[4]
+
+
+def test_update_view_mockup_is_current_and_shows_the_jump():
+    mod = _script()
+    text = mod.build_updates()
+    with open(mod.UPDATES_PATH, encoding="utf-8") as f:
+        assert f.read() == text, "mockups/update_view_mockup.txt is stale: run python scripts/make_mockups.py"
+    for needle in ("UPDATES · ‖Δw‖/‖w‖ per head (log)", "step 11", "4 optimizer steps", "VISION", "DS2",
+                   "▶ L3", "L3 ‖Δw‖/‖w‖ over updates (log)", "exploding L3 ×"):
+        assert needle in text, needle

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from conftest import fake_sampler_kwargs, tiny_fake
+from conftest import count_prim, fake_sampler_kwargs, tiny_fake
 from vlmrl.core.sampling import Sampler, SamplingConfig
 from vlmrl.instrument.bus import Bus
 from vlmrl.instrument.events import ATTN_STATS
 from vlmrl.instrument.tap_host import CallContext, TapHost
-from vlmrl.instrument.taps import CALLBACK_PRIMITIVES, TapConfig, pool_factor, pool_layout, pool_matrix
+from vlmrl.instrument.taps import TapConfig, pool_factor, pool_layout, pool_matrix
 
 ON = TapConfig(enabled=True)
 
@@ -33,20 +33,6 @@ def real_tiny():
 
     # abstract parameters: only traced (make_jaxpr), never run
     return nnx.eval_shape(lambda: Qwen3VL(Qwen3VLConfig.tiny(), rngs=nnx.Rngs(1)))
-
-
-def _count_prim(jaxpr, names=CALLBACK_PRIMITIVES) -> int:
-    """Equations of the host-callback primitives (the taps' own `tap_callback`, or
-    `debug_callback` where JAX internals are unavailable) in a (closed) jaxpr, sub-jaxprs
-    (cond, while, pjit) included."""
-    from jax.extend import core as jcore
-
-    n = 0
-    for eqn in getattr(jaxpr, "jaxpr", jaxpr).eqns:
-        n += eqn.primitive.name in names or "callback" in eqn.primitive.name
-        for sub in jcore.jaxprs_in_params(eqn.params):
-            n += _count_prim(sub, names)
-    return n
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +61,8 @@ def test_off_traces_exactly_the_uninstrumented_program(real_tiny):
     plain = Sampler(real_tiny).jaxpr(prompts=prompts, max_new_tokens=8)
     off = Sampler(real_tiny, tap=TapConfig(enabled=False)).jaxpr(prompts=prompts, max_new_tokens=8)
     on = Sampler(real_tiny, tap=ON, bus=Bus()).jaxpr(prompts=prompts, max_new_tokens=8)
-    assert _count_prim(plain) == 0 and "callback" not in str(plain) and str(off) == str(plain)
-    assert _count_prim(on) == 2  # one at prefill, one (gated) in the decode loop body
+    assert count_prim(plain) == 0 and "callback" not in str(plain) and str(off) == str(plain)
+    assert count_prim(on) == 2  # one at prefill, one (gated) in the decode loop body
     # and the model's own entry points, prefill and decode, with the tap off
     ids = jnp.ones((2, 8), jnp.int32)
     mask = jnp.ones((2, 8), jnp.int32)
@@ -87,7 +73,7 @@ def test_off_traces_exactly_the_uninstrumented_program(real_tiny):
         for fn in (lambda m, c: m.forward(ids, mask, pos, cache=c, tap=tap),
                    lambda m, c: m.decode_step(ids[:, 0], c, tap=tap)):
             jp = jax.make_jaxpr(lambda st, c: fn(nnx.merge(gd, st), c))(st, cache)
-            assert _count_prim(jp) == 0 and "callback" not in str(jp)
+            assert count_prim(jp) == 0 and "callback" not in str(jp)
 
 
 def test_one_callback_per_emitted_step_and_a_new_stride_does_not_recompile(tapped):
@@ -305,7 +291,7 @@ def test_documented_debug_callback_path_still_works_without_the_fast_primitive(f
     s, sub = _tapped(fake, **fake_sampler_kwargs())
     s.host.stride = 2
     kw = dict(prompts=_prompts((6,)), max_new_tokens=5)
-    assert _count_prim(s.jaxpr(**kw), ("debug_callback",)) == 2
+    assert count_prim(s.jaxpr(**kw), ("debug_callback",)) == 2
     out = s.generate(**kw)
     events = sorted((e for e in sub.drain() if e.kind == "decode"), key=lambda e: e.step)  # unordered callbacks
     assert [e.step for e in events] == [0, 2, 4] and s.host.errors == 0

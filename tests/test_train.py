@@ -78,7 +78,7 @@ def test_resume_continues_the_same_curve_and_events_flow(tmp_path):
     from vlmrl.core.cli import parse_args
     from vlmrl.core.trainer import Trainer
     from vlmrl.instrument.bus import Bus
-    from vlmrl.instrument.events import CreditState, DecodeState, TrainingState
+    from vlmrl.instrument.events import CreditState, DecodeState, TrainingState, UpdateStats
     from vlmrl.instrument.taps import TapConfig
 
     ckpt = str(tmp_path / "ckpt")
@@ -94,6 +94,8 @@ def test_resume_continues_the_same_curve_and_events_flow(tmp_path):
     kinds = [type(e) for e in events]
     assert kinds.count(TrainingState) == 4 and kinds.count(CreditState) == 4
     assert DecodeState in kinds
+    # the update taps: one UpdateStats per update, keyed by the update's step
+    assert sorted(e.step for e in events if isinstance(e, UpdateStats)) == [0, 1, 2, 3]
     credit = [e for e in events if isinstance(e, CreditState)][-1]
     assert len(credit.tokens) == len(credit.credits) >= 1 and all(np.isfinite(credit.credits))
     ts = [e for e in events if isinstance(e, TrainingState)]

@@ -1,7 +1,9 @@
 """Token-level PPO with group-relative advantages, for Qwen3-VL policies.
 
 Read top to bottom: config -> advantages -> log-probs of completions -> the loss ->
-the jitted update (epochs x minibatches in one `lax.scan`) -> per-token credit.
+the jitted update (epochs x minibatches in one `lax.scan`, optionally with the update
+taps: per-row statistics of what it changed, one host callback per update) -> per-token
+credit.
 The update returns one flat dict of namespaced metrics (`loss/...`, `policy/...`,
 `optim/...`) that the trainer logs and turns into a TrainingState in one call.
 """
@@ -13,6 +15,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import optax
+
+from vlmrl.core.update_stats import row_squares
+from vlmrl.instrument import tap_callback
+from vlmrl.instrument.taps import pack_update
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,16 +119,20 @@ def policy_loss(logp, entropy, old_logp, ref_logp, adv, mask, cfg: PPOConfig):
 # ---- the update ---------------------------------------------------------------------------------
 
 def make_update(apply_fn, cfg: PPOConfig, optimizer: optax.GradientTransformation, prompt_len: int,
-                vinputs_mb=None):
+                vinputs_mb=None, stats=None):
     """One jitted PPO update: `update(params, opt_state, batch, key, count) -> (params, opt_state, metrics)`.
 
     `batch` holds R rows (ids, attn_mask, position_ids [3, R, L], pixel_values [R, P, D],
     completion_mask, old_logp, ref_logp, adv); each of `cfg.epochs` passes shuffles the
     rows into `cfg.minibatches` equal minibatches. `vinputs_mb` are the vision index
     arrays for one minibatch's images (one grid for all). `count` is the number of
-    optimizer steps taken before (it only feeds the reported learning rate).
+    optimizer steps taken before (it feeds the reported learning rate and the update taps).
+    `stats`: an `update_stats.UpdateTap`, or None for exactly the uninstrumented program;
+    with it the update also reduces per-row statistics and they reach `stats.callback` in
+    one host callback per update.
     """
     schedule = cfg.schedule()
+    n_steps = cfg.epochs * cfg.minibatches
 
     def minibatch_loss(params, mb):
         logp, entropy = completion_logp(apply_fn, params, {**mb, "vinputs": vinputs_mb}, prompt_len)
@@ -131,12 +141,30 @@ def make_update(apply_fn, cfg: PPOConfig, optimizer: optax.GradientTransformatio
     grad_fn = jax.value_and_grad(minibatch_loss, has_aux=True)
 
     def step(carry, mb):
-        params, opt_state, count = carry
+        params, opt_state, count = carry[:3]
         (_, metrics), grads = grad_fn(params, mb)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        new_params = optax.apply_updates(params, updates)
         metrics = {**metrics, "optim/grad_norm": optax.tree.norm(grads), "optim/lr": schedule(count)}
-        return (params, opt_state, count + 1), metrics
+        if stats is None:
+            return (new_params, opt_state, count + 1), metrics
+        acc = step_stats(carry[3], grads, params, new_params, metrics["optim/grad_norm"])
+        return (new_params, opt_state, count + 1, acc), metrics
+
+    # ---- update taps: per-row squared sums accumulated over the steps, one payload after ---------
+    def step_stats(acc, grads, before, after, grad_norm):
+        change = jax.tree_util.tree_map(lambda a, b: a - b, after, before)  # realised, in the param dtype
+        clip = jnp.where(grad_norm < cfg.max_grad_norm, 1.0, cfg.max_grad_norm / grad_norm)  # as optax clips
+        sq = jnp.stack([row_squares(stats.layout, t) for t in (grads, change)])
+        return {"sq": acc["sq"] + sq, "norm": acc["norm"] + grad_norm, "clip": acc["clip"] + clip,
+                "max": jnp.maximum(acc["max"], grad_norm)}
+
+    def stats_payload(acc, w_sq, count):
+        # the weights are read once, before the update's first step, not once per step: one
+        # pass over every parameter less per step, and a few steps move them by well under 1%
+        figures = jnp.stack([acc["norm"] / n_steps, acc["max"], acc["clip"] / n_steps])
+        squares = jnp.concatenate([acc["sq"] / n_steps, w_sq[None]])
+        return pack_update(count, n_steps, figures, squares)
 
     def update(params, opt_state, batch, key, count):
         R = batch["ids"].shape[0]
@@ -148,10 +176,34 @@ def make_update(apply_fn, cfg: PPOConfig, optimizer: optax.GradientTransformatio
         # [n_minibatches, rows, ...] per key; position_ids keep their leading mRoPE axis
         mbs = {k: jnp.stack([jnp.take(v, idx, axis=1 if k == "position_ids" else 0) for idx in order])
                for k, v in batch.items()}
-        (params, opt_state, count), metrics = jax.lax.scan(step, (params, opt_state, count), mbs)
-        return params, opt_state, jax.tree_util.tree_map(jnp.mean, metrics)
+        if stats is None:
+            (params, opt_state, count), metrics = jax.lax.scan(step, (params, opt_state, count), mbs)
+            return params, opt_state, jax.tree_util.tree_map(jnp.mean, metrics)
+        zero = jnp.zeros((), jnp.float32)
+        acc = {"sq": jnp.zeros((2, stats.layout.rows), jnp.float32), "norm": zero, "clip": zero, "max": zero}
+        w_sq = row_squares(stats.layout, params)
+        (params, opt_state, _, acc), metrics = jax.lax.scan(step, (params, opt_state, count, acc), mbs)
+        return params, opt_state, jax.tree_util.tree_map(jnp.mean, metrics), stats_payload(acc, w_sq, count)
 
-    return jax.jit(update, donate_argnums=(0, 1))
+    jitted = jax.jit(update, donate_argnums=(0, 1))
+    if stats is None:
+        return jitted
+    # The reduced payload leaves the update as an output and its ONE host callback runs in a
+    # jitted program of its own, on the finished buffer: a callback inside the update made
+    # XLA's CPU client run the whole update synchronously on the calling thread, measured at
+    # 0.81-0.93 of the untapped update's rate on the tiny model (scripts/bench_train.py, 2-core
+    # VM under load), and an emit that waited on the running update 0.88; this way 0.96.
+    emit = jax.jit(lambda payload: tap_callback.emit(stats.callback, payload))
+
+    def tapped(params, opt_state, batch, key, count):
+        params, opt_state, metrics, payload = jitted(params, opt_state, batch, key, count)
+        # wait for the update here (every caller waits for its metrics next anyway), so the
+        # emit runs on a ready buffer instead of parking in the runtime until it is
+        emit(jax.block_until_ready(payload))
+        return params, opt_state, metrics
+
+    tapped.jitted, tapped.emit = jitted, emit  # the two programs, for tests that read their jaxprs
+    return tapped
 
 
 def make_scorer(apply_fn, prompt_len: int, vinputs_all=None):

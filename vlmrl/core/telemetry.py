@@ -1,5 +1,6 @@
 """What a training run publishes: its RunInfo, its memory plan, a status while it compiles,
-per-update TrainingState and CreditState, the progress line, and the RunEnd record.
+per-update TrainingState and CreditState (and UpdateStats from the update taps), the
+progress line, and the RunEnd record.
 
 Events go to the bus (the dashboard, the recorder and the plain log subscribe to it);
 nothing here draws or writes a file.
@@ -19,6 +20,7 @@ import numpy as np
 
 from vlmrl.core.rollout import make_batch
 from vlmrl.instrument.events import GROUP_MAX_CELLS, GROUP_MAX_ROWS, CreditState, GroupState, RunEnd, RunInfo, TrainingState
+from vlmrl.instrument.tap_host import UpdateTapHost
 from vlmrl.models.qwen3vl.processor import ImageProcessorConfig
 from vlmrl.plan.live import plan_event
 from vlmrl.plan.spec import RunSpec
@@ -127,6 +129,15 @@ def memory_plan(trainer) -> MemoryPlan:
     held = {"weights": _nbytes(trainer.params), "reference": _nbytes(trainer.ref_params),
             "optimizer": _nbytes(trainer.opt_state)}
     return plan_event(spec, held)
+
+
+def update_taps(trainer, bus):
+    """(UpdateTap for ppo.make_update, its host) publishing one UpdateStats per update to `bus`."""
+    from vlmrl.core.update_stats import UpdateLayout, UpdateTap
+
+    layout = UpdateLayout.build(trainer.params, trainer.config.text, trainer.config.vision.depth)
+    host = UpdateTapHost(bus, layout.num_layers, layout.num_heads, layout.vision_depth, layout.mergers)
+    return UpdateTap(layout, host.on_update), host
 
 
 def credit_row(adv: np.ndarray, completion_mask: np.ndarray) -> int:

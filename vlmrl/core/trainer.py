@@ -56,6 +56,10 @@ class Trainer:
                                detok=self.codec.token_text)
         self.key = jax.random.PRNGKey(args.seed)
         self.step = 0
+        # the update taps: with the sampler's taps on (and their update_stats switch)
+        self.update_tap = self.update_host = None
+        if bus is not None and tap is not None and tap.enabled and tap.update_stats:
+            self.update_tap, self.update_host = telemetry.update_taps(self, bus)
         self._fns = None  # jitted score/update/credit, built at the first rollout (prompt length known)
         self.phase = "rollout (prefill + decode loop)"  # the part of an update running now (what the first compiles)
         # Publish each update's rollout groups (GroupState) when someone watches or records:
@@ -76,7 +80,7 @@ class Trainer:
         mb_rows = R // self.ppo_cfg.minibatches
         score = ppo.make_scorer(apply_fn, ro.prompt_len, rollout.vision_inputs(ro.grid, R, self.config.vision))
         update = ppo.make_update(apply_fn, self.ppo_cfg, self.optimizer, ro.prompt_len,
-                                 rollout.vision_inputs(ro.grid, mb_rows, self.config.vision))
+                                 rollout.vision_inputs(ro.grid, mb_rows, self.config.vision), stats=self.update_tap)
         credit = jax.jit(lambda *a: ppo.token_credit(*a, self.ppo_cfg))
         self._fns = (ro.ids.shape, score, update, credit)
 

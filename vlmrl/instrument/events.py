@@ -26,6 +26,12 @@ SCHEMA_VERSION = 1
 # of the row on image tokens; sink = share on the first (sink) token.
 ATTN_STATS = ("focus", "max", "vision", "sink")
 
+# Rows of the update taps (UpdateStats), in the order the device packs them: per text
+# layer x head, per layer MLP, per whole layer, per vision block, per patch merger (the
+# final one, then DeepStack's), and the rest, named by UPDATE_OTHER_ROWS.
+UPDATE_SEGMENTS = ("heads", "mlp", "layer", "vision", "merger", "other")
+UPDATE_OTHER_ROWS = ("embed", "vision in", "rest")
+
 
 # Arrays up to this many elements stay human-readable decimals; larger ones go base64
 # (C-speed to encode, 4 bytes -> 5.3 chars, exact).
@@ -309,8 +315,39 @@ class MemoryPlan(Event):
     wall_time: float = dataclasses.field(default_factory=time.time)
 
 
+@dataclasses.dataclass
+class UpdateStats(Event):
+    """What one PPO update did to each part of the model (the update taps, once per update).
+
+    ratio = ||Δw|| / ||w||: the realised parameter change of a step over the weights before
+    the update; grad = ||g|| before clipping. Both are root-mean-squares over the update's
+    optimizer steps (exact when an update is one step). A head's row holds its q and o slices and
+    the k and v slices of the kv head it reads. NaN where a row has no weight (||w|| = 0).
+    """
+
+    kind: ClassVar[str] = "update_stats"
+    step: int = 0
+    optimizer_steps: int = 1
+    grad_norm: float = 0.0  # global, before clipping: mean over the optimizer steps
+    grad_norm_max: float = 0.0
+    clip_factor: float = 1.0  # mean over the steps of min(1, max_grad_norm / grad_norm)
+    head_grad: Optional[np.ndarray] = None  # float32 [num_layers, num_heads]
+    head_ratio: Optional[np.ndarray] = None
+    mlp_grad: Optional[np.ndarray] = None  # float32 [num_layers]
+    mlp_ratio: Optional[np.ndarray] = None
+    layer_grad: Optional[np.ndarray] = None  # float32 [num_layers]: the whole decoder layer
+    layer_ratio: Optional[np.ndarray] = None
+    vision_grad: Optional[np.ndarray] = None  # float32 [vision depth]: one row per block
+    vision_ratio: Optional[np.ndarray] = None
+    merger_grad: Optional[np.ndarray] = None  # float32 [1 + deepstack mergers]
+    merger_ratio: Optional[np.ndarray] = None
+    other_grad: Optional[np.ndarray] = None  # float32 [len(UPDATE_OTHER_ROWS)]
+    other_ratio: Optional[np.ndarray] = None
+    wall_time: float = dataclasses.field(default_factory=time.time)
+
+
 EVENT_TYPES = {cls.kind: cls for cls in (RunInfo, DecodeState, TrainingState, CreditState, AttentionMatrix, RunEnd,
-                                                GroupState, MemoryPlan)}
+                                         GroupState, MemoryPlan, UpdateStats)}
 
 
 # ---------------------------------------------------------------- the codec

@@ -1,8 +1,9 @@
 """Host side of the taps: payloads from XLA's callback threads become events on a `Bus`.
 
-`TapHost` never raises into the jitted step, never blocks and never calls JAX: numpy
-copies and non-blocking publishes only. It adapts the emit stride between generate calls
-so that emits stay near a target rate. The device side is `taps.py`.
+`TapHost` (decoding) and `UpdateTapHost` (one PPO update) never raise into the jitted
+step, never block and never call JAX: numpy copies and non-blocking publishes only.
+`TapHost` adapts the emit stride between generate calls so that emits stay near a
+target rate. The device side is `taps.py`.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from vlmrl.errors import UsageError
-from vlmrl.instrument.events import ATTN_STATS, AttentionMatrix, DecodeState
-from vlmrl.instrument.taps import TapConfig, pool_layout, unpack_payload
+from vlmrl.instrument.events import (ATTN_STATS, UPDATE_OTHER_ROWS, UPDATE_SEGMENTS, AttentionMatrix, DecodeState,
+                                     UpdateStats)
+from vlmrl.instrument.taps import UPDATE_HEADER, TapConfig, pool_layout, unpack_payload
 
 
 @dataclasses.dataclass
@@ -195,3 +197,70 @@ class TapHost:
         return AttentionMatrix(layer=None if layer == -1 else layer, head=self.tap.matrix_head,
                                query_tokens=texts, key_tokens=list(texts), token_types=types, matrix=mat,
                                pool=f, step=int(p["step"]))
+
+
+def unpack_update(buf: np.ndarray, sizes: dict) -> dict:
+    """Host inverse of `taps.pack_update`: {"count", "steps", "figures" [3], segment: [3, n] squared sums (g, Δw, w)}.
+
+    `sizes` gives the rows per segment (UPDATE_SEGMENTS order); a buffer whose header or
+    length does not match them raises ValueError."""
+    buf = np.array(buf, dtype=np.float32, copy=True)  # CPU callback buffers are borrowed
+    count, steps, rows = (int(x) for x in buf[:UPDATE_HEADER].view(np.int32))
+    want = sum(sizes[name] for name in UPDATE_SEGMENTS)
+    if rows != want or buf.size != UPDATE_HEADER + 3 + 3 * rows or steps < 1:
+        raise ValueError(f"update payload of {buf.size} words for {rows} rows and {steps} steps; expected {want} rows")
+    squares = buf[UPDATE_HEADER + 3:].reshape(3, rows)
+    out, at = {"count": count, "steps": steps, "figures": buf[UPDATE_HEADER:UPDATE_HEADER + 3]}, 0
+    for name in UPDATE_SEGMENTS:
+        out[name] = squares[:, at:at + sizes[name]]
+        at += sizes[name]
+    return out
+
+
+def _norm_ratio(sq: np.ndarray):
+    """(||g||, ||Δw|| / ||w||) per row from the squared sums [3, n]; ratio NaN where ||w|| = 0."""
+    g, d, w = np.sqrt(np.maximum(sq, 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(w > 0, d / w, np.nan).astype(np.float32)
+    return g.astype(np.float32), ratio
+
+
+class UpdateTapHost:
+    """Receives the one update-taps payload per PPO update and publishes an UpdateStats.
+
+    Args:
+      bus: where the event goes.
+      num_layers, num_heads, vision_depth, mergers: the row layout the device packs.
+      log: where the first callback failure is reported (stderr by default).
+    """
+
+    def __init__(self, bus, num_layers: int, num_heads: int, vision_depth: int, mergers: int, log=None):
+        self.bus, self.num_heads = bus, num_heads
+        self.sizes = {"heads": num_layers * num_heads, "mlp": num_layers, "layer": num_layers,
+                      "vision": vision_depth, "merger": mergers, "other": len(UPDATE_OTHER_ROWS)}
+        self.callbacks = 0
+        self.errors = 0
+        self.last_bytes = 0  # bytes the last update callback carried from the device
+        self._log = log or (lambda msg: print(msg, file=sys.stderr))
+
+    def on_update(self, payload) -> None:
+        try:
+            self.callbacks += 1
+            self.last_bytes = int(np.asarray(payload).nbytes)
+            self.bus.publish(self.event(unpack_update(payload, self.sizes)))
+        except Exception as exc:  # a raising callback would fail the jitted update
+            self.errors += 1
+            if self.errors == 1:
+                self._log(f"vlmrl update taps: callback failed, further errors counted silently: {exc!r}")
+
+    def event(self, p: dict) -> UpdateStats:
+        fields = {}
+        for name in UPDATE_SEGMENTS:
+            g, r = _norm_ratio(p[name])
+            if name == "heads":
+                g, r = g.reshape(-1, self.num_heads), r.reshape(-1, self.num_heads)
+            field = "head" if name == "heads" else name  # UpdateStats.head_grad, .mlp_grad, ...
+            fields[f"{field}_grad"], fields[f"{field}_ratio"] = g, r
+        gn, gmax, clip = (float(x) for x in p["figures"])
+        return UpdateStats(step=p["count"] // p["steps"], optimizer_steps=p["steps"], grad_norm=gn,
+                           grad_norm_max=gmax, clip_factor=clip, **fields)

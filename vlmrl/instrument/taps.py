@@ -53,6 +53,9 @@ class TapConfig:
     max_rows: int = 4
     # The sequence whose attention row and prefill matrix are sent.
     watch_row: int = 0
+    # The PPO update's own taps (vlmrl.core.update_stats): per layer, head, vision block and
+    # merger statistics of what the update changed, one host callback per update.
+    update_stats: bool = True
 
     @property
     def stats_on(self) -> bool:
@@ -266,3 +269,18 @@ def gated_emit(callback: Callable, step, stride, make_payload: Callable[[], dict
     and travels packed into one buffer."""
     lax.cond(step % jnp.maximum(stride, 1) == 0, lambda: tap_callback.emit(callback, pack_payload(make_payload())),
              lambda: None)
+
+
+# ---- the update taps (once per PPO update; the rows are built in vlmrl.core.update_stats) ----
+
+UPDATE_HEADER = 3  # optimizer steps taken before the update, steps in it, rows; then 3 figures
+
+
+def pack_update(count, steps: int, figures, squares):
+    """One float32 buffer per update: int32 header (bit-cast), the global figures (mean grad
+    norm, max grad norm, mean clip factor), then the squared sums [3, rows]: gradient and
+    change (means over the steps), weights (before the update)."""
+    rows = squares.shape[-1]
+    head = jnp.stack([jnp.asarray(count, jnp.int32), jnp.int32(steps), jnp.int32(rows)])
+    return jnp.concatenate([lax.bitcast_convert_type(head, jnp.float32), figures.astype(jnp.float32),
+                            squares.astype(jnp.float32).reshape(-1)])

@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m vlmrl.utils.tui_live",
         description="Live terminal dashboard of a Qwen3-VL RL run. Default: train the tiny "
                     "Qwen3-VL and watch it live. Keys: q leave, p pause, [ ] layers, s stat, "
-                    "b/B batch, m matrix, e explorer, c charts, g rollout group, ? help.")
+                    "b/B batch, m matrix, e explorer, c charts, g rollout group, u updates, ? help.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--synthetic", action="store_true", help="drive the dashboard with model-free synthetic events")
     src.add_argument("--attach", metavar="FILE", help="follow a growing event log (tail -f) and show it live")

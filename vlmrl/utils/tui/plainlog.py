@@ -1,6 +1,6 @@
 """Plain log lines for when there is no terminal to draw on (batch jobs, `| tee`, after `q`).
 
-One line per TrainingState, one line for the run's shape (RunInfo, again only when the
+One line per TrainingState and per UpdateStats, one line for the run's shape (RunInfo, again only when the
 shape changes), one when it starts compiling and one when that is done, one when it ends,
 and a decode summary at most every `summary_every` seconds. Not one escape byte: every piece of text that came from the
 model or a file goes through `canvas.sanitize` (controls become visible pictures), and
@@ -16,8 +16,9 @@ import threading
 import time
 from typing import Callable, Optional, TextIO
 
-from vlmrl.instrument.events import CreditState, DecodeState, Event, RunEnd, RunInfo, TrainingState
+from vlmrl.instrument.events import CreditState, DecodeState, Event, RunEnd, RunInfo, TrainingState, UpdateStats
 from vlmrl.utils.tui.canvas import sanitize, truncate
+from vlmrl.utils.tui.update_math import alerts, fmt_ratio
 
 
 # RunInfo fields that change while a run keeps its shape
@@ -79,6 +80,7 @@ class PlainLog:
         self._recent: list = []
         self._last_summary = self.t0
         self._last_credit: Optional[CreditState] = None
+        self._last_update: Optional[UpdateStats] = None
         self.lines = 0
 
     def _emit(self, text: str) -> None:
@@ -107,6 +109,11 @@ class PlainLog:
             self._run_info(event)
         elif isinstance(event, CreditState):
             self._last_credit = event
+        elif isinstance(event, UpdateStats):
+            prev = self._last_update
+            if prev is None or event.step > prev.step:
+                self._last_update = event
+            self._emit(self.update_line(event, prev if prev is not None and prev.step < event.step else None))
         elif isinstance(event, RunEnd):
             step = "no step finished" if event.step is None else f"last step {event.step}"
             self._emit(f"run {sanitize(str(event.reason))} | {step} | {_num(event.seconds, '.1f')} s")
@@ -187,6 +194,27 @@ class PlainLog:
                 parts.append(f"top credit {truncate(str(c.tokens[i]), 16)!s}={_num(c.credits[i], '+.3f')}")
         if self.dropped:
             parts.append(f"dropped {self.dropped}")
+        return " | ".join(parts)
+
+    def update_line(self, u: UpdateStats, prev: Optional[UpdateStats]) -> str:
+        """The update taps' global figures, the spread of the layers' ||Δw||/||w|| and the alerts."""
+        parts = [f"update step {u.step}", f"grad {_num(u.grad_norm, '.3f')} before clipping (max {_num(u.grad_norm_max, '.3f')})",
+                 f"clip x{_num(u.clip_factor, '.3f')}"]
+        try:
+            lay = [float(x) for x in u.layer_ratio] if u.layer_ratio is not None else []
+        except (TypeError, ValueError):
+            lay = []
+        lay = [x for x in lay if math.isfinite(x)]
+        if lay:
+            parts.append(f"dw/w layers {fmt_ratio(min(lay))}..{fmt_ratio(max(lay))}")
+        try:
+            up, dead = alerts(prev, u)
+        except (TypeError, ValueError):
+            up, dead = [], []
+        if up:
+            parts.append("exploding " + " ".join(f"{n} x{f:.0f}" for n, f in up[:6]))
+        if dead:
+            parts.append("dead " + " ".join(dead[:6]) + (f" +{len(dead) - 6}" if len(dead) > 6 else ""))
         return " | ".join(parts)
 
     def decode_line(self, d: DecodeState, tok_rate: Optional[float]) -> str:

@@ -15,7 +15,7 @@ from typing import Any, List, Mapping, NamedTuple, Optional, Tuple
 import numpy as np
 
 from vlmrl.instrument.events import (AttentionMatrix, CreditState, DecodeState, GroupState, MemoryPlan, RunEnd,
-                                     RunInfo, TrainingState)
+                                     RunInfo, TrainingState, UpdateStats)
 
 RECENT_TOKENS = 64  # decode rows show at most this many recent tokens
 # Training steps kept for the header sparklines and the charts view (the whole of most
@@ -197,6 +197,7 @@ class DashboardState:
     train_v: int = 0
     credit_v: int = 0
     matrix_v: int = 0
+    update_v: int = -1  # -1: the snapshot has not taken `updates` yet
     started_at: float = 0.0
     run: Optional[RunInfo] = None
     run_end: Optional[RunEnd] = None  # the run's last record, once it came
@@ -221,6 +222,8 @@ class DashboardState:
     matrix: Optional[AttentionMatrix] = None
     plan: Optional[MemoryPlan] = None  # the memory planner's figures for the run (plan view)
     explorer: Mapping[int, Tuple[ExplorerStep, ...]] = _empty()
+    # The update taps' UpdateStats, one per PPO update by step (the newest HISTORY).
+    updates: Tuple[UpdateStats, ...] = ()
     counts: Mapping[str, int] = _empty()  # events seen per kind
     problems: Tuple[str, ...] = ()  # malformed input seen (shown in the footer)
     # Set by the live loop through `with_meta`: "dropped" (int or {kind: n}), "fps",

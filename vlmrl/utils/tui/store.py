@@ -33,6 +33,7 @@ from vlmrl.instrument.events import (
     RunEnd,
     RunInfo,
     TrainingState,
+    UpdateStats,
     decode_event,
     validate,
 )
@@ -43,6 +44,7 @@ from vlmrl.utils.tui.state import (  # noqa: F401  (re-exported: panels import t
     REORDER_WINDOW, Comparison, DashboardState, ExplorerStep, FrozenLogs, HistoryPoint, StepLog, TokenRecord,
     insert_by_step,
 )
+from vlmrl.utils.tui.update_math import checked_update, update_shape
 
 _F32 = np.dtype(np.float32)
 # For the C-level check of a decode event's usual stats (see Store._record_stats).
@@ -108,11 +110,12 @@ class Store:
         self._group: Optional[GroupState] = None
         self._matrix: Optional[AttentionMatrix] = None
         self._plan: Optional[MemoryPlan] = None
+        self._updates: List[UpdateStats] = []  # by step, the newest HISTORY (update taps)
         self._counts: Dict[str, int] = {}
         self._problems: List[str] = []
         self.rows_dropped = 0  # batch rows forgotten to stay within MAX_ROWS
         self._last_event_at: Optional[float] = None
-        self._v = {"all": 0, "run": 0, "decode": 0, "train": 0, "credit": 0, "group": 0, "matrix": 0}
+        self._v = {"all": 0, "run": 0, "decode": 0, "train": 0, "credit": 0, "group": 0, "matrix": 0, "update": 0}
         self._snap: Optional[DashboardState] = None
         self._heat_held: Optional[int] = None  # tick in which some row's newer stats are held back
         self.stale_events = 0  # decode events of an older generation that arrived after a newer one
@@ -128,6 +131,7 @@ class Store:
             CreditState: self._on_credit,
             GroupState: self._on_group,
             AttentionMatrix: self._on_matrix,
+            UpdateStats: self._on_update,
             RunInfo: self._on_run,
             RunEnd: self._on_end,
             MemoryPlan: self._on_plan,
@@ -221,6 +225,13 @@ class Store:
             return
         self._matrix = ev
         self._bump("matrix")
+
+    def _on_update(self, ev: UpdateStats) -> None:
+        ev = checked_update(ev)
+        if self._updates and update_shape(self._updates[-1]) != update_shape(ev):
+            self._updates = []  # another model (a new run in the same log): its own history
+        insert_by_step(self._updates, ev, HISTORY)
+        self._bump("update")
 
     def _on_decode(self, ev: DecodeState) -> None:
         # apply() validated every field, so nothing below can reject the event half-way
@@ -334,6 +345,7 @@ class Store:
         for name in ("_run", "_end", "_plan", "_training", "_credit", "_group", "_matrix", "_last_event_at"):
             setattr(out, name, getattr(self, name))
         out._history = list(self._history)
+        out._updates = list(self._updates)
         out._counts = dict(self._counts)
         out._problems = list(self._problems)
         out.rows_dropped = self.rows_dropped
@@ -371,6 +383,8 @@ class Store:
         f["credit"], f["matrix"] = self._credit, self._matrix
         f["group"], f["group_v"], f["compare"] = self._group, v["group"], self._compare
         f["plan"] = self._plan
+        if f["update_v"] != v["update"]:
+            f["updates"], f["update_v"] = tuple(self._updates), v["update"]
         f["counts"] = MappingProxyType(dict(self._counts))
         f["problems"] = tuple(self._problems)
         self._snap = DashboardState._make(f)
@@ -404,3 +418,4 @@ class Store:
         f["stats"], f["heat"] = MappingProxyType(stats), MappingProxyType(heat)
         f["heat_step"], f["heat_v"] = MappingProxyType(heat_step), MappingProxyType(heat_v)
         return held
+

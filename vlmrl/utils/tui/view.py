@@ -14,11 +14,12 @@ from typing import Any, Mapping, Optional
 
 from vlmrl.instrument.events import ATTN_STATS
 
-MODES = ("dashboard", "matrix", "explorer", "charts", "group", "plan")
-# Keys that open (and close) a view. m and e work everywhere; c, g and k work from the
-# dashboard and the views with no keys of their own for those letters, since the matrix
-# and the explorer use g as Home and k as up.
-MODE_KEYS = MappingProxyType({"m": "matrix", "e": "explorer", "c": "charts", "g": "group", "k": "plan"})
+MODES = ("dashboard", "matrix", "explorer", "charts", "group", "plan", "updates")
+# Keys that open (and close) a view. m, e and u work everywhere; c, g and k work from the
+# dashboard and the views with no keys of their own for those letters, since the matrix,
+# the explorer and the update view use g as Home and k as up.
+MODE_KEYS = MappingProxyType({"m": "matrix", "e": "explorer", "c": "charts", "g": "group", "k": "plan",
+                              "u": "updates"})
 RL_MODES = ("dashboard", "charts", "group", "plan")
 ESCAPE_KEYS = ("\x1b", "escape", "KEY_ESCAPE")
 
@@ -35,6 +36,7 @@ KEY_HELP = (
     ("c", "training charts (s: EMA smoothing)"),
     ("g", "rollout group ([ ] prompt, s metric)"),
     ("k", "memory plan vs what the run measures"),
+    ("u", "update view: what each PPO update moved"),
     ("?", "this help"),
 )
 # --replay's own keys (`replay.ReplayLog.handle_key`).
@@ -114,7 +116,7 @@ def handle_key(view: ViewState, key: str, state=None, cache=None) -> ViewState:
     if key == "p":
         return view.replace(paused=not view.paused)
     mode = MODE_KEYS.get(key)
-    if mode is not None and (key in "me" or view.mode in RL_MODES):
+    if mode is not None and (key in "meu" or view.mode in RL_MODES):
         return view.replace(mode="dashboard" if view.mode == mode else mode)
     if view.mode != "dashboard":
         if key in ESCAPE_KEYS:
