@@ -144,6 +144,14 @@ FIELDS: Dict[str, Dict[str, Callable[[Any], bool]]] = {
         **{name: _text for name in ("model_name", "dtype", "optimizer_dtype", "mesh", "peak_phase")},
         "rows": _count, "cache_slots": lambda v: _int(v, 1 << 40), "wall_time": _wall,
     },
+    # the update view checks how the rows fit together (store: update_math.checked_update)
+    "update_stats": {
+        "step": _index, "optimizer_steps": lambda v: _int(v, 1 << 20, 1), "grad_norm": _real, "grad_norm_max": _real,
+        "clip_factor": _real, "head_grad": _optional(_stat), "head_ratio": _optional(_stat),
+        **{f"{row}_{kind}": _optional(_array(1, MAX_LAYERS)) for row in ("mlp", "layer", "vision", "merger", "other")
+           for kind in ("grad", "ratio")},
+        "wall_time": _wall,
+    },
 }
 
 # By annotation, for fields of event kinds added later and not listed above.

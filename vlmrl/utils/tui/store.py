@@ -227,7 +227,11 @@ class Store:
         self._bump("matrix")
 
     def _on_update(self, ev: UpdateStats) -> None:
-        ev = checked_update(ev)
+        try:
+            ev = checked_update(ev)  # the update view's own consistency checks, before anything is kept
+        except ValueError as exc:
+            self._problem(f"bad update_stats event: {exc}")
+            return
         if self._updates and update_shape(self._updates[-1]) != update_shape(ev):
             self._updates = []  # another model (a new run in the same log): its own history
         insert_by_step(self._updates, ev, HISTORY)
