@@ -110,6 +110,7 @@ def render(state, view, width, height, now, theme, cache=None) -> Canvas:
     # (a model with few layers still shows each merger)
     rows = min(avail, L)
     region = min(avail, max(rows, _side_lines(cur) if side_w else 0))
+    chart_rows = min(16, chart_rows + avail - region)  # rows a short layer region leaves go to the chart
     page = (L - 1 - sel) // rows + get_view(view).page_shift
     lo, hi, page, pages = page_bounds(L, rows, page)
     hi = max(hi, min(L, lo + rows))  # the earliest page is a full one, overlapping the next
