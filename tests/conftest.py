@@ -173,6 +173,23 @@ class Pty:
 
 
 @pytest.fixture
+def kv_caches(monkeypatch):
+    """Every KVCache a sampler allocates while the test runs (the arrays a planner must match)."""
+    from vlmrl.models.qwen3vl.cache import KVCache
+
+    seen = []
+    init = KVCache.init.__func__
+
+    def spy(cls, config, batch, max_len, *args, **kwargs):
+        cache = init(cls, config, batch, max_len, *args, **kwargs)
+        seen.append(cache)
+        return cache
+
+    monkeypatch.setattr(KVCache, "init", classmethod(spy))
+    return seen
+
+
+@pytest.fixture
 def run_in_pty():
     """Factory: run_in_pty(argv, W=120, H=40, env=None) -> a Pty (closed after the test)."""
     made = []

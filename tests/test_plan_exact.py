@@ -14,7 +14,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlmrl.models.qwen3vl.cache import KVCache
 from vlmrl.models.qwen3vl.processor import ImageProcessorConfig
 from vlmrl.plan import cli
 from vlmrl.plan.devices import get_device
@@ -26,27 +25,12 @@ def _nbytes(tree) -> int:
     return sum(int(x.size) * x.dtype.itemsize for x in jax.tree_util.tree_leaves(tree))
 
 
-@pytest.fixture
-def caches(monkeypatch):
-    """Every KVCache a sampler allocates while the test runs."""
-    seen = []
-    init = KVCache.init.__func__
-
-    def spy(cls, config, batch, max_len, dtype=jnp.float32):
-        cache = init(cls, config, batch, max_len, dtype)
-        seen.append(cache)
-        return cache
-
-    monkeypatch.setattr(KVCache, "init", classmethod(spy))
-    return seen
-
-
 def _kv_nbytes(cache) -> int:
     return _nbytes(cache.k) + _nbytes(cache.v)
 
 
 @pytest.mark.slow
-def test_tiny_training_run_allocates_exactly_what_the_plan_says(caches):
+def test_tiny_training_run_allocates_exactly_what_the_plan_says(kv_caches):
     from vlmrl.core.rollout import make_batch
     from vlmrl.core.cli import parse_args
     from vlmrl.core.trainer import Trainer
@@ -71,13 +55,13 @@ def test_tiny_training_run_allocates_exactly_what_the_plan_says(caches):
     assert plan["optimizer_bytes"] == _nbytes(trainer.opt_state)
     assert plan["grads_bytes"] == _nbytes(trainer.params)  # jax.grad returns the parameters' shapes and dtypes
     # the sampler's jitted generate (and the run's own description of it) build one shape
-    assert caches and {(c.batch, c.max_len) for c in caches} == {(batch * group, info.max_cache)}
-    assert plan["kv_bytes"] == _kv_nbytes(caches[-1])
+    assert kv_caches and {(c.batch, c.max_len) for c in kv_caches} == {(batch * group, info.max_cache)}
+    assert plan["kv_bytes"] == _kv_nbytes(kv_caches[-1])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_tiny_hf_checkpoint_allocates_exactly_what_the_plan_says(hf_factory, caches, capsys, dtype):  # noqa: F811
+def test_tiny_hf_checkpoint_allocates_exactly_what_the_plan_says(hf_factory, kv_caches, capsys, dtype):  # noqa: F811
     from vlmrl.core.ppo import PPOConfig
     from vlmrl.core.sampling import Sampler, SamplingConfig
     from vlmrl.models.qwen3vl.load import load_hf_checkpoint
@@ -102,6 +86,6 @@ def test_tiny_hf_checkpoint_allocates_exactly_what_the_plan_says(hf_factory, cac
                                             new_token_buckets=(new_slots,)))
     rng = np.random.default_rng(0)
     sampler.generate(prompts=[rng.integers(2, 100, 9), rng.integers(2, 100, 20)], max_new_tokens=new_slots)
-    assert caches and {(c.batch, c.max_len) for c in caches} == {(rows, prompt_slots + new_slots)}
-    assert plan["kv_bytes"] == _kv_nbytes(caches[-1])
-    assert plan["kv_bytes_per_token"] * rows * (prompt_slots + new_slots) == _kv_nbytes(caches[-1])
+    assert kv_caches and {(c.batch, c.max_len) for c in kv_caches} == {(rows, prompt_slots + new_slots)}
+    assert plan["kv_bytes"] == _kv_nbytes(kv_caches[-1])
+    assert plan["kv_bytes_per_token"] * rows * (prompt_slots + new_slots) == _kv_nbytes(kv_caches[-1])

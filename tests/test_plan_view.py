@@ -5,13 +5,10 @@ drawn by the real renderer and frame encoder. The screen must show the planner's
 and, beside them, the bytes the run itself reported: the arrays it holds and the KV cache
 its sampler allocated (checked against the cache the sampler really built).
 """
-import jax
-import jax.numpy as jnp
 import pyte
 import pytest
 
 from vlmrl.instrument.events import DecodeState, MemoryPlan, RunInfo
-from vlmrl.models.qwen3vl.cache import KVCache
 from vlmrl.utils.tui import layout
 from vlmrl.utils.tui.frame import FrameEncoder
 from vlmrl.utils.tui.palette import COLOR, MONO
@@ -37,20 +34,12 @@ def _line(display, label):
 
 
 @pytest.mark.slow
-def test_plan_view_of_a_recorded_tiny_run_shows_plan_beside_the_runs_bytes(tmp_path, monkeypatch):
+def test_plan_view_of_a_recorded_tiny_run_shows_plan_beside_the_runs_bytes(tmp_path, kv_caches):
     from vlmrl.core.train import run_training
     from vlmrl.instrument.bus import Bus
     from vlmrl.instrument.record import read_log
 
-    caches = []
-    init = KVCache.init.__func__
-
-    def spy(cls, config, batch, max_len, dtype=jnp.float32):
-        cache = init(cls, config, batch, max_len, dtype)
-        caches.append(cache)
-        return cache
-
-    monkeypatch.setattr(KVCache, "init", classmethod(spy))
+    caches = kv_caches
     log = tmp_path / "run.jsonl"
     run_training(["--env", "colors", "--steps", "2", "--batch", "2", "--group", "2", "--quiet", "--record", str(log),
                   "--no_compile_cache"], bus=Bus())

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import QWEN_LIKE_TEMPLATE
 from vlmrl.models.qwen3vl.config import Qwen3VLConfig
 from vlmrl.models.qwen3vl.processor import build_prompt
 from vlmrl.models.qwen3vl.tokenizer import builtin_chat, load_tokenizer
@@ -19,22 +20,7 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "
 CORPUS = ["What colour is the shape? red green blue", "How many shapes are there? two three four",
           "naïve café — 20 € über", "system user assistant You are a helpful assistant."] * 20
 
-# A Qwen3-VL-style template: content lists with image/text parts, a namespace counter,
-# loop controls and whitespace control, so the renderer's jinja settings all matter.
-TEMPLATE = (
-    "{%- set image_count = namespace(value=0) %}"
-    "{%- for message in messages %}"
-    "{%- if loop.first and message.role != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{%- endif %}"
-    "<|im_start|>{{ message.role }}\n"
-    "{%- if message.content is string %}{{ message.content }}"
-    "{%- else %}{%- for content in message.content %}"
-    "{%- if content.type == 'image' or 'image' in content %}{%- set image_count.value = image_count.value + 1 %}"
-    "<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif content.type == 'text' %}{{ content.text }}{%- endif %}"
-    "{%- endfor %}{%- endif %}<|im_end|>\n"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n{%- endif %}")
+TEMPLATE = QWEN_LIKE_TEMPLATE  # shared with the end-to-end checkpoint writer
 
 
 def _save(tmp_path, template=TEMPLATE, where="tokenizer_config.json", im_end_first=False):

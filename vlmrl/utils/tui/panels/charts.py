@@ -20,7 +20,7 @@ import numpy as np
 from vlmrl.utils.tui.canvas import Canvas, Rect, text_width, truncate
 from vlmrl.utils.tui.chart_model import (BRAILLE, SERIES, SMOOTHING, ChartModel, band, braille, chart_model, fmt_axis,
                                          raster, to_pixels)
-from vlmrl.utils.tui.panels.common import fmt_int, message, put, put_glyphs, remember, title_rule
+from vlmrl.utils.tui.panels.common import fmt_int, memo_canvas, message, put, put_glyphs, title_rule
 from vlmrl.utils.tui.render_cache import RenderCache
 
 TITLE = "TRAINING CHARTS"
@@ -101,11 +101,7 @@ def render(state, view, width, height, now, theme, cache=None) -> Canvas:
     (the layout redraws a mode's screen every frame)."""
     cache = RenderCache() if cache is None else cache
     key = (cache_key(state, view, now), width, height, id(theme), state.store_id)
-    memo = cache.memo("charts.canvas")
-    hit = memo.get(key)
-    if hit is None:
-        hit = remember(memo, key, _draw(state, view, width, height, theme, cache), 4)
-    return hit
+    return memo_canvas(cache.memo("charts.canvas"), key, lambda: _draw(state, view, width, height, theme, cache))
 
 
 def _draw(state, view, width, height, theme, cache) -> Canvas:

@@ -270,6 +270,15 @@ def remember(cache: dict, key, value, limit: int):
     return value
 
 
+def memo_canvas(cache: dict, key, draw, limit: int = 4):
+    """A whole mode screen kept in `cache` (a RenderCache memo) under `key` until what it
+    shows changes: the layout redraws a mode's screen every frame, drawing it costs ms."""
+    hit = cache.get(key)
+    if hit is None:
+        hit = remember(cache, key, draw(), limit)
+    return hit
+
+
 class RowCache:
     """Rendered rows (chars, styles) by key, so rows that only move between frames (recent
     tokens, credit list) are drawn once. Bounded: cleared when it grows past `limit`.

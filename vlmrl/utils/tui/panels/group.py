@@ -19,7 +19,7 @@ from vlmrl.instrument.events import GROUP_METRICS
 from vlmrl.utils.tui.canvas import Canvas, text_width, truncate
 from vlmrl.utils.tui.group_data import CENTRE, level, metric_scale, metric_values, num_prompts, samples
 from vlmrl.utils.tui.palette import NOT_MEASURED, RAMP
-from vlmrl.utils.tui.panels.common import fmt_int, fmt_num, message, put, put_glyphs, remember, title_rule
+from vlmrl.utils.tui.panels.common import fmt_int, fmt_num, memo_canvas, message, put, put_glyphs, title_rule
 from vlmrl.utils.tui.render_cache import RenderCache
 
 TITLE = "ROLLOUT GROUP"
@@ -88,11 +88,7 @@ def render(state, view, width, height, now, theme, cache=None) -> Canvas:
     (the layout redraws a mode's screen every frame)."""
     cache = RenderCache() if cache is None else cache
     key = (cache_key(state, view, now), width, height, id(theme), state.store_id)
-    memo = cache.memo("group.canvas")
-    hit = memo.get(key)
-    if hit is None:
-        hit = remember(memo, key, _draw(state, view, width, height, theme, cache), 4)
-    return hit
+    return memo_canvas(cache.memo("group.canvas"), key, lambda: _draw(state, view, width, height, theme, cache))
 
 
 def _draw(state, view, width, height, theme, cache) -> Canvas:
