@@ -50,10 +50,10 @@ def _array(spec):
     return flat.reshape(spec["shape"])
 
 
-def last_group(path):
-    """The newest group record as plain Python / numpy, decoded here."""
+def last_group(path, first=False):
+    """The newest (or with `first`, the oldest) group record as plain Python / numpy, decoded here."""
     recs = [r for r in raw_lines(path) if r["kind"] == "group"]
-    rec = max(recs, key=lambda r: r["step"])
+    rec = (min if first else max)(recs, key=lambda r: r["step"])
     return {**rec, "rewards": _array(rec["rewards"]), "advantages": _array(rec["advantages"]),
             "lengths": _array(rec["lengths"]), "metrics": {k: _array(v) for k, v in rec["metrics"].items()}}
 

@@ -46,11 +46,16 @@ def test_every_update_records_one_bounded_group_event_consistent_with_itself(run
         for r in range(rows):
             n = len(g["tokens"][r])
             assert n == min(int(g["lengths"][r]), arr.shape[1])
+            if name == "ratio" and np.isnan(arr).all():
+                continue  # an update past the ratio pass's time budget sends it as not measured
             assert np.isfinite(arr[r, :n]).all() and np.isnan(arr[r, n:]).all()
     m = g["metrics"]
     sent = np.isfinite(m["logprob"])
     assert (m["logprob"][sent] <= 0).all() and (m["entropy"][sent] >= 0).all()
-    assert (m["kl"][sent] >= -1e-6).all() and (m["ratio"][sent] > 0).all()
+    assert (m["kl"][sent] >= -1e-6).all()
+    # the first update always measures the ratio after the update; later ones within a budget
+    ratio = last_group(runs[0], first=True)["metrics"]["ratio"]
+    assert np.isfinite(ratio).any() and (ratio[np.isfinite(ratio)] > 0).all()
     # the advantages are the group-relative rewards (numpy oracle)
     r = g["rewards"].reshape(-1, 4)
     std = r.std(axis=1, keepdims=True)

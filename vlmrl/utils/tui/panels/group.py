@@ -145,7 +145,9 @@ def _legend(c: Canvas, y: int, metric: str, low: float, high: float, theme) -> N
     x = put(c, x, y, NAMES[metric], theme.token)
     x = put(c, x, y, "  ", theme.plain)
     if not math.isfinite(low):
-        put(c, x, y, "n/a: not sent for this group", theme.na)
+        # The ratio after the update is measured on some updates only (a time budget).
+        why = "not measured this update" if metric == "ratio" else "not sent for this group"
+        put(c, x, y, f"n/a: {why}", theme.na)
         return
     if metric in CENTRE:
         centre = CENTRE[metric]
