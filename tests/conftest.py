@@ -5,8 +5,8 @@ from another test module. Helper modules stand behind this file and are imported
 here: `hf_oracle.py` (tiny random Hugging Face checkpoints, the reference for parity
 tests, with its session fixtures `hf_factory` and `hf_tiny`), `fake_qwen.py` (a tiny
 stand-in model for sampler and tap tests), `analyze_oracle.py` (the report's numbers
-computed directly from a log) and `rl_views_checks.py` (the RL views' screens checked
-against a log).
+computed directly from a log), `rl_views_checks.py` (the RL views' screens checked
+against a log) and `subprocess_checks.py` (a child under a memory cap, one-line failures).
 
 The environment below is set before anything imports JAX.
 """
@@ -39,6 +39,7 @@ from fake_qwen import FakeCache, FakeQwen, fake_sampler_kwargs, tiny_fake  # noq
 from hf_oracle import (  # noqa: E402,F401  (fixtures: hf_factory, hf_tiny)
     _hf_inputs, build_tiny_checkpoint, hf_factory, hf_forward, hf_generate, hf_tiny, left_pad, load_reference,
     make_prompt)
+from subprocess_checks import one_line_exit_2, run_limited  # noqa: E402,F401
 from rl_views_checks import (  # noqa: E402,F401  (its SIZES are the three sizes defined below)
     T, check_charts_show_logged_values, check_group_view, last_group, logged_scalars, on_terminal, raw_lines, store_of)
 from vlmrl.instrument.events import CreditState, DecodeState, RunInfo, TrainingState  # noqa: E402
@@ -386,29 +387,3 @@ def count_prim(jaxpr, names=None) -> int:
             n += count_prim(sub, names)
     return n
 
-
-# ---- hostile input: children under a memory cap, one-line failures -------------------------
-
-def run_limited(code: str, limit_mb: int, timeout: float = 120.0, args=()):
-    """Run `code` in a child Python whose address space is capped at `limit_mb`: a reader
-    that buffers what it should stream gets MemoryError there, not swap here."""
-    import resource
-    import sys
-    import textwrap
-
-    env = dict(os.environ, PYTHONPATH=REPO, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    limit = limit_mb << 20
-
-    def cap():
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env, preexec_fn=cap,
-                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-def one_line_exit_2(proc, *needles) -> None:
-    """A command failed as a user should see it: exit 2, one line on stderr, no traceback."""
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
