@@ -90,6 +90,9 @@ def test_real_training_run_drives_every_panel_truthfully(tmp_path, qwen_like_che
     assert mat["layer"] is None and mat["head"] is None  # mean over layers and heads by default
     assert " colour" in mat["query_tokens"] and "<|image_pad|>" in mat["query_tokens"]
     assert "colour" in view and "vision" in " ".join(mat["token_types"])
+    # chat markers are the tokenizer's special tokens, typed so in the matrix
+    kinds = dict(zip(mat["key_tokens"], mat["token_types"]))
+    assert kinds["<|im_start|>"] == kinds["<|im_end|>"] == "special", kinds
     # the explorer labels the prompt with the tokenizer's text, not placeholders
     t.send(b"e")
     assert t.wait_for("TOKEN ATTENTION EXPLORER", timeout=30), t.text()

@@ -39,6 +39,7 @@ class SamplingConfig:
     cache_dtype: Optional[str] = None  # None: the model's parameter dtype
     emit_rate: float = 30.0  # target tap emits per second
     initial_stride: int = 8
+    special_ids: tuple = ()  # shown as "special" in the matrix view's token types (with stops, vision marks)
 
 
 @dataclasses.dataclass
@@ -142,7 +143,8 @@ class Sampler:
         self.host = None
         if self.tap is not None:
             mc = self.model_config
-            special = set(self.config.stop_ids) | {mc.vision_start_token_id, mc.vision_end_token_id}
+            special = (set(self.config.stop_ids) | set(self.config.special_ids)
+                       | {mc.vision_start_token_id, mc.vision_end_token_id})
             self.host = TapHost(self.tap, bus=bus, detok=detok, target_rate=self.config.emit_rate,
                                 initial_stride=self.config.initial_stride, special_ids=special)
         floats = [x.dtype for x in jax.tree_util.tree_leaves(self.state) if jnp.issubdtype(x.dtype, jnp.floating)]

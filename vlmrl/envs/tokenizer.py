@@ -94,6 +94,10 @@ class TextCodec:
             return self._token_text(int(i))
         return self.tok.decode([int(i)], skip_special_tokens=False)
 
+    def special_ids(self) -> tuple:
+        """Ids the tokenizer marks special (chat markers, vision markers, end of text)."""
+        return tuple(sorted(i for i, t in self.tok.get_added_tokens_decoder().items() if t.special))
+
     def token_id(self, token: str) -> int:
         i = self.tok.token_to_id(token)
         if i is None:
