@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from vlmrl.instrument.events import TrainingState  # noqa: E402
-from vlmrl.instrument.record import read_log  # noqa: E402
+from vlmrl.instrument.log_read import read_log  # noqa: E402
 from vlmrl.utils.tui import layout, theme  # noqa: E402
 from vlmrl.utils.tui.frame import FrameEncoder  # noqa: E402
 from vlmrl.utils.tui.store import Store  # noqa: E402

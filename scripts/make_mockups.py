@@ -132,7 +132,7 @@ def build() -> Tuple[str, List[Tuple[str, str, str]]]:
 
 
 def _replayed(path: str, compare=None) -> Store:
-    from vlmrl.instrument.record import read_log
+    from vlmrl.instrument.log_read import read_log
 
     store = Store(clock=FixedClock(), started_at=0.0, compare=compare)
     for ev in read_log(path)[1]:

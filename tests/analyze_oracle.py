@@ -10,7 +10,7 @@ import numpy as np
 
 from vlmrl.instrument.events import (ATTN_STATS, GROUP_METRICS, AttentionMatrix, CreditState, DecodeState, GroupState,
                                     RunEnd, TrainingState)
-from vlmrl.instrument.record import read_log
+from vlmrl.instrument.log_read import read_log
 
 PH = ("prefill", "decode")
 TY = ("vision", "text", "special")

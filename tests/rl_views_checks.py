@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pyte
 
-from vlmrl.instrument.record import read_log
+from vlmrl.instrument.log_read import read_log
 from vlmrl.utils.tui import layout
 from vlmrl.utils.tui.chart_model import unbraille
 from vlmrl.utils.tui.frame import FrameEncoder

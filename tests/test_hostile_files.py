@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import one_line_exit_2, run_limited
-from vlmrl.instrument.record import header_line, read_log
+from vlmrl.instrument.record import header_line
+from vlmrl.instrument.log_read import read_log
 
 
 # ------------------------------------------------------------------ --record never destroys

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vlmrl.instrument.record import ReadStats, parse_line, read_log
+from vlmrl.instrument.log_read import ReadStats, parse_line, read_log
 from vlmrl.utils.tui.layout import render_screen
 from vlmrl.utils.tui.palette import COLOR
 from vlmrl.utils.tui.plainlog import PlainLog

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import one_line_exit_2
 from vlmrl.instrument.events import CreditState, DecodeState, TrainingState
-from vlmrl.instrument.record import LINE_MAX, ReadStats, encode_line, header_line, parse_line, read_log
+from vlmrl.instrument.record import encode_line, header_line
+from vlmrl.instrument.log_read import LINE_MAX, ReadStats, parse_line, read_log
 from vlmrl.utils.tui.plainlog import PlainLog
 from vlmrl.utils.tui.store import Store
 

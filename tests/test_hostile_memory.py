@@ -7,7 +7,8 @@ import os
 
 from conftest import run_limited
 from vlmrl.instrument.events import DecodeState
-from vlmrl.instrument.record import LINE_MAX, encode_line, header_line
+from vlmrl.instrument.record import encode_line, header_line
+from vlmrl.instrument.log_read import LINE_MAX
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_LOG = os.path.join(REPO, "tests", "data", "tiny_run.jsonl")
@@ -37,8 +38,8 @@ def test_a_120_mb_line_is_skipped_in_bounded_memory(tmp_path):
     _huge_line_log(path, 120)
     code = f"""
         import json, sys
-        from vlmrl.instrument.record import read_log
-        from vlmrl.utils.tui.replay import LogFollower
+        from vlmrl.instrument.log_read import read_log
+        from vlmrl.utils.tui.attach import LogFollower
         header, events, stats = read_log(sys.argv[1])
         f = LogFollower(sys.argv[1])
         polled = []
@@ -64,7 +65,7 @@ def test_an_unterminated_line_under_attach_is_not_buffered_without_limit(tmp_pat
         import json, sys
         from vlmrl.instrument.events import DecodeState
         from vlmrl.instrument.record import encode_line
-        from vlmrl.utils.tui.replay import LogFollower
+        from vlmrl.utils.tui.attach import LogFollower
         f = LogFollower(sys.argv[1])
         first = [e.step for _ in range(5) for e in f.poll()]
         held = len(f._buf)

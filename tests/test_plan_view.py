@@ -37,7 +37,7 @@ def _line(display, label):
 def test_plan_view_of_a_recorded_tiny_run_shows_plan_beside_the_runs_bytes(tmp_path, kv_caches):
     from vlmrl.core.train import run_training
     from vlmrl.instrument.bus import Bus
-    from vlmrl.instrument.record import read_log
+    from vlmrl.instrument.log_read import read_log
 
     caches = kv_caches
     log = tmp_path / "run.jsonl"

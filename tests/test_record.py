@@ -14,7 +14,8 @@ import pytest
 from vlmrl.instrument.bus import Bus
 from vlmrl.instrument.events import (SCHEMA_VERSION, AttentionMatrix, CreditState, DecodeState, RunEnd, RunInfo,
                                      TrainingState)
-from vlmrl.instrument.record import LogFormatError, Recorder, encode_line, read_log
+from vlmrl.instrument.record import Recorder, encode_line
+from vlmrl.instrument.log_read import LogFormatError, read_log
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

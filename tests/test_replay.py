@@ -11,7 +11,9 @@ import pytest
 
 from vlmrl.instrument.bus import Bus
 from vlmrl.instrument.events import AttentionMatrix, DecodeState, RunInfo, TrainingState
-from vlmrl.instrument.record import LogFormatError, Recorder, encode_line, header_line
+from vlmrl.instrument.record import Recorder, encode_line, header_line
+from vlmrl.instrument.log_read import LogFormatError
+from vlmrl.utils.tui import attach as at
 from vlmrl.utils.tui import replay as rp
 from vlmrl.utils.tui.layout import render_screen
 from vlmrl.utils.tui.palette import palette_for
@@ -93,6 +95,41 @@ def test_recorded_run_replays_to_the_same_screens_as_live(tmp_path):
     assert screens(early, views_for(early)) != screens(state, views_for(state))
 
 
+def test_streamed_replay_shows_the_log_while_it_loads_and_ends_as_the_whole_read(tmp_path):
+    """--replay opens the screen at once and reads the log a slice a frame: while it loads
+    the cursor follows the newest step (unless the user moved it), the footer says how much
+    is read, and once read the steps and events are those of reading the file up front."""
+    from vlmrl.instrument.record import encode_line
+
+    path = tmp_path / "run.jsonl"
+    events = run_events(60)
+    lines = [header_line(RunInfo(num_layers=6, num_heads=4))] + [encode_line(e) for e in events]
+    lines.insert(20, "{not json")
+    path.write_text("\n".join(lines) + "\n")
+    whole = rp.ReplayLog.open(str(path))
+
+    log = rp.ReplayLog.stream(str(path))
+    assert log.loading and log.num_steps == 0 and log.events == [log.header["run_info"]]  # the header's, at once
+    log.load(0.0)  # a spent budget still reads one line a call
+    assert log.loading and "loading" in log.status() and "% of the log" in log.status()
+    for _ in range(30):
+        log.load(0.0)
+    assert 0 < log.num_steps < whole.num_steps and log.index == log.num_steps  # following the end
+    assert log.store_at(fixed_store).snapshot().decodes
+    log.handle_key("KEY_HOME")
+    log.load(0.0)
+    assert log.index == 0  # the user's place is kept while the rest loads
+    log.handle_key("G")
+    log.load(0.0)
+    assert log.index == log.num_steps  # End follows the log again
+    log.load(None)
+    assert not log.loading and "loading" not in log.status()
+    assert log.stops == whole.stops and log.index == whole.index
+    assert [encode_line(e) for e in log.events] == [encode_line(e) for e in whole.events]
+    assert (log.stats.events, log.stats.garbage, log.stats.first_error) == (
+        whole.stats.events, whole.stats.garbage, whole.stats.first_error) and log.stats.garbage == 1
+
+
 def test_store_at_going_back_equals_a_fresh_rebuild(monkeypatch):
     monkeypatch.setattr(rp, "CHECKPOINT_EVERY", 7)
     events = run_events(90)
@@ -151,7 +188,7 @@ def _write(path, data: bytes):
 
 def _collect(path, stop, out, errors):
     try:
-        for ev in rp.attach_events(str(path), stop=stop, poll=0.01):
+        for ev in at.attach_events(str(path), stop=stop, poll=0.01):
             out.append(ev)
     except Exception as exc:  # surfaced to the test thread
         errors.append(exc)
@@ -220,7 +257,7 @@ def test_attach_to_a_file_that_is_not_a_log_raises(tmp_path, content):
     path = tmp_path / "other.txt"
     path.write_bytes(content)
     with pytest.raises(LogFormatError, match="other.txt"):
-        for _ in rp.attach_events(str(path), stop=lambda: False, poll=0.01):
+        for _ in at.attach_events(str(path), stop=lambda: False, poll=0.01):
             pass
 
 
@@ -275,7 +312,7 @@ def test_follower_takes_a_line_longer_than_its_read_chunk_in_one_poll(tmp_path):
     path = tmp_path / "big.jsonl"
     big = AttentionMatrix(matrix=np.random.default_rng(0).random((64, 64)).astype(np.float32))
     path.write_bytes((header_line() + "\n" + encode_line(big) + "\n").encode())
-    follower = rp.LogFollower(str(path), chunk=256)
+    follower = at.LogFollower(str(path), chunk=256)
     got = follower.poll()
     assert len(got) == 1 and np.array_equal(got[0].matrix, big.matrix)
     assert follower.poll() == []

@@ -365,7 +365,8 @@ def test_real_model_matrix_rows_match_labels_and_stay_causal():
 def test_matrix_side_is_capped_so_its_log_line_fits_the_readers():
     import json
     from vlmrl.instrument.events import AttentionMatrix, decode_event
-    from vlmrl.instrument.record import LINE_MAX, encode_line
+    from vlmrl.instrument.record import encode_line
+    from vlmrl.instrument.log_read import LINE_MAX
     from vlmrl.instrument.taps import MATRIX_MAX_LIMIT
 
     with pytest.raises(ValueError, match="log line"):

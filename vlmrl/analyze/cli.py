@@ -18,7 +18,7 @@ from vlmrl.analyze import rowstats
 from vlmrl.analyze.logstream import LogStream, Progress
 from vlmrl.analyze.report import Analysis
 from vlmrl.errors import UsageError
-from vlmrl.instrument.record import LogFormatError
+from vlmrl.instrument.log_read import LogFormatError
 
 
 def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:

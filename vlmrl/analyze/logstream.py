@@ -1,6 +1,6 @@
 """Read a recorded event log one line at a time, with a line-length cap and a progress bar.
 
-Memory stays bounded by the longest accepted line (record.LINE_MAX; longer ones are read
+Memory stays bounded by the longest accepted line (log_read.LINE_MAX; longer ones are read
 past and counted, never held), whatever the size of the file: a log of a long run can be
 far larger than the RAM of the laptop reading it. Opening, the header, line splitting and
 decoding are the recorder's own (`vlmrl.instrument.record`), so the report reads exactly
@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Iterator, Optional, TextIO
 
-from vlmrl.instrument.record import LINE_MAX, ReadStats, open_log, parse_line, read_header, read_lines
+from vlmrl.instrument.log_read import LINE_MAX, ReadStats, open_log, parse_line, read_header, read_lines
 
 
 class Progress:

@@ -12,30 +12,19 @@ Non-finite scalars (jq rejects NaN) are written as {"nf": "nan" | "inf" | "-inf"
 
 A batch of lines goes out in one write followed by a flush, so a reader (`--attach`) sees
 whole batches and a process killed mid-write leaves at most one partial last line, which
-`read_log` skips and counts. No JAX here: logs are read on machines without it.
+the reader (log_read.py) skips and counts. No JAX here.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import stat
 import sys
 import threading
-from typing import Iterator, Optional
+from typing import Optional
 
-from vlmrl.instrument.events import SCHEMA_VERSION, Event, RunInfo, decode_event, encode_event
-
-HEADER_KEY = "vlmrl_log"
-HEADER_PREFIX = b'{"' + HEADER_KEY.encode() + b'":'
-# The longest line a reader takes (a stated limit): a longer one is skipped and counted as a
-# bad line, so one crafted line cannot take the reader's memory. The largest real event,
-# an attention matrix pooled on device, is a few MB.
-LINE_MAX = 16 << 20
-
-
-class LogFormatError(ValueError):
-    """The file is not a vlmrl event log (or one from a newer, unknown schema)."""
+from vlmrl.instrument.events import SCHEMA_VERSION, Event, RunInfo, encode_event
+from vlmrl.instrument.log_read import HEADER_KEY, LogFormatError, open_log, read_header
 
 
 
@@ -54,165 +43,6 @@ def header_line(run_info: Optional[RunInfo] = None, process_index: int = 0) -> s
         "pid": os.getpid(),
     }
     return json.dumps(head, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-
-
-def parse_header(line: bytes | str, path: str = "log") -> dict:
-    """The header dict (run_info rebuilt as a RunInfo) or LogFormatError naming the file.
-
-    A header whose run_info is not a valid RunInfo is still a header: run_info is None and
-    "bad_run_info" says why (the readers count it as a bad line; the rest plays)."""
-    try:
-        head = json.loads(line)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        head = None
-    if not isinstance(head, dict) or HEADER_KEY not in head:
-        raise LogFormatError(f"{path}: not a vlmrl event log (first line is not a vlmrl log header)")
-    version = head[HEADER_KEY]
-    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
-        raise LogFormatError(f"{path}: log schema version {version!r} is not supported (this vlmrl reads up to {SCHEMA_VERSION})")
-    info = head.get("run_info")
-    try:
-        head["run_info"] = decode_event(info) if info is not None else None
-        if head["run_info"] is not None and not isinstance(head["run_info"], RunInfo):
-            raise ValueError("it is not a run_info event")
-    except ValueError as exc:
-        head["run_info"], head["bad_run_info"] = None, f"bad run_info in the log header: {str(exc)[:200]}"
-    return head
-
-
-@dataclasses.dataclass
-class ReadStats:
-    """What reading a log found: events kept, lines skipped and why."""
-
-    events: int = 0
-    garbage: int = 0  # complete lines that are not valid events (too long ones included)
-    truncated: int = 0  # a last line cut short (writer killed mid-write)
-    first_error: str = ""
-
-    def note_garbage(self, lineno: int, why: str) -> None:
-        self.garbage += 1
-        if not self.first_error:
-            self.first_error = f"line {lineno}: {why}"
-
-    @property
-    def skipped(self) -> int:
-        return self.garbage + self.truncated
-
-    def summary(self) -> str:
-        return f"{self.events} events, {self.garbage} garbage lines skipped, {self.truncated} truncated line skipped"
-
-
-def parse_line(line: bytes, lineno: int, stats: ReadStats) -> Optional[Event]:
-    """One complete event line -> Event, or None (counted in stats) when it is garbage.
-
-    A repeated header (a run appended to the log) gives its RunInfo, or None."""
-    if not line.strip():
-        return None
-    if len(line) > LINE_MAX:
-        stats.note_garbage(lineno, f"line longer than {LINE_MAX} bytes")
-        return None
-    try:
-        data = json.loads(line)
-        if isinstance(data, dict) and data.get("kind") == "header":
-            head = parse_header(line)
-            if head.get("bad_run_info"):
-                raise ValueError(head["bad_run_info"])
-            event = head.get("run_info")
-            if event is None:
-                return None
-        else:
-            event = decode_event(data)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # LogFormatError is a ValueError
-        stats.note_garbage(lineno, str(exc)[:200])
-        return None
-    stats.events += 1
-    return event
-
-
-def open_log(path: str):
-    """Open a log for reading (binary); LogFormatError when it is not a readable regular file.
-
-    A directory, a FIFO (whose open would wait for a writer) or a device (/dev/zero never
-    ends) is refused before it is opened."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise LogFormatError(f"{path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise LogFormatError(f"{path}: {what}, not a vlmrl event log")
-    try:
-        return open(path, "rb")
-    except OSError as exc:
-        raise LogFormatError(f"{path}: {exc.strerror or exc}") from None
-
-
-def read_header(fh, path: str) -> dict:
-    """The header of a log opened with open_log (its first line), or LogFormatError."""
-    # The writer starts every log with this exact prefix: anything else is refused after
-    # a few bytes, so a huge file with no newline is never read into memory.
-    peek = fh.read(len(HEADER_PREFIX))
-    if not peek.strip():
-        raise LogFormatError(f"{path}: empty file, not a vlmrl event log")
-    if peek != HEADER_PREFIX:
-        parse_header(peek, path)
-    line = peek + fh.readline(LINE_MAX + 1)
-    if len(line) > LINE_MAX:
-        raise LogFormatError(f"{path}: first line longer than {LINE_MAX} bytes, not a vlmrl event log")
-    return parse_header(line, path)
-
-
-def read_lines(fh, limit: int = LINE_MAX) -> Iterator[tuple]:
-    """(line, complete) for each line of `fh`, newline stripped; complete is False for a
-    last line with no newline. A line over `limit` bytes is read past in chunks, never
-    held whole, and comes as (None, True)."""
-    while True:
-        line = fh.readline(limit + 1)
-        if not line:
-            return
-        if line.endswith(b"\n"):
-            yield line[:-1], True
-        elif len(line) <= limit:
-            yield line, False  # the end of the file, no newline after it
-            return
-        else:
-            while line and not line.endswith(b"\n"):
-                line = fh.readline(1 << 20)
-            yield None, True
-
-
-def read_log(path: str) -> tuple:
-    """Read a finished (or killed) log: (header dict, [events], ReadStats).
-
-    Streams the file line by line: memory is the events kept plus one line of at most
-    LINE_MAX bytes. A cut-off last line, lines longer than LINE_MAX and lines that are not
-    valid events are skipped and counted; a file whose first line is not a vlmrl header,
-    or that is not a readable regular file, raises LogFormatError.
-    """
-    with open_log(path) as fh:
-        header = read_header(fh, path)
-        stats = ReadStats()
-        if header.get("bad_run_info"):
-            stats.note_garbage(1, header["bad_run_info"])
-        events = []
-        for lineno, (line, complete) in enumerate(read_lines(fh), start=2):
-            if line is None:
-                stats.note_garbage(lineno, f"line longer than {LINE_MAX} bytes")
-                continue
-            if not complete and line.strip():
-                # No newline after it: the writer died inside this line. Keep it only if it
-                # is whole (a strict prefix of a JSON object never parses as one).
-                try:
-                    json.loads(line)
-                except (ValueError, UnicodeDecodeError, RecursionError):
-                    stats.truncated += 1
-                    continue
-            ev = parse_line(line, lineno, stats)
-            if ev is not None:
-                events.append(ev)
-    return header, events, stats
 
 
 # ---------------------------------------------------------------- writer

@@ -43,7 +43,7 @@ class TapConfig:
     matrix_layer: int | None = None
     matrix_head: int | None = None
     # Pooled side of that matrix. It travels as one log line: 1024^2 float32 is 4 MiB (5.6 MB in
-    # base64), inside the readers' 16 MiB line cap (record.LINE_MAX); 4096 would be 89 MB and
+    # base64), inside the readers' 16 MiB line cap (log_read.LINE_MAX); 4096 would be 89 MB and
     # every reader would skip it as an over-long line, so sides above MATRIX_MAX_LIMIT are refused.
     matrix_max: int = 1024
     # Send the watched sequence's newest attention row (mean over layers and heads, float16)

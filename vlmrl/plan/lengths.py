@@ -62,7 +62,7 @@ class Lengths:
 
     @classmethod
     def from_log(cls, path: str) -> "Lengths":
-        from vlmrl.instrument.record import LogFormatError, read_log
+        from vlmrl.instrument.log_read import LogFormatError, read_log
 
         if not os.path.isfile(path):
             raise LengthsError(f"--lengths log:{path}: no such file")

@@ -24,7 +24,8 @@ from vlmrl.envs.shapes import ENVS
 from vlmrl.instrument.bus import Bus
 from vlmrl.instrument.events import RunEnd, RunInfo, TrainingState
 from vlmrl.instrument.record import RecordError, check_record_path
-from vlmrl.utils.tui.replay import LogFollower, LogFormatError, ReplayLog, attach_events
+from vlmrl.utils.tui.attach import LogFollower, attach_events
+from vlmrl.utils.tui.replay import LogFormatError, ReplayLog
 
 DEMO_STEPS = 60  # colors learns in about this many updates (README: 62 to a 0.9 mean reward)
 LINGER_S = 3.0  # the demo keeps "finished" on screen this long before it prints its summary
@@ -84,7 +85,7 @@ def _comparison(args):
     flag); raises OSError/LogFormatError for a file that is not a readable log."""
     if not args.compare:
         return None
-    from vlmrl.instrument.record import read_log
+    from vlmrl.instrument.log_read import read_log
     from vlmrl.utils.tui.state import Comparison
     from vlmrl.utils.tui.store import Store
 
@@ -161,24 +162,28 @@ def _report_skipped(path: str, stats) -> None:
 
 def _run_replay(args, live_tui) -> int:
     try:
-        log = ReplayLog.open(args.replay)
+        log = ReplayLog.stream(args.replay)  # the header now; the dashboard reads the events as it draws
     except (OSError, LogFormatError) as exc:
         print(f"--replay {args.replay}: {exc}", file=sys.stderr)
         return 2
-    compare, failed = _compare_or_exit(args)
-    if failed:
-        return failed
-    tui = live_tui(bus=Bus(), fps=args.fps, replay=log, source="REPLAY", compare=compare)
-    if not tui.term.is_tty():  # nothing to navigate: print the run as plain lines
-        for ev in log.events:
-            tui.plain.feed(ev)
-        _report_skipped(args.replay, log.stats)
-        return 0
-    tui.start()
     try:
-        tui.wait(args.seconds)
+        compare, failed = _compare_or_exit(args)
+        if failed:
+            return failed
+        tui = live_tui(bus=Bus(), fps=args.fps, replay=log, source="REPLAY", compare=compare)
+        if not tui.term.is_tty():  # nothing to navigate: print the run as plain lines
+            log.load(None)
+            for ev in log.events:
+                tui.plain.feed(ev)
+            _report_skipped(args.replay, log.stats)
+            return 0
+        tui.start()
+        try:
+            tui.wait(args.seconds)
+        finally:
+            tui.stop()
     finally:
-        tui.stop()
+        log.close()
     _report_skipped(args.replay, log.stats)
     return 1 if tui.error else 0
 

@@ -107,6 +107,7 @@ class DashboardLoop:
                 self.store.apply(ev)
         meta["source"] = self.source()
         if replay is not None:
+            replay.load()  # a slice of a log still being read, so the screen is up and q answers
             replay.tick(now)
             self.store = replay.store_at(self.make_store, budget=FRAME_BUDGET)
             meta["source"] = replay.status()

@@ -1,169 +1,15 @@
-"""Watching a recorded run: follow a growing log (`--attach`) or step through a finished one (`--replay`).
+"""Stepping through a finished recorded run (`--replay`): a cursor over its steps and the store at it.
 
-Both read the event log written by `vlmrl.instrument.record.Recorder`; neither imports
-JAX, so a laptop can watch a run recorded on a GPU node (e.g. over sshfs or after rsync).
+Reads the event log written by `vlmrl.instrument.record.Recorder` (a growing one is
+followed by attach.py); no JAX here, so a laptop can replay a run recorded on a GPU node.
 """
 from __future__ import annotations
 
 import copy
-import os
-import time
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, List, Optional
 
 from vlmrl.instrument.events import DecodeState, Event, RunInfo, TrainingState
-from vlmrl.instrument.record import (HEADER_PREFIX, LINE_MAX, LogFormatError, ReadStats, open_log, parse_header,
-                                     parse_line, read_log)
-
-# One poll reads at most this much, so a huge file is taken over several polls and the
-# caller can still honour its stop condition (--seconds, q) in between.
-POLL_BYTES = 64 << 20
-
-# ------------------------------------------------------------------ attach
-
-
-class LogFollower:
-    """Incremental reader of a log that another process is still writing (tail -f).
-
-    `poll()` returns the events completed since the last call. A line is taken only once
-    its newline has arrived, so a batch half-written when we read it is picked up whole on
-    a later poll. A file that shrinks (the run restarted and rewrote it) is read again
-    from the top. A line longer than LINE_MAX (one never ended, too) is skipped and counted
-    without being held; a path that is not a readable regular file raises LogFormatError.
-    """
-
-    def __init__(self, path: str, chunk: int = 1 << 20):
-        self.path = path
-        self.header: Optional[dict] = None
-        self.stats = ReadStats()
-        self._chunk = chunk
-        self._fh = None
-        self._pos = 0
-        self._buf = bytearray()
-        self._lineno = 0
-        self._skipping = False  # inside a line longer than LINE_MAX: drop bytes up to its newline
-
-    def _open(self) -> bool:
-        if self._fh is None:
-            try:
-                self._fh = open_log(self.path)
-            except FileNotFoundError:
-                return False
-            self._pos, self._buf, self._lineno, self.header = 0, bytearray(), 0, None
-            self._skipping = False
-        return True
-
-    def poll(self) -> List[Event]:
-        """New complete events (the header's RunInfo first, once); [] when nothing new.
-
-        Reads until the end of the file or until a chunk completed at least one line, so
-        a huge line (a large AttentionMatrix) is taken in one poll, not one chunk per poll.
-        """
-        if not self._open():
-            return []
-        try:
-            size = os.fstat(self._fh.fileno()).st_size
-        except OSError:
-            size = self._pos
-        if size < self._pos:  # truncated or replaced: start over
-            self._fh.close()
-            self._fh = None
-            if not self._open():
-                return []
-        out: List[Event] = []
-        self._fh.seek(self._pos)
-        budget = POLL_BYTES
-        while not out and budget > 0:
-            try:
-                data = self._fh.read(self._chunk)
-            except OSError as exc:
-                raise LogFormatError(f"{self.path}: {exc.strerror or exc}") from None
-            if not data:
-                break
-            self._pos += len(data)
-            budget -= len(data)
-            if self._skipping:
-                nl = data.find(b"\n")
-                if nl < 0:
-                    continue
-                data, self._skipping = data[nl + 1:], False
-            scan_from = len(self._buf)
-            self._buf += data  # bytearray: appending a chunk does not copy what is there
-            if self._buf.find(b"\n", scan_from) >= 0:
-                *lines, rest = bytes(self._buf).split(b"\n")
-                self._buf = bytearray(rest)
-                for line in lines:
-                    self._take(line, out)
-            self._check_first_line()
-            if len(self._buf) > LINE_MAX:
-                self._too_long()
-        return out
-
-    def _too_long(self) -> None:
-        self._lineno += 1
-        if self.header is None:
-            raise LogFormatError(f"{self.path}: first line longer than {LINE_MAX} bytes, not a vlmrl event log")
-        self.stats.note_garbage(self._lineno, f"line longer than {LINE_MAX} bytes")
-        self._buf, self._skipping = bytearray(), True
-
-    def _take(self, line: bytes, out: List[Event]) -> None:
-        self._lineno += 1
-        if self.header is None:
-            if len(line) > LINE_MAX:
-                raise LogFormatError(f"{self.path}: first line longer than {LINE_MAX} bytes, not a vlmrl event log")
-            self.header = parse_header(line, self.path)
-            if self.header.get("bad_run_info"):
-                self.stats.note_garbage(self._lineno, self.header["bad_run_info"])
-            if self.header.get("run_info") is not None:
-                out.append(self.header["run_info"])
-            return
-        ev = parse_line(line, self._lineno, self.stats)
-        if ev is not None:
-            out.append(ev)
-
-    def _check_first_line(self) -> None:
-        buf = bytes(self._buf[:len(HEADER_PREFIX)])
-        if self.header is None and buf and not HEADER_PREFIX.startswith(buf):
-            # The writer starts every log with this exact prefix: anything else is not a
-            # log, and there is no need to wait for a newline that may never come.
-            parse_header(bytes(self._buf[:4096]), self.path)
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-
-def _stopped(stop) -> bool:
-    if stop is None:
-        return False
-    if callable(stop) and not hasattr(stop, "is_set"):
-        return bool(stop())
-    return stop.is_set()
-
-
-def attach_events(path: str, stop=None, poll: float = 0.1, follower: Optional[LogFollower] = None) -> Iterator[Event]:
-    """Yield the events of a growing log as they are written, until `stop` is set.
-
-    `stop` is a threading.Event (or a callable returning True to stop). Waits for the file
-    to appear. Raises LogFormatError when its first line is not a vlmrl log header or the
-    path is not a readable regular file. `follower`: a LogFollower of `path` to read with
-    (its `stats` count the bad lines), else a new one.
-    """
-    follower = follower if follower is not None else LogFollower(path)
-    try:
-        while not _stopped(stop):
-            events = follower.poll()
-            yield from events
-            if not events:
-                if stop is not None and hasattr(stop, "wait"):
-                    stop.wait(poll)
-                else:
-                    time.sleep(poll)
-    finally:
-        follower.close()
-
-
-# ------------------------------------------------------------------ replay
+from vlmrl.instrument.log_read import LogFormatError, LogReader, ReadStats, read_log
 
 SPEEDS = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 # During playback a pause in the recording longer than this (at 1x) is shortened to it:
@@ -178,6 +24,10 @@ MAX_CHECKPOINTS = 32
 # answer on a log of any length: the worst 10,000 took 3.0 s on a loaded 2-core VM (200,000
 # events each on a new batch row), so about 0.6 s a frame at this budget.
 FRAME_BUDGET = 2_000
+# Seconds of reading a dashboard frame spends on a log still being loaded (`ReplayLog.stream`):
+# the screen opens at once and q answers while a long log is read (200,000 events took
+# ~100 s to read whole on a 2-core VM before the first frame when read up front).
+LOAD_SECONDS = 0.04
 
 
 def _clone(store):
@@ -217,15 +67,12 @@ class ReplayLog:
         self.stats = stats or ReadStats(events=len(events))
         self.path = path
         run_info = self.header.get("run_info")
-        if any(isinstance(ev, RunInfo) for ev in events):
-            run_info = None  # the run published its own; applying the header's too adds nothing
-        self.events: List[Event] = ([run_info] if run_info is not None else []) + list(events)
-        lead = 1 if run_info is not None else 0
-        stops = [lead] + [i + 1 for i, ev in enumerate(self.events) if _is_step_event(ev)]
-        if stops[-1] != len(self.events):
-            stops.append(len(self.events))
-        self.stops = sorted(set(stops))
-        self.index = len(self.stops) - 1  # open at the end: the final screen of the run
+        self.events: List[Event] = [run_info] if run_info is not None else []
+        self._step_ends = [1 if run_info is not None else 0]
+        self.stops: List[int] = []
+        self.reader: Optional[LogReader] = None  # set by stream(): the rest of the log still to read
+        self._follow = True  # the cursor stays on the newest step while the log loads
+        self._extend(events)
         self.playing = False
         self.speed = 1.0
         self._next_due: Optional[float] = None
@@ -238,8 +85,46 @@ class ReplayLog:
 
     @classmethod
     def open(cls, path: str) -> "ReplayLog":
+        """The whole log, read before returning."""
         header, events, stats = read_log(path)
         return cls(events, header, stats, path)
+
+    @classmethod
+    def stream(cls, path: str) -> "ReplayLog":
+        """The log's header now (LogFormatError at once); its events as `load()` reads them."""
+        reader = LogReader(path)
+        log = cls([], reader.header, reader.stats, path)
+        log.reader = reader
+        return log
+
+    @property
+    def loading(self) -> bool:
+        return self.reader is not None
+
+    def load(self, seconds: Optional[float] = LOAD_SECONDS) -> None:
+        """Read the next part of a streamed log (all of it with seconds=None)."""
+        if self.reader is None:
+            return
+        self._extend(self.reader.read(seconds))
+        if self.reader.done:
+            self.reader = None
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
+
+    def _extend(self, events: List[Event]) -> None:
+        if events and isinstance(events[0], RunInfo) and self._step_ends == [1] == [len(self.events)]:
+            # the run's own RunInfo opens the log: the header's copy of it adds nothing
+            self.events, self._step_ends = [], [0]
+        base = len(self.events)
+        self.events.extend(events)
+        self._step_ends.extend(base + i + 1 for i, ev in enumerate(events) if _is_step_event(ev))
+        end = [] if self._step_ends[-1] == len(self.events) else [len(self.events)]
+        self.stops = self._step_ends + end
+        if self._follow:
+            self.index = len(self.stops) - 1  # open at the end: the final screen of the run
 
     # -- cursor ---------------------------------------------------------------
     @property
@@ -268,6 +153,12 @@ class ReplayLog:
     # -- keys and playback ----------------------------------------------------
     def handle_key(self, key: str) -> bool:
         """Apply a navigation key; True when it was one (the caller then skips it)."""
+        moved = self._navigate(key)
+        if moved:  # while loading, End (or stepping onto the newest step) follows the log again
+            self._follow = self.index == len(self.stops) - 1 and not self.playing
+        return moved
+
+    def _navigate(self, key: str) -> bool:
         if key in ("KEY_RIGHT", "right", "l"):
             self.playing = False
             self.step(1)
@@ -372,9 +263,11 @@ class ReplayLog:
         what = f"{ev.kind} step {getattr(ev, 'step', '?')}" if ev is not None else "start"
         skipped = self.stats.garbage + self.stats.truncated
         extra = f"  {skipped} bad lines skipped" if skipped else ""
-        if self.catching_up:
+        if self.reader is not None:
+            extra += f"  loading {int(100 * self.reader.progress())}% of the log"
+        elif self.catching_up:
             extra += f"  reading {100 * self._store_pos // max(len(self.events), 1)}%"
         return f"REPLAY {self.index}/{self.num_steps} {state} {speed}  {what}{extra}"
 
 
-__all__ = ["LogFollower", "attach_events", "ReplayLog", "LogFormatError", "SPEEDS"]
+__all__ = ["ReplayLog", "LogFormatError", "SPEEDS"]
