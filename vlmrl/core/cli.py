@@ -49,9 +49,36 @@ class Args:
     compile_cache: Optional[str] = _f(None, "directory of JAX's persistent compilation cache "
                                             "(None: $XDG_CACHE_HOME/vlmrl/jax, else ~/.cache/vlmrl/jax)")
     no_compile_cache: bool = _f(False, "compile everything afresh: neither read nor write the compilation cache")
+    mesh: Optional[str] = _f(None, "device mesh data=D,fsdp=F,tensor=T, product = device count "
+                                   "(None: every device on data; an axis left out is 1, data takes the rest)")
 
 
 DTYPES = ("float32", "bfloat16")
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def mesh_axes(spec: Optional[str]) -> dict:
+    """The sizes `--mesh` names, e.g. "data=2,fsdp=2" -> {"data": 2, "fsdp": 2} (None or "":
+    {}). Syntax only: whether they fit the devices is `vlmrl.core.mesh.parse_mesh`'s check."""
+    sizes: dict = {}
+    if spec is None or not spec.strip():
+        return sizes
+    for part in spec.split(","):
+        name, eq, value = part.strip().partition("=")
+        name = name.strip()
+        if not eq or name not in MESH_AXES:
+            raise UsageError(f"--mesh {spec!r}: expected axis=size pairs over {', '.join(MESH_AXES)}, "
+                             f"e.g. data=2,fsdp=2; got {part.strip()!r}")
+        if name in sizes:
+            raise UsageError(f"--mesh {spec!r}: axis {name} given twice")
+        try:
+            size = int(value.strip())
+        except ValueError:
+            raise UsageError(f"--mesh {spec!r}: size of {name} must be an integer, got {value.strip()!r}") from None
+        if not 1 <= size <= 1 << 20:
+            raise UsageError(f"--mesh {spec!r}: size of {name} must be in 1..1048576, got {size}")
+        sizes[name] = size
+    return sizes
 
 
 def resolved_dtype(args: "Args") -> str:
@@ -119,6 +146,10 @@ def validate(args: Args) -> None:
     if args.dtype is not None and args.dtype not in DTYPES:
         raise UsageError(f"--dtype {args.dtype!r}: choose one of {', '.join(DTYPES)}")
     layer_or_mean(args.matrix_layer, "--matrix_layer")
+    data = mesh_axes(args.mesh).get("data", 1)
+    if (args.batch * args.group) % data or (args.batch * args.group // args.minibatches) % data:
+        raise UsageError(f"--mesh data={data}: --batch x --group = {args.batch * args.group} rollout rows and "
+                         f"{args.batch * args.group // args.minibatches} minibatch rows must both divide by data")
     layer_or_mean(args.matrix_head, "--matrix_head")
     if args.resume and not args.ckpt:
         raise UsageError("--resume needs --ckpt DIR")

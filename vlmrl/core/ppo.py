@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vlmrl.core.mesh import batch_tree_shardings, constrain
 from vlmrl.core.update_stats import row_squares
 from vlmrl.instrument import tap_callback
 from vlmrl.instrument.taps import pack_update
@@ -119,7 +120,7 @@ def policy_loss(logp, entropy, old_logp, ref_logp, adv, mask, cfg: PPOConfig):
 # ---- the update ---------------------------------------------------------------------------------
 
 def make_update(apply_fn, cfg: PPOConfig, optimizer: optax.GradientTransformation, prompt_len: int,
-                vinputs_mb=None, stats=None):
+                vinputs_mb=None, stats=None, layout=None):
     """One jitted PPO update: `update(params, opt_state, batch, key, count) -> (params, opt_state, metrics)`.
 
     `batch` holds R rows (ids, attn_mask, position_ids [3, R, L], pixel_values [R, P, D],
@@ -130,8 +131,12 @@ def make_update(apply_fn, cfg: PPOConfig, optimizer: optax.GradientTransformatio
     `stats`: an `update_stats.UpdateTap`, or None for exactly the uninstrumented program;
     with it the update also reduces per-row statistics and they reach `stats.callback` in
     one host callback per update.
+    `layout`: (mesh, parameter shardings, optimizer-state shardings) of a sharded run, or
+    None; with it each minibatch's rows stay on the mesh's data axis and the parameters and
+    optimizer state keep their shardings through every step.
     """
     schedule = cfg.schedule()
+    mesh, param_sh, opt_sh = layout if layout is not None else (None, None, None)
     n_steps = cfg.epochs * cfg.minibatches
 
     def minibatch_loss(params, mb):
@@ -144,7 +149,8 @@ def make_update(apply_fn, cfg: PPOConfig, optimizer: optax.GradientTransformatio
         params, opt_state, count = carry[:3]
         (_, metrics), grads = grad_fn(params, mb)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
+        new_params = constrain(optax.apply_updates(params, updates), param_sh)
+        opt_state = constrain(opt_state, opt_sh)
         metrics = {**metrics, "optim/grad_norm": optax.tree.norm(grads), "optim/lr": schedule(count)}
         if stats is None:
             return (new_params, opt_state, count + 1), metrics
@@ -176,6 +182,8 @@ def make_update(apply_fn, cfg: PPOConfig, optimizer: optax.GradientTransformatio
         # [n_minibatches, rows, ...] per key; position_ids keep their leading mRoPE axis
         mbs = {k: jnp.stack([jnp.take(v, idx, axis=1 if k == "position_ids" else 0) for idx in order])
                for k, v in batch.items()}
+        if mesh is not None:  # [minibatch, rows, ...]: the rows of each on the data axis
+            mbs = constrain(mbs, batch_tree_shardings(mbs, mesh, lead=1))
         if stats is None:
             (params, opt_state, count), metrics = jax.lax.scan(step, (params, opt_state, count), mbs)
             return params, opt_state, jax.tree_util.tree_map(jnp.mean, metrics)

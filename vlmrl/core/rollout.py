@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vlmrl.core.mesh import batch_tree_shardings, put
 from vlmrl.envs.base import PromptBatch, rewards_for
 from vlmrl.envs.tokenizer import TextCodec, write_tokenizer_dir
 from vlmrl.models.qwen3vl.config import Qwen3VLConfig
@@ -239,5 +240,9 @@ def vision_inputs(grid: np.ndarray, n_images: int, vision_config):
     return prepare_vision_inputs(np.tile(np.asarray(grid, np.int64)[None], (n_images, 1)), vision_config)
 
 
-def to_device(tree):
-    return jax.tree_util.tree_map(jnp.asarray, tree)
+def to_device(tree, mesh=None):
+    """A rollout dict on device: whole on the default device, or with its rows split over
+    the mesh's data axis (`mesh.batch_tree_shardings`)."""
+    if mesh is None:
+        return jax.tree_util.tree_map(jnp.asarray, tree)
+    return put(tree, batch_tree_shardings(tree, mesh))

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from vlmrl.core import mesh as meshlib
 from vlmrl.errors import UsageError
 from vlmrl.instrument import taps as taps_lib
 from vlmrl.instrument.tap_host import CallContext, TapHost
@@ -126,11 +127,16 @@ class Sampler:
       bus, detok: where tap events go and how token ids become text (host side).
       cache_init, rope_index, vision_prep: overrides of KVCache.init,
         positions.get_rope_index and vision.prepare_vision_inputs (tests use a fake model).
+      mesh: a `jax.sharding.Mesh` (axes of vlmrl.core.mesh) to run on: prompt rows and the
+        KV cache split over its data axis (kv heads over tensor); weights as the caller
+        placed them (`update_params`). None: one device, the plain program.
     """
 
     def __init__(self, model, config: Optional[SamplingConfig] = None, tap: Optional[TapConfig] = None, bus=None,
-                 detok: Optional[Callable[[int], str]] = None, *, cache_init=None, rope_index=None, vision_prep=None):
+                 detok: Optional[Callable[[int], str]] = None, *, cache_init=None, rope_index=None, vision_prep=None,
+                 mesh=None):
         self.config = config or SamplingConfig()
+        self.mesh = mesh
         self.model_config = model.config
         self.tap = tap if taps_lib.is_on(tap) else None
         self.graphdef, self.state = nnx.split(model)
@@ -269,6 +275,10 @@ class Sampler:
         key = jax.random.PRNGKey(0) if key is None else key
         args = [self.state, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pos), jnp.asarray(deltas), pv, vin,
                 key, jnp.float32(temperature), jnp.float32(top_p), jnp.int32(max_new_tokens), jnp.int32(1)]
+        if self.mesh is not None:  # rows on the data axis (pixels: patches in row order), the rest replicated
+            for i, axis in ((1, 0), (2, 0), (3, 1), (4, 0), (5, 0)):  # ids, mask, pos [3,B,S], deltas, pixels
+                if args[i] is not None:
+                    args[i] = jax.device_put(args[i], meshlib.rows_sharding(self.mesh, args[i].shape, axis))
         greedy = temperature == 0.0  # top-k / top-p cannot change an argmax: keep them out of the cache key
         statics = dict(n_bucket=n_bucket, greedy=greedy, top_k=0 if greedy else int(top_k),
                        use_top_p=not greedy and top_p < 1.0)
@@ -302,6 +312,8 @@ class Sampler:
         model = nnx.merge(self.graphdef, state)
         cache = self._cache_init(self.model_config, B, S + n_bucket, self.cache_dtype)
         cache = _replace(cache, rope_deltas=deltas)
+        cache_sh = None if self.mesh is None else meshlib.cache_shardings(cache, self.mesh)
+        cache = meshlib.constrain(cache, cache_sh)
         logits, cache, aux = model.forward(ids, mask, pos, pixel_values=pv, vinputs=vin, cache=cache, tap=tap)
         stop = jnp.asarray(cfg.stop_ids, jnp.int32)
 
@@ -329,6 +341,7 @@ class Sampler:
             i, tok, done, cache, lengths, buf_t, buf_lp, buf_e = c
             m = nnx.merge(self.graphdef, state)
             logits, cache, aux = m.decode_step(tok, cache, tap=tap)
+            cache = meshlib.constrain(cache, cache_sh)
             new, lp, ent, _ = pick(logits, i)
             alive = ~done
             new = jnp.where(alive, new, cfg.pad_id)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlmrl.core.mesh import mesh_shape
 from vlmrl.core.rollout import make_batch
 from vlmrl.instrument.events import GROUP_MAX_CELLS, GROUP_MAX_ROWS, CreditState, GroupState, RunEnd, RunInfo, TrainingState
 from vlmrl.instrument.tap_host import UpdateTapHost
@@ -42,13 +43,17 @@ def run_info(trainer) -> RunInfo:
     rows = trainer.args.batch * trainer.args.group
     kv = trainer.sampler.kv_cache_spec(rows, cache)
     kind, in_use, limit, source = device_memory()
+    per_use, per_limit = devices_memory()
     return RunInfo(model_name=trainer.config.name, num_layers=t.num_hidden_layers, num_heads=t.num_attention_heads,
                    num_kv_heads=t.num_key_value_heads, head_dim=t.head_dim, dtype=str(kv.k.dtype),
                    weights_dtype=array_dtypes(trainer.params), max_cache=cache, batch=rows,
                    vision_depth=trainer.config.vision.depth,
                    # DeepStack adds the features of the i-th listed vision block after LLM layer i
                    deepstack_layers=tuple(range(len(trainer.config.vision.deepstack_visual_indexes))),
-                   device_kind=kind, device_memory_in_use=in_use, device_memory_limit=limit, memory_source=source)
+                   device_kind=kind, device_memory_in_use=in_use, device_memory_limit=limit, memory_source=source,
+                   process_index=jax.process_index(), process_count=jax.process_count(),
+                   device_count=jax.device_count(), mesh_shape=mesh_shape(trainer.mesh),
+                   devices_memory_in_use=per_use, devices_memory_limit=per_limit)
 
 
 def array_dtypes(tree) -> str:
@@ -69,6 +74,23 @@ def device_memory():
     if stats and stats.get("bytes_in_use") is not None:
         return dev.device_kind, int(stats["bytes_in_use"]), stats.get("bytes_limit"), "device"
     return dev.device_kind, resident_bytes(), host_total_bytes(), "host"
+
+
+def devices_memory() -> tuple:
+    """((bytes in use per local device), (bytes limit per local device)) from each device's
+    own memory_stats(), or ((), ()) when any device reports none (CPU does not): a sum over
+    some devices would pass for the whole."""
+    in_use, limits = [], []
+    for dev in jax.local_devices():
+        try:
+            stats = dev.memory_stats()
+        except Exception:  # backends without the call raise rather than return None
+            stats = None
+        if not stats or stats.get("bytes_in_use") is None:
+            return (), ()
+        in_use.append(int(stats["bytes_in_use"]))
+        limits.append(int(stats.get("bytes_limit") or 0))
+    return tuple(in_use), tuple(limits)
 
 
 def resident_bytes() -> Optional[int]:
@@ -93,8 +115,9 @@ def host_total_bytes() -> Optional[int]:
 def with_memory(info: RunInfo) -> RunInfo:
     """`info` with the device memory read now (republished after each update)."""
     _, in_use, limit, source = device_memory()
+    per_use, per_limit = devices_memory()
     return dataclasses.replace(info, device_memory_in_use=in_use, device_memory_limit=limit, memory_source=source,
-                               wall_time=time.time())
+                               devices_memory_in_use=per_use, devices_memory_limit=per_limit, wall_time=time.time())
 
 
 def _float_dtype(tree) -> str:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vlmrl.core import checkpoint, ppo, rollout, telemetry
+from vlmrl.core import checkpoint, mesh as meshlib, ppo, rollout, telemetry
 from vlmrl.core.cli import Args, UsageError, resolved_dtype
 from vlmrl.core.sampling import Sampler
 from vlmrl.envs.shapes import make_env
@@ -49,15 +49,30 @@ class Trainer:
             raise UsageError(f"--matrix_layer {tap.matrix_layer}: the model has {t.num_hidden_layers} layers")
         if tap is not None and tap.matrix_head is not None and tap.matrix_head >= t.num_attention_heads:
             raise UsageError(f"--matrix_head {tap.matrix_head}: the model has {t.num_attention_heads} heads")
+        # the device mesh (--mesh); on one device nothing is placed and the programs stay plain
+        self.mesh = meshlib.make_mesh(meshlib.parse_mesh(args.mesh, jax.device_count()))
+        rows = args.batch * args.group
+        meshlib.check_rows(rows, self.mesh, "--batch x --group")
+        meshlib.check_rows(rows // args.minibatches, self.mesh, "a minibatch (--batch x --group / --minibatches)")
+        self.sharded = self.mesh.size > 1
         self.graphdef, self.params = nnx.split(model)
+        if self.sharded:
+            self.params = meshlib.put(self.params, meshlib.param_shardings(self.params, self.mesh))
         self.ref_params = jax.tree_util.tree_map(jnp.copy, self.params)  # frozen reference policy
         self.ppo_cfg = ppo.PPOConfig(lr=args.lr, kl_coef=args.kl_coef, ent_coef=args.ent_coef, epochs=args.epochs,
                                      minibatches=args.minibatches, final_lr_frac=args.lr_final,
                                      total_steps=args.steps * args.epochs * args.minibatches)
         self.optimizer = self.ppo_cfg.optimizer()
         self.opt_state = self.optimizer.init(self.params)
+        self.layout = None  # (mesh, parameter shardings, optimizer-state shardings) when sharded
+        if self.sharded:
+            self.layout = (self.mesh, meshlib.param_shardings(self.params, self.mesh),
+                           meshlib.param_shardings(self.opt_state, self.mesh))
+            self.opt_state = meshlib.put(self.opt_state, self.layout[2])
         self.sampler = Sampler(model, rollout.sampling_config(self.codec), tap=tap, bus=bus,
-                               detok=self.codec.token_text)
+                               detok=self.codec.token_text, mesh=self.mesh if self.sharded else None)
+        if self.sharded:
+            self.sampler.update_params(self.params)
         self.key = jax.random.PRNGKey(args.seed)
         self.step = 0
         # the update taps: with the sampler's taps on (and their update_stats switch)
@@ -88,7 +103,8 @@ class Trainer:
         mb_rows = R // self.ppo_cfg.minibatches
         score = ppo.make_scorer(apply_fn, ro.prompt_len, rollout.vision_inputs(ro.grid, R, self.config.vision))
         update = ppo.make_update(apply_fn, self.ppo_cfg, self.optimizer, ro.prompt_len,
-                                 rollout.vision_inputs(ro.grid, mb_rows, self.config.vision), stats=self.update_tap)
+                                 rollout.vision_inputs(ro.grid, mb_rows, self.config.vision), stats=self.update_tap,
+                                 layout=self.layout)
         credit = jax.jit(lambda *a: ppo.token_credit(*a, self.ppo_cfg))
         self._fns = (ro.ids.shape, score, update, credit)
 
@@ -107,7 +123,7 @@ class Trainer:
         t1 = time.perf_counter()
         batch = {"ids": ro.ids, "attn_mask": ro.attn_mask, "position_ids": ro.position_ids,
                  "pixel_values": ro.pixel_values, "completion_mask": ro.completion_mask}
-        batch = rollout.to_device(batch)
+        batch = rollout.to_device(batch, self.mesh if self.sharded else None)
         adv = ppo.group_advantages(ro.rewards, a.group, self.ppo_cfg.adv_eps)
         old_logp, old_entropy = score(self.params, batch)
         ref_logp, _ = score(self.ref_params, batch)
@@ -160,6 +176,8 @@ class Trainer:
             raise UsageError(f"--resume: {exc}") from None
         if meta and meta != self.meta():
             raise UsageError(f"--resume: checkpoint in {directory} was made with {meta}, this run is {self.meta()}")
+        if self.sharded:
+            params, opt_state = meshlib.put(params, self.layout[1]), meshlib.put(opt_state, self.layout[2])
         self.step, self.params, self.opt_state, self.key = step, params, opt_state, jnp.asarray(rng)
         self.sampler.update_params(self.params)
         return True

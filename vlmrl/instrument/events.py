@@ -64,6 +64,15 @@ class RunInfo(Event):
     weights_dtype: str = ""
     process_index: int = 0
     process_count: int = 1
+    # Devices of the whole run (all processes) and their mesh (data, fsdp, tensor); () for a
+    # writer that predates meshes.
+    device_count: int = 1
+    mesh_shape: tuple = ()
+    # Bytes in use / limit of each local device, in device order, from each device's own
+    # memory_stats(); () where the backend reports none (CPU). device_memory_in_use above is
+    # the first device's (or the host's, by memory_source).
+    devices_memory_in_use: tuple = ()
+    devices_memory_limit: tuple = ()
     # What the run is doing when no step has finished yet ("compiling ..."); "" when training.
     status: str = ""
     # How long the status has lasted, in seconds: a run republishes RunInfo while it compiles.
@@ -304,7 +313,8 @@ def encode_event(event: Event) -> dict:
     return data
 
 
-_TUPLE_FIELDS = ("vision_span", "vision_grid", "deepstack_layers")
+_TUPLE_FIELDS = ("vision_span", "vision_grid", "deepstack_layers", "mesh_shape", "devices_memory_in_use",
+                 "devices_memory_limit")
 
 
 def decode_event(data: Any) -> Event:

@@ -92,6 +92,13 @@ _layers = lambda v: _int(v, MAX_LAYERS)  # noqa: E731
 _count = lambda v: _int(v, 1 << 20)  # noqa: E731
 _wall = _finite
 
+MAX_DEVICES = 1 << 16  # devices of one run (a mesh axis, the per-device memory tuples)
+
+
+def _device_bytes(v: Any) -> bool:
+    return isinstance(v, tuple) and len(v) <= MAX_DEVICES and all(map(_index, v))
+
+
 # kind -> field -> check; a field not named here is checked by its type alone.
 FIELDS: Dict[str, Dict[str, Callable[[Any], bool]]] = {
     "run_info": {
@@ -101,6 +108,9 @@ FIELDS: Dict[str, Dict[str, Callable[[Any], bool]]] = {
         "deepstack_layers": lambda v: isinstance(v, tuple) and len(v) <= MAX_LAYERS and all(map(_layers, v)),
         "device_kind": _text, "device_memory_in_use": _optional(_index), "device_memory_limit": _optional(_index),
         "process_index": _count, "process_count": _count, "status": _text, "wall_time": _wall,
+        "device_count": lambda v: _int(v, MAX_DEVICES, 1),
+        "mesh_shape": lambda v: isinstance(v, tuple) and len(v) in (0, 3) and all(_int(x, MAX_DEVICES, 1) for x in v),
+        "devices_memory_in_use": _device_bytes, "devices_memory_limit": _device_bytes,
     },
     "decode": {
         "step": _index, "token_id": _index, "token_text": _text, "token_prob": _prob, "cache_len": _index,
