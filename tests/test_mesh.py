@@ -100,12 +100,13 @@ def test_param_shardings_on_one_device_mesh_replicate_everything():
     assert meshlib.describe(meshlib.mesh_shape(mesh)) == "data=1,fsdp=1,tensor=1"
 
 
+@pytest.mark.slow
 def test_tiny_trainer_on_4_devices_shards_params_and_optimizer_state():
-    out = run_devices(4, "placement")
+    out = run_devices(4, "placement", "step")
     assert out["devices"] == 4 and out["mesh"] == [2, 2, 1]
     params = out["params"]
     q = next(v for k, v in params.items() if "['layers'][0]['self_attn']['q_proj']['kernel']" in k)
-    assert q == ["P('fsdp', None)", [64, 64], [32, 64]]
+    assert q == ["('fsdp',)", [64, 64], [32, 64]]
     sharded = [v for v in params.values() if "fsdp" in v[0]]
     # every array with a dimension that splits in two is split, and its local shard is half
     for spec, shape, local in params.values():
@@ -114,6 +115,7 @@ def test_tiny_trainer_on_4_devices_shards_params_and_optimizer_state():
             assert np.prod(local) * 2 == np.prod(shape), (spec, shape, local)
     assert len(sharded) > 40
     assert sum("fsdp" in s for s in out["opt"]) == 2 * len(sharded)  # Adam's mu and nu alike
+    assert out["after_step"] == [params, out["opt"]]  # an update leaves every array where it was
 
 
 # Same seed, same flags: a data=2,fsdp=2 run on 4 devices against the one-device run.
@@ -149,3 +151,21 @@ def test_readme_lists_every_train_flag():
     section = readme[readme.index("### Train flags"):readme.index("### Several devices")]
     missing = [f.name for f in dataclasses.fields(Args) if f"`--{f.name}" not in section]
     assert missing == []
+
+
+@pytest.mark.slow
+def test_taps_on_a_mesh_send_one_event_stream_and_off_is_off():
+    out = run_devices(4, "taps")
+    one, mesh = out["one"], out["mesh"]
+    # prefill + 7 decode steps at stride 1: one callback per emitted step for the whole mesh
+    assert mesh["callbacks"] == one["callbacks"] == 8 and mesh["decode_callbacks"] == 7
+    # the same events (step, row, token, prob) as on one device: 4 published rows per emit
+    assert len(mesh["events"]) == 8 * 4 and mesh["events"] == one["events"]
+    assert mesh["tokens"] == one["tokens"]
+    # the payload is reduced before the gather: what reaches the host does not grow with devices
+    assert 0 < mesh["bytes"] == one["bytes"] < 4096
+    # off is off on the sharded program: no callback in its jaxpr or HLO, identical to no taps
+    assert out["jaxpr_off_equals_plain"] and out["jaxpr_off_sharded"] > 0
+    assert out["jaxpr_callbacks"]["off"] == out["jaxpr_callbacks"]["plain"] == 0 < out["jaxpr_callbacks"]["on"]
+    assert out["hlo_callbacks"]["off"] == 0 < out["hlo_callbacks"]["on"]
+    assert out["update"]["callbacks"] == 0 < out["update"]["constraints"]
