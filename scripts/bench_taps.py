@@ -10,6 +10,13 @@ least disturbed estimate) and of their process CPU time. Random weights; no down
 
     python scripts/bench_taps.py                       # tiny preset, CPU, about 1-2 minutes
     python scripts/bench_taps.py --preset 2b --dtype bfloat16 --new-tokens 512   # on a GPU
+    python scripts/bench_taps.py --mesh data=2,fsdp=2   # sharded over 4 devices (fake CPU ones if needed)
+
+With --mesh the weights are sharded by the mesh rules (vlmrl.core.mesh), the rows over
+`data`, and both samplers run on the mesh; on a machine with fewer devices than the mesh
+needs and no device count in XLA_FLAGS, the CPU is split into that many fake devices
+(set before JAX is imported). Bytes per emit are then what the one gather per emitted
+step moves from the mesh to the host.
 
 Prints a table; the last line is one JSON object (ratio_on_off, bytes_per_emit, ...).
 """
@@ -25,12 +32,40 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
+def _fake_devices_for(argv) -> None:
+    """Split the CPU into as many fake devices as `--mesh` names (replacing a count XLA_FLAGS
+    already sets); must run before JAX is imported. A GPU or TPU uses its real devices."""
+    import re
+
+    from vlmrl.core.cli import mesh_axes
+
+    spec = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--mesh"), None)
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--mesh=")), spec)
+    try:
+        sizes = mesh_axes(spec)
+    except Exception:  # a bad spec: argparse below reports it
+        return
+    if not sizes:
+        return
+    n = 1
+    for size in sizes.values():
+        n *= size
+    flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", os.environ.get("XLA_FLAGS", ""))
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+if __name__ == "__main__":
+    _fake_devices_for(sys.argv[1:])
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from vlmrl.core import mesh as meshlib  # noqa: E402
 from vlmrl.core.sampling import Sampler, SamplingConfig  # noqa: E402
+from vlmrl.errors import UsageError  # noqa: E402
 from vlmrl.instrument.bus import Bus  # noqa: E402
 from vlmrl.instrument.taps import TapConfig  # noqa: E402
 from vlmrl.models.qwen3vl import Qwen3VL, Qwen3VLConfig  # noqa: E402
@@ -97,10 +132,12 @@ def tokens_per_s(sampler: Sampler, prompts, n: int):
     return tok / (time.perf_counter() - t0), tok / max(1e-9, time.process_time() - c0)
 
 
-def bytes_per_emit(model, context: int, batch: int) -> int:
+def bytes_per_emit(model, context: int, batch: int, mesh=None, state=None) -> int:
     """Device-to-host bytes of one emitted decode step with a cache of `context` slots."""
     cfg = SamplingConfig(stop_ids=(), prompt_buckets=(64,), new_token_buckets=(context - 64,))
-    s = Sampler(model, cfg, tap=TapConfig(enabled=True), bus=Bus())
+    s = Sampler(model, cfg, tap=TapConfig(enabled=True), bus=Bus(), mesh=mesh)
+    if state is not None:
+        s.update_params(state)
     s.host.stride = 1
     s.generate(prompts=[np.arange(2, 50)] * batch, max_new_tokens=4)
     return int(s.host.last_bytes)
@@ -110,7 +147,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="tiny", help="tiny | 2b | 4b | 8b (random weights)")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=None, help="prompts per call (default 1, or the data size)")
+    ap.add_argument("--mesh", default=None, help="device mesh data=D,fsdp=F,tensor=T (default: one device)")
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=96)
     ap.add_argument("--reps", type=int, default=16, help="interleaved off/on pairs")
@@ -124,13 +162,30 @@ def main(argv=None) -> dict:
     if not contexts or min(contexts) <= 64:
         ap.error(f"--contexts: each cache size must exceed the 64-token prompt bucket, got {args.contexts!r}")
 
+    mesh = state = None
+    if args.mesh:
+        try:
+            mesh = meshlib.make_mesh(meshlib.parse_mesh(args.mesh, jax.device_count()))
+        except UsageError as exc:
+            ap.error(str(exc))
+    data = 1 if mesh is None else mesh.shape["data"]
+    args.batch = data if args.batch is None else args.batch
+    if args.batch < 1 or args.batch % data:
+        ap.error(f"--batch {args.batch} must be a positive multiple of the mesh's data size {data}")
+
     t_start = time.perf_counter()
     model = build_model(args.preset, args.dtype)
+    if mesh is not None:  # the weights sharded by the mesh rules, as a trainer places them
+        state = nnx.state(model)
+        state = meshlib.put(state, meshlib.param_shardings(state, mesh))
     prompts = [np.random.default_rng(i).integers(2, 100_000, args.prompt_len) for i in range(args.batch)]
     scfg = SamplingConfig(stop_ids=(), emit_rate=args.emit_rate)
     bus = Bus()
-    off = Sampler(model, scfg)
-    on = Sampler(model, scfg, tap=TapConfig(enabled=True), bus=bus, detok=lambda i: f"tok{i}")
+    off = Sampler(model, scfg, mesh=mesh)
+    on = Sampler(model, scfg, tap=TapConfig(enabled=True), bus=bus, detok=lambda i: f"tok{i}", mesh=mesh)
+    if state is not None:
+        off.update_params(state)
+        on.update_params(state)
     dash = Dashboard(bus)
     dash.start()
     # compile both, then let the stride settle on the target rate
@@ -153,7 +208,7 @@ def main(argv=None) -> dict:
     emits = on.host.decode_callbacks - cb0
     dash.stop()
     dropped = dash.sub.total_dropped
-    bpe = {str(c): bytes_per_emit(model, c, args.batch) for c in contexts}
+    bpe = {str(c): bytes_per_emit(model, c, args.batch, mesh, state) for c in contexts}
 
     ratio = statistics.median(ratios)
     result = dict(
@@ -166,9 +221,12 @@ def main(argv=None) -> dict:
         consumer_busy_frac=round(dash.busy_s / max(1e-9, time.perf_counter() - t_start), 3),
         preset=args.preset, dtype=args.dtype, batch=args.batch, new_tokens=args.new_tokens, reps=args.reps,
         device=str(jax.devices()[0].device_kind), wall_s=round(time.perf_counter() - t_start, 1),
+        devices=jax.device_count(), mesh=None if mesh is None else meshlib.describe(meshlib.mesh_shape(mesh)),
+        emit_callbacks=emits,
     )
     print(f"tap overhead, preset {args.preset} {args.dtype}, batch {args.batch}, {args.new_tokens} new tokens, "
-          f"{args.reps} interleaved pairs, consumer: {dash.kind}, device {result['device']}")
+          f"{args.reps} interleaved pairs, consumer: {dash.kind}, device {result['device']} x {result['devices']}"
+          + ("" if mesh is None else f", mesh {result['mesh']} (bytes per emit: one gather to the host)"))
     print(f"{'rep':>4} {'off tok/s':>10} {'on tok/s':>10} {'on/off':>7} {'cpu-time on/off':>16}")
     for i, (a, b, r, c) in enumerate(zip(tps_off, tps_on, ratios, cpu_ratios)):
         print(f"{i:>4} {a:>10.1f} {b:>10.1f} {r:>7.3f} {c:>16.3f}")

@@ -323,9 +323,13 @@ class Sampler:
 
         t_used = jnp.float32(1.0) if greedy else jnp.maximum(temperature, 1e-6)  # as in sample_logits
         tok, lp, ent, _ = pick(logits[:, -1], 0)
+        # on a mesh an emit's packed payload is replicated (one small all-gather), then handed
+        # to the host once, from one device: one event per emitted step for the whole mesh
+        gather = None if self.mesh is None else functools.partial(meshlib.constrain,
+                                                                   shardings=meshlib.replicated(self.mesh))
         if tap is not None:
-            taps_lib.emit(host.on_prefill, taps_lib.prefill_payload(tap, aux, logits[:, -1], t_used, tok, lp, ent,
-                                                                    cache.length))
+            payload = taps_lib.prefill_payload(tap, aux, logits[:, -1], t_used, tok, lp, ent, cache.length)
+            taps_lib.emit(host.on_prefill, payload if gather is None else gather(payload))
         buf_t = jnp.full((B, n_bucket), cfg.pad_id, jnp.int32).at[:, 0].set(tok)
         buf_lp = jnp.zeros((B, n_bucket), jnp.float32).at[:, 0].set(lp)
         buf_e = jnp.zeros((B, n_bucket), jnp.float32).at[:, 0].set(ent)
@@ -348,7 +352,7 @@ class Sampler:
             if tap is not None:
                 length = cache.length
                 taps_lib.gated_emit(host.on_decode, i, stride, lambda: taps_lib.decode_payload(
-                    tap, aux, logits, t_used, new, lp, ent, alive, i, length))
+                    tap, aux, logits, t_used, new, lp, ent, alive, i, length), gather=gather)
             col = lax.dynamic_update_slice
             buf_t = col(buf_t, new[:, None], (0, i))
             buf_lp = col(buf_lp, jnp.where(alive, lp, 0.0)[:, None], (0, i))

@@ -263,12 +263,18 @@ def prefill_payload(tap: TapConfig, aux: dict, logits_bv, temperature, token_b, 
     return out
 
 
-def gated_emit(callback: Callable, step, stride, make_payload: Callable[[], dict]) -> None:
+def gated_emit(callback: Callable, step, stride, make_payload: Callable[[], dict],
+               gather: Optional[Callable] = None) -> None:
     """Emit when step % stride == 0; `step` must be unbatched (a batched predicate under vmap
     runs both branches, i.e. emits every step). The payload is built only in the taken branch
-    and travels packed into one buffer."""
-    lax.cond(step % jnp.maximum(stride, 1) == 0, lambda: tap_callback.emit(callback, pack_payload(make_payload())),
-             lambda: None)
+    and travels packed into one buffer. `gather` (a sharded program's): applied to that
+    buffer before the callback, e.g. a constraint that replicates it, so the only collective
+    an emit adds moves the packed bytes and nothing larger."""
+    def fire():
+        packed = pack_payload(make_payload())
+        tap_callback.emit(callback, packed if gather is None else gather(packed))
+
+    lax.cond(step % jnp.maximum(stride, 1) == 0, fire, lambda: None)
 
 
 # ---- the update taps (once per PPO update; the rows are built in vlmrl.core.update_stats) ----
