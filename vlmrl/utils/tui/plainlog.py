@@ -18,6 +18,7 @@ from typing import Callable, Optional, TextIO
 
 from vlmrl.instrument.events import CreditState, DecodeState, Event, RunEnd, RunInfo, TrainingState, UpdateStats
 from vlmrl.utils.tui.canvas import sanitize, truncate
+from vlmrl.utils.tui.panels.common import fmt_scale
 from vlmrl.utils.tui.update_math import alerts, fmt_ratio
 
 
@@ -226,7 +227,8 @@ class PlainLog:
     def run_line(self, r: RunInfo) -> str:
         return (f"run {truncate(str(r.model_name), 32)} | {r.num_layers} layers x {r.num_heads} heads "
                 f"(kv {r.num_kv_heads}, dim {r.head_dim}, {sanitize(str(r.dtype))}) | cache {r.max_cache} | "
-                f"batch {r.batch} | device {truncate(str(r.device_kind), 24)}")
+                f"batch {r.batch} | device {truncate(str(r.device_kind), 24)}"
+                + (f" x {fmt_scale(r)}" if fmt_scale(r) else ""))
 
     def run(self, sub, stop: threading.Event, poll: float = 0.5) -> None:
         """Consume a bus subscription until `stop` is set (the plain-log thread's body)."""

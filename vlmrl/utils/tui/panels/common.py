@@ -346,3 +346,18 @@ def open_panel(state, view, width: int, height: int):
     b = view.batch_index % state.batch_size()
     return Canvas(width, height), b, state.decode_for(b)
 
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def fmt_scale(run) -> str:
+    """A run's devices, mesh and processes, e.g. "4 · data 2 fsdp 2" or "8 · data 4 fsdp 2 ·
+    2 procs"; "" for one device in one process (nothing to say). Axes of size 1 are left out."""
+    if run is None:
+        return ""
+    devices, procs = int(run.device_count), int(run.process_count)
+    if devices <= 1 and procs <= 1:
+        return ""
+    axes = " ".join(f"{a} {int(n)}" for a, n in zip(MESH_AXES, run.mesh_shape) if int(n) > 1)
+    return " · ".join(x for x in (str(devices), axes, f"{procs} procs" if procs > 1 else "") if x)
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vlmrl.utils.tui.canvas import Canvas, text_width, truncate
 from vlmrl.utils.tui.palette import sparkline
-from vlmrl.utils.tui.panels.common import NA, fmt_duration, fmt_int, fmt_num, fmt_rate, put, put_glyphs
+from vlmrl.utils.tui.panels.common import NA, fmt_duration, fmt_int, fmt_num, fmt_rate, fmt_scale, put, put_glyphs
 from vlmrl.utils.tui.render_cache import RenderCache
 
 SEP = " │ "
@@ -28,7 +28,13 @@ def _segments(state, now):
         ("dropped", fmt_int(state.dropped)),
         ("fps", NA if fps is None else fmt_num(fps, 1)),
         ("up", fmt_duration(state.uptime(now))),
-    ] + _frame_ms(state)
+    ] + _scale(state) + _frame_ms(state)
+
+
+def _scale(state):
+    """The devices, mesh and processes of a run on more than one device (none on one)."""
+    text = fmt_scale(state.run)
+    return [("devices", text)] if text else []
 
 
 def run_status(state) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from types import MappingProxyType
 
-from vlmrl.utils.tui.canvas import PLAIN, Canvas
+from vlmrl.utils.tui.canvas import PLAIN, Canvas, sanitize, truncate
 from vlmrl.utils.tui.palette import hbar
 from vlmrl.utils.tui.panels import flow
 from vlmrl.utils.tui.panels.attention import page_bounds
@@ -113,13 +113,14 @@ def render(state, view, width, height, now, theme, cache=None) -> Canvas:
         pairs = [("KV", fmt_bytes_pair(used_b, alloc_b))]
         # "host": the backend reports no device memory (CPU): the process's resident memory
         where = "host" if run is not None and run.memory_source == "host" else "device"
-        if run is not None and run.device_memory_in_use is not None and run.device_memory_limit:
-            dev = _device(run.device_memory_in_use, run.device_memory_limit, cache.memo("kvcache.device"))
-        else:
-            dev = NA
+        in_use, limit = (None, None) if run is None else (run.device_memory_in_use, run.device_memory_limit)
+        per = per_device(run)
+        if per is not None:  # several devices that each report: their sum (per device on row 3)
+            where, in_use, limit = "devices Σ", sum(per[0]), sum(per[1]) or None
+        dev = _device(in_use, limit, cache.memo("kvcache.device")) if in_use is not None and limit else NA
         pairs.append((where, dev))
-        if alloc_b is not None and run is not None and run.device_memory_limit:
-            pairs.append((f"KV/{where}", f"{100.0 * alloc_b / run.device_memory_limit:.1f}%"))
+        if alloc_b is not None and limit:
+            pairs.append((f"KV/{where.split()[0]}", f"{100.0 * alloc_b / limit:.1f}%"))
         pairs_line(cache, c, 1, pairs, theme)
     if height > 2:
         pages = NA if used is None or not cap else f"{math.ceil(used / PAGE_TOKENS)}/{math.ceil(cap / PAGE_TOKENS)}"
@@ -131,13 +132,46 @@ def render(state, view, width, height, now, theme, cache=None) -> Canvas:
             shape = f"2×{run.num_layers}L×{run.num_kv_heads}kv×{run.head_dim}d×{dt}×b{run.batch}"
             pairs += [("", shape), ("", f"(contiguous, counted in {PAGE_TOKENS}-tok pages)")]
         pairs_line(cache, c, 2, pairs, theme)
-    rows = height - 1 - INFO_ROWS
+    info = INFO_ROWS
+    if run is not None and (run.device_count > 1 or run.devices_memory_in_use):
+        info += 1
+        if height > 3:
+            label = "per device"
+            text = truncate(devices_text(run), max(1, width - len(label) - 3))
+            pairs_line(cache, c, 3, [(label, text)], theme, keep=True)
+    rows = height - 1 - info
     L = state.num_layers()
     if rows <= 0 or L is None or used is None or not cap:
         return c
     lo, hi, _, _ = page_bounds(L, rows, view.layer_page)
-    _bars(c, 1 + INFO_ROWS, lo, hi, d, used, cap, theme, cache.memo("kvcache.blocks"))
+    _bars(c, 1 + info, lo, hi, d, used, cap, theme, cache.memo("kvcache.blocks"))
     return c
+
+
+def per_device(run):
+    """((bytes in use), (limits)) of each device when there are several and each reported
+    its own memory_stats(); else None."""
+    if run is None or len(run.devices_memory_in_use) < 2:
+        return None
+    n = len(run.devices_memory_in_use)
+    limits = tuple(run.devices_memory_limit) if len(run.devices_memory_limit) == n else (0,) * n
+    return tuple(run.devices_memory_in_use), limits
+
+
+def devices_text(run) -> str:
+    """The per-device memory line: each device's bytes in use (GiB/MiB of the largest), or
+    why there is none (a backend without memory_stats, e.g. CPU)."""
+    used = tuple(run.devices_memory_in_use)
+    if not used:
+        return f"n/a, {sanitize(str(run.device_kind))} reports none · {run.device_count} devices"
+    big, unit = max(used), "B"
+    scale = 1.0
+    for u in ("KiB", "MiB", "GiB", "TiB"):
+        if big < 1024 * scale:
+            break
+        scale *= 1024.0
+        unit = u
+    return f"{unit} " + " ".join(f"{b / scale:.1f}" if unit != "B" else str(b) for b in used)
 
 
 def _bars(c: Canvas, y0: int, lo: int, hi: int, d, used: int, cap: int, theme, blocks: dict) -> None:
