@@ -78,52 +78,124 @@ def test_record_on_a_full_disk_is_one_line_and_exit_2(tmp_path):
 
 # ------------------------------------------------------------------ checkpoints
 
-def _npy_member(shape, dtype="<f4", payload=b"") -> bytes:
-    header = repr({"descr": dtype, "fortran_order": False, "shape": tuple(shape)}).encode()
-    header += b" " * (63 - (len(header) + 10) % 64) + b"\n"
-    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + payload
-
-
-def test_a_checkpoint_declaring_a_4gb_array_is_refused_from_its_header(tmp_path):
-    import zipfile
-
+def _small_checkpoint(directory):
+    """A real two-array checkpoint (orbax), step 1; returns the step directory."""
     from vlmrl.core import checkpoint
 
     params, opt = {"w": np.zeros((2, 3), np.float32)}, {"m": np.zeros(3, np.float32)}
-    checkpoint.save(str(tmp_path), 1, params, opt, np.zeros(2, np.uint32))
-    npz = tmp_path / "step_000001.npz"
-    with zipfile.ZipFile(npz, "w") as zf:
-        zf.writestr("params['w'].npy", _npy_member((1 << 30,), payload=b"\0" * 4096))  # declares 4 GB
-        zf.writestr("opt['m'].npy", _npy_member((3,), payload=b"\0" * 4))  # declares 12 bytes, holds 4
-    code = f"""
-        import sys, numpy as np
-        from vlmrl.core import checkpoint
-        try:
-            checkpoint.restore(sys.argv[1], {{"w": np.zeros((2, 3), np.float32)}}, {{"m": np.zeros(3, np.float32)}})
-        except checkpoint.CheckpointError as exc:
-            print(exc)
-    """
-    proc = run_limited(code, 2500, args=(str(tmp_path),))
+    return checkpoint.save(str(directory), 1, params, opt, np.zeros(2, np.uint32))
+
+
+RESTORE_SMALL = """
+    import sys, numpy as np
+    from vlmrl.core import checkpoint
+    try:
+        checkpoint.restore(sys.argv[1], {"w": np.zeros((2, 3), np.float32)}, {"m": np.zeros(3, np.float32)})
+    except checkpoint.CheckpointError as exc:
+        print(exc)
+"""
+
+
+def test_a_checkpoint_declaring_a_4gb_array_is_refused_from_its_metadata(tmp_path):
+    import tensorstore as ts
+
+    step = _small_checkpoint(tmp_path)
+    # the store itself now declares params.w as 2^30 floats (4 GiB), none of them written
+    spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": f"file://{step}/state/"}, "path": "params.w"}
+    ts.open(spec, create=True, delete_existing=True, dtype=ts.float32, shape=[1 << 30],
+            chunk_layout=ts.ChunkLayout(chunk_shape=[1 << 20])).result()
+    proc = run_limited(RESTORE_SMALL, 3000, args=(str(tmp_path),))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "has shape [1073741824]" in proc.stdout and "shorter than its declared shape" in proc.stdout
+    assert "params.w has shape [1073741824], the model expects [2, 3]" in proc.stdout, proc.stdout
 
 
-@pytest.mark.parametrize("manifest,why", [
-    ({"step": 1, "file": "../../etc/passwd", "rng": [0, 1]}, "not a checkpoint file name"),
-    ({"step": 1, "file": "/etc/passwd", "rng": [0, 1]}, "not a checkpoint file name"),
-    ({"step": 1, "file": "step_000001.npz/../../x.npz", "rng": [0, 1]}, "not a checkpoint file name"),
-    ({"step": "1", "file": "step_000001.npz", "rng": [0, 1]}, "step"),
-    ({"step": 1, "file": "step_000001.npz"}, "rng"),
-    ({"step": 1, "file": "step_000001.npz", "rng": [-1]}, "rng"),
+def test_a_truncated_array_file_is_one_checkpoint_error(tmp_path):
+    step = _small_checkpoint(tmp_path)
+    import os
+
+    data = [os.path.join(r, f) for r, _, fs in os.walk(step) for f in fs if os.sep + "d" + os.sep in os.path.join(r, f)]
+    assert data
+    for path in data:
+        with open(path, "r+b") as fh:
+            fh.truncate(max(0, os.path.getsize(path) // 2))
+    proc = run_limited(RESTORE_SMALL, 3000, args=(str(tmp_path),))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout.strip().splitlines()
+    assert len(out) == 1 and str(step) in out[0] and "Traceback" not in proc.stderr, (proc.stdout, proc.stderr)
+
+
+def _tree_bytes(root) -> dict:
+    import os
+
+    return {os.path.relpath(os.path.join(r, f), root): open(os.path.join(r, f), "rb").read()
+            for r, _, fs in os.walk(root) for f in fs}
+
+
+def test_resume_from_a_checkpoint_of_another_model_is_one_line_and_destroys_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    _small_checkpoint(tmp_path / "ckpt")
+    before = _tree_bytes(tmp_path / "ckpt")
+    proc = subprocess.run([sys.executable, "-m", "vlmrl.core.train", "--steps", "1", "--batch", "2", "--group", "2",
+                           "--minibatches", "1", "--ckpt", str(tmp_path / "ckpt"), "--resume", "--no_compile_cache"],
+                          cwd=REPO, env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"},
+                          capture_output=True, text=True, timeout=300)
+    one_line_exit_2(proc, "--resume: checkpoint", "does not fit this model", "missing 209 arrays (opt.1.0.count, ", "unexpected 2 arrays (opt.m, params.w)")
+    after = _tree_bytes(tmp_path / "ckpt")  # (the run keeps its tokenizer beside its checkpoints)
+    assert {k: after.get(k) for k in before} == before
+
+
+@pytest.mark.parametrize("meta,why", [
+    ({"step": 2, "rng": [0, 1]}, "is not the step of its directory"),
+    ({"step": "1", "rng": [0, 1]}, "is not the step of its directory"),
+    ({"step": 1}, "rng"),
+    ({"step": 1, "rng": [-1]}, "rng"),
+    ({"step": 1, "rng": [0], "meta": [1]}, "meta is not a JSON object"),
     ([1, 2], "not a JSON object"),
     ("{not json", "not valid JSON"),
+    ("[" * 100_000, "not valid JSON"),
 ])
-def test_a_malformed_manifest_is_a_checkpoint_error(tmp_path, manifest, why):
+def test_malformed_step_metadata_is_a_checkpoint_error(tmp_path, meta, why):
     from vlmrl.core import checkpoint
 
-    (tmp_path / checkpoint.MANIFEST).write_text(manifest if isinstance(manifest, str) else json.dumps(manifest))
+    step = _small_checkpoint(tmp_path)
+    with open(f"{step}/meta/metadata", "w") as fh:
+        fh.write(meta if isinstance(meta, str) else json.dumps(meta))
     with pytest.raises(checkpoint.CheckpointError, match=why):
-        checkpoint.restore(str(tmp_path), {"w": np.zeros(1)}, {})
+        checkpoint.restore(str(tmp_path), {"w": np.zeros((2, 3), np.float32)}, {"m": np.zeros(3, np.float32)})
+
+
+def test_a_link_inside_a_checkpoint_is_refused(tmp_path):
+    import os
+
+    from vlmrl.core import checkpoint
+
+    step = _small_checkpoint(tmp_path / "ckpt")
+    (tmp_path / "elsewhere").write_text("x")
+    os.symlink(tmp_path / "elsewhere", os.path.join(step, "state", "d", "link"))
+    with pytest.raises(checkpoint.CheckpointError, match="holds a symbolic link"):
+        checkpoint.restore(str(tmp_path / "ckpt"), {"w": np.zeros((2, 3), np.float32)}, {"m": np.zeros(3, np.float32)})
+
+
+def test_a_foreign_directory_is_neither_read_nor_written(tmp_path):
+    from vlmrl.core import checkpoint
+
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "notes.txt").write_text("mine")
+    params, opt = {"w": np.zeros(2, np.float32)}, {}
+    for call in (lambda: checkpoint.save(str(tmp_path), 2, params, opt, np.zeros(2, np.uint32), keep=1),
+                 lambda: checkpoint.restore(str(tmp_path), params, opt)):
+        with pytest.raises(checkpoint.CheckpointError, match="not a vlmrl checkpoint directory"):
+            call()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1"] and (tmp_path / "1" / "notes.txt").read_text() == "mine"
+    (tmp_path / "1" / "notes.txt").unlink()
+    (tmp_path / "1").rmdir()
+    (tmp_path / "latest.json").write_text("{}")
+    with pytest.raises(checkpoint.CheckpointError, match="older .npz format"):
+        checkpoint.latest_step(str(tmp_path))
 
 
 def test_hf_index_entries_outside_the_directory_are_refused(tmp_path):

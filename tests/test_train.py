@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -53,24 +54,28 @@ def test_bad_model_dir_exits_2(tmp_path):
     assert "Traceback" not in res.stderr
 
 
-def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path):
+def test_checkpoint_round_trip_is_exact_and_keeps_the_newest_two(tmp_path):
     params = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": [np.ones(2, np.float32)]}
     opt = (np.int32(7), {"mu": np.full((2, 3), 0.5, np.float32)})
     for step in (1, 2, 3):
         checkpoint.save(str(tmp_path), step, params, opt, np.array([0, 42], np.uint32), {"seed": 1})
     files = sorted(os.listdir(tmp_path))
-    assert files == ["latest.json", "step_000002.npz", "step_000003.npz"]  # keeps 2, no temp files
+    assert files == ["2", "3", checkpoint.MARKER]  # keeps 2; orbax's temporary directories are gone
+    assert checkpoint.steps(str(tmp_path)) == [2, 3] and checkpoint.latest_step(str(tmp_path)) == 3
     zeros = ({"a": np.zeros((2, 3), np.float32), "b": [np.zeros(2, np.float32)]},
              (np.int32(0), {"mu": np.zeros((2, 3), np.float32)}))
     step, p, o, rng, meta = checkpoint.restore(str(tmp_path), *zeros)
     assert step == 3 and meta == {"seed": 1} and rng.tolist() == [0, 42]
     assert tree_equal(p, params) and tree_equal(o, opt)
-    with pytest.raises(ValueError, match=r"params\['a'\] has shape \[2, 3\], the model expects \[3, 2\]"):
+    assert isinstance(o, tuple) and isinstance(p["b"], list)  # the template's tree, not orbax's
+    with pytest.raises(ValueError, match=r"params.a has shape \[2, 3\], the model expects \[3, 2\]"):
         checkpoint.restore(str(tmp_path), {"a": np.zeros((3, 2), np.float32), "b": [np.zeros(2, np.float32)]}, zeros[1])
-    assert checkpoint.read_manifest(str(tmp_path / "none")) is None
-    (tmp_path / "latest.json").write_text("{oops")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        checkpoint.read_manifest(str(tmp_path))
+    with pytest.raises(ValueError, match=r"params.a has dtype float32, the model expects bfloat16"):
+        checkpoint.restore(str(tmp_path), {"a": np.zeros((2, 3), jnp.bfloat16), "b": [np.zeros(2, np.float32)]},
+                           zeros[1])
+    with pytest.raises(ValueError, match=r"missing params.c.0; unexpected params.b.0"):
+        checkpoint.restore(str(tmp_path), {"a": zeros[0]["a"], "c": [np.zeros(2, np.float32)]}, zeros[1])
+    assert checkpoint.latest_step(str(tmp_path / "none")) is None
 
 
 @pytest.mark.slow
@@ -116,7 +121,7 @@ def test_resume_continues_the_same_curve_and_events_flow(tmp_path):
     for ln, m in zip(lines, straight):
         want = f"reward {m['reward/mean']:.3f}±{m['reward/std']:.3f}  loss {m['loss/total']:+.4f}"
         assert want in ln
-    assert json.load(open(os.path.join(ckpt, "latest.json")))["step"] == 4
+    assert checkpoint.latest_step(ckpt) == 4
 
 
 @pytest.mark.slow

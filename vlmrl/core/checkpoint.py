@@ -1,99 +1,177 @@
-"""Training checkpoints: params, optimizer state, step and RNG key as .npz + a JSON manifest.
+"""Training checkpoints with orbax-checkpoint: sharded, multi-process safe, restorable onto
+another mesh shape.
 
-Layout of a checkpoint directory:
-  step_000050.npz   every array leaf, keyed "params/<path>" and "opt/<path>"
-  latest.json       {"step": 50, "file": "step_000050.npz", "rng": [...], "meta": {...}}
-Both are written to a temporary name and renamed into place (atomic on POSIX), and the
-manifest goes last: a run killed mid-save leaves the previous checkpoint intact.
+Layout of a checkpoint directory (`--ckpt DIR`):
+  vlmrl-checkpoints.json   marks the directory as ours (nothing else is ever written or
+                           deleted in a directory without it)
+  <step>/state/            params and optimizer state: orbax's OCDBT/zarr store, each
+                           process writing the shards it holds
+  <step>/meta/metadata     {"step": N, "rng": [...], "meta": {...}} (JSON)
+Orbax writes a step into a temporary directory and renames it into place when every
+process has finished, so a run killed mid-save leaves the previous step intact; it keeps
+the newest `keep` steps.
+
+Every byte of a checkpoint is untrusted: the directory must carry our marker, a step may
+hold no symbolic link, the JSON is bounded and checked, and every array's shape and dtype
+are read from its metadata and compared with the model's before anything is read; any
+failure is one CheckpointError naming every problem. Restore places each array with the
+sharding of its template, so a checkpoint saved on one mesh resumes on another.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import zipfile
+import sys
 from typing import Optional
 
 import jax
 import numpy as np
 
-MANIFEST = "latest.json"
-
-
-def _flatten(prefix: str, tree) -> dict:
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        out[prefix + jax.tree_util.keystr(path)] = np.asarray(jax.device_get(leaf))
-    return out
-
-
-def _atomic_write(path: str, write) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def save(directory: str, step: int, params, opt_state, rng, meta: Optional[dict] = None, keep: int = 2) -> str:
-    """Write a checkpoint for `step`; keeps the newest `keep` array files. Returns the .npz path."""
-    os.makedirs(directory, exist_ok=True)
-    arrays = {**_flatten("params", params), **_flatten("opt", opt_state)}
-    name = f"step_{step:06d}.npz"
-    path = os.path.join(directory, name)
-    _atomic_write(path, lambda fh: np.savez(fh, **arrays))
-    manifest = {"step": int(step), "file": name, "rng": np.asarray(jax.device_get(rng)).tolist(),
-                "meta": meta or {}}
-    _atomic_write(os.path.join(directory, MANIFEST), lambda fh: fh.write(json.dumps(manifest, indent=1).encode()))
-    old = sorted(f for f in os.listdir(directory) if f.startswith("step_") and f.endswith(".npz"))
-    for f in old[:-keep] if keep > 0 else []:
-        if f != name:
-            os.remove(os.path.join(directory, f))
-    return path
+MARKER = "vlmrl-checkpoints.json"
+META_MAX = 1 << 20  # bytes: the step's JSON is a few hundred
+METADATA_MAX = 256 << 20  # bytes of orbax's own metadata files of a step (one entry per array)
+WALK_MAX = 200_000  # entries of a step directory we look at before giving up
+_STEP = re.compile(r"\d{1,12}")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be restored: a malformed manifest, a path outside the
-    directory, arrays that do not fit the model. One line for the user."""
+    """A checkpoint that cannot be restored or written: not our directory, malformed JSON,
+    a link, arrays that do not fit the model, a store orbax cannot read. One line for the user."""
 
 
-MANIFEST_MAX = 1 << 20  # bytes: a manifest is a few hundred
-_ARRAY_FILE = re.compile(r"step_\d{6,12}\.npz")
+# ---- the directory --------------------------------------------------------------------------
+
+def check_directory(directory: str) -> None:
+    """CheckpointError unless `directory` is absent, empty, or marked as ours: a run must
+    never write (or let orbax prune) inside someone else's directory."""
+    if os.path.islink(directory):
+        raise CheckpointError(f"checkpoint directory {directory} is a symbolic link")
+    if not os.path.exists(directory):
+        return
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"checkpoint directory {directory} is not a directory")
+    entries = os.listdir(directory)
+    if not entries or MARKER in entries or MARKER + ".tmp" in entries:  # (.tmp: process 0 is marking it now)
+        return
+    if "latest.json" in entries:
+        raise CheckpointError(f"{directory} holds checkpoints of the older .npz format, which this version "
+                              f"cannot read; pick another --ckpt directory")
+    raise CheckpointError(f"{directory} is not empty and is not a vlmrl checkpoint directory (no {MARKER}); "
+                          f"pick another --ckpt directory")
 
 
-def read_manifest(directory: str) -> Optional[dict]:
-    """The checked manifest of the newest checkpoint in `directory`, or None when there is
-    none. CheckpointError when it is malformed or names a file outside `directory`."""
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.isfile(path):
-        return None
+def steps(directory: str) -> list:
+    """The finished checkpoint steps in `directory`, oldest first (orbax's temporary
+    directories of an unfinished save are not steps)."""
+    check_directory(directory)
+    if not os.path.isdir(directory):
+        return []
+    found = []
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if _STEP.fullmatch(name) and os.path.isdir(path) and not os.path.islink(path):
+            found.append(int(name))
+    return sorted(found)
+
+
+def latest_step(directory: str) -> Optional[int]:
+    """The newest checkpoint step in `directory`, or None when there is none."""
+    found = steps(directory)
+    return found[-1] if found else None
+
+
+def _manager(directory: str, keep: Optional[int]):
+    import orbax.checkpoint as ocp
+
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False, create=True)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
+
+
+def claim(directory: str) -> None:
+    """Check `directory` and mark it as ours (process 0 only; the others follow it), before
+    the run writes anything there."""
+    check_directory(directory)
+    path = os.path.join(directory, MARKER)
+    if jax.process_index() != 0 or os.path.exists(path):
+        return
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MANIFEST_MAX + 1)
+        os.makedirs(directory, exist_ok=True)
+        with open(path + ".tmp", "w") as fh:
+            json.dump({"format": "vlmrl orbax checkpoints", "version": 1}, fh)
+        os.replace(path + ".tmp", path)
     except OSError as exc:
-        raise CheckpointError(f"checkpoint manifest {path}: {exc.strerror or exc}") from None
-    if len(raw) > MANIFEST_MAX:
-        raise CheckpointError(f"checkpoint manifest {path} is larger than {MANIFEST_MAX} bytes")
+        raise CheckpointError(f"cannot write in checkpoint directory {directory}: {exc.strerror or exc}") from None
+
+
+# ---- save -----------------------------------------------------------------------------------
+
+def save(directory: str, step: int, params, opt_state, rng, meta: Optional[dict] = None, keep: int = 2) -> str:
+    """Write the checkpoint of `step` (every process calls this with its shards); keeps the
+    newest `keep` steps. Returns the step's directory."""
+    import orbax.checkpoint as ocp
+
+    claim(directory)
+    info = {"step": int(step), "rng": np.asarray(jax.device_get(rng)).astype(np.int64).tolist(), "meta": meta or {}}
+    manager = _manager(directory, keep)
     try:
-        manifest = json.loads(raw)
+        manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params,
+                                                                                     "opt": opt_state}),
+                                                        meta=ocp.args.JsonSave(info)), force=True)
+        manager.wait_until_finished()
+    except OSError as exc:
+        raise CheckpointError(f"cannot save a checkpoint in {directory}: {exc.strerror or exc}") from None
+    finally:
+        manager.close()
+    return os.path.join(directory, str(int(step)))
+
+
+# ---- checks before a restore ----------------------------------------------------------------
+
+def _check_tree(path: str) -> None:
+    """No symbolic link anywhere in a step (a store must not read outside its directory),
+    a bounded number of entries, and orbax's own JSON metadata files of bounded size."""
+    seen = 0
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            seen += 1
+            full = os.path.join(root, name)
+            if os.path.islink(full):
+                raise CheckpointError(f"checkpoint {path} holds a symbolic link: {os.path.relpath(full, path)}")
+            if name in files and (name.startswith("_") or root.endswith("array_metadatas")) \
+                    and os.path.getsize(full) > METADATA_MAX:
+                raise CheckpointError(f"checkpoint file {full} is larger than {METADATA_MAX} bytes")
+        if seen > WALK_MAX:
+            raise CheckpointError(f"checkpoint {path} holds more than {WALK_MAX} files")
+
+
+def _read_meta(path: str, step: int) -> dict:
+    """The step's checked JSON: step number, rng words, the run's meta."""
+    file = os.path.join(path, "meta", "metadata")
+    try:
+        with open(file, "rb") as fh:
+            raw = fh.read(META_MAX + 1)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot read its metadata: {exc.strerror or exc}") from None
+    if len(raw) > META_MAX:
+        raise CheckpointError(f"checkpoint metadata {file} is larger than {META_MAX} bytes")
+    try:
+        info = json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        raise CheckpointError(f"checkpoint manifest {path} is not valid JSON: {exc}") from None
-    problem = _manifest_problem(manifest)
+        raise CheckpointError(f"checkpoint metadata {file} is not valid JSON: {exc}") from None
+    problem = _meta_problem(info, step)
     if problem:
-        raise CheckpointError(f"checkpoint manifest {path}: {problem}")
-    return manifest
+        raise CheckpointError(f"checkpoint metadata {file}: {problem}")
+    return info
 
 
-def _manifest_problem(m) -> str:
+def _meta_problem(m, step: int) -> str:
     if not isinstance(m, dict):
         return "not a JSON object"
-    step, file, rng, meta = m.get("step"), m.get("file"), m.get("rng"), m.get("meta", {})
-    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < 1 << 40:
-        return f"step {step!r} is not a step number"
-    # only a bare file name this module writes: never a path that leaves the directory
-    if not isinstance(file, str) or not _ARRAY_FILE.fullmatch(file):
-        return f"file {str(file)[:80]!r} is not a checkpoint file name (step_NNNNNN.npz in the same directory)"
+    got, rng, meta = m.get("step"), m.get("rng"), m.get("meta", {})
+    if not isinstance(got, int) or isinstance(got, bool) or got != step:
+        return f"step {str(got)[:40]!r} is not the step of its directory ({step})"
     if not (isinstance(rng, list) and 0 < len(rng) <= 64
             and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1 << 32 for x in rng)):
         return "rng is not a list of uint32 words"
@@ -102,87 +180,130 @@ def _manifest_problem(m) -> str:
     return ""
 
 
-def _check_member(zf: zipfile.ZipFile, name: str, want: tuple) -> str:
-    """Why the .npy member `name` cannot be `want`-shaped numbers, read from its header
-    alone (nothing is allocated from a declared size), or ""."""
-    info = zf.getinfo(name)
-    with zf.open(info) as fp:
-        try:
-            version = np.lib.format.read_magic(fp)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
-            elif version in ((2, 0), (3, 0)):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
-            else:
-                return f"unsupported .npy version {version}"
-            data_offset = fp.tell()
-        except (ValueError, OSError) as exc:
-            return f"unreadable array header ({exc})"
-    if dtype.kind not in "biuf" or dtype.hasobject:
-        return f"dtype {dtype} is not numeric"
-    if tuple(shape) != want:
-        return f"has shape {list(shape)}, the model expects {list(want)}"
-    if info.file_size - data_offset < int(np.prod(want, dtype=np.int64)) * dtype.itemsize:
-        return "is shorter than its declared shape (truncated file)"
-    return ""
+def _name(path) -> str:
+    """orbax's name of a leaf: its keys joined with dots."""
+    parts = []
+    for k in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+    return ".".join(parts)
 
 
-def _load_arrays(path: str, templates: dict, problems: list) -> dict:
-    """{key: array} for every key of `templates` ({key: shape}) whose member checks out."""
+def _wanted(template) -> dict:
+    return {_name(p): (tuple(np.shape(x)), np.dtype(x.dtype)) for p, x in jax.tree_util.tree_flatten_with_path(template)[0]}
+
+
+def _stored(metadata_tree) -> dict:
     out = {}
-    try:
-        with zipfile.ZipFile(path) as zf:
-            members = set(zf.namelist())
-            for key, want in templates.items():
-                name = key + ".npy"
-                if name not in members:
-                    problems.append(f"missing {key}")
-                    continue
-                why = _check_member(zf, name, want)
-                if why:
-                    problems.append(f"{key} {why}")
-                    continue
-                with zf.open(name) as fp:
-                    out[key] = np.lib.format.read_array(fp, allow_pickle=False)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise CheckpointError(f"checkpoint {path} is not a readable .npz archive: {exc}") from None
+    for leaf in jax.tree_util.tree_leaves(metadata_tree):
+        name, shape, dtype = getattr(leaf, "name", None), getattr(leaf, "shape", None), getattr(leaf, "dtype", None)
+        if isinstance(name, str) and shape is not None:
+            out[name] = (tuple(int(d) for d in shape), dtype)
     return out
 
 
-def _templates(prefix: str, template) -> dict:
-    return {prefix + jax.tree_util.keystr(p): tuple(np.shape(leaf))
-            for p, leaf in jax.tree_util.tree_flatten_with_path(template)[0]}
+def _some(names: list, what: str) -> list:
+    if not names:
+        return []
+    if len(names) == 1:
+        return [f"{what} {names[0]}"]
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return [f"{what} {len(names)} arrays ({', '.join(names[:3])}{more})"]
 
 
-def _fill(prefix: str, template, arrays):
-    leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(template)
-    out = []
-    for path, leaf in leaves_with_path:
-        value = arrays[prefix + jax.tree_util.keystr(path)]
-        out.append(jax.numpy.asarray(value, dtype=np.asarray(leaf).dtype if hasattr(leaf, "dtype") else None))
-    return jax.tree_util.tree_unflatten(treedef, out)
+def fit_problems(stored: dict, wanted: dict) -> list:
+    """Every way the stored arrays ({name: (shape, dtype)}) fail to be the model's: arrays
+    of another shape or dtype each by name, missing and unexpected ones counted."""
+    problems = []
+    for name, (shape, dtype) in wanted.items():
+        if name not in stored:
+            continue
+        got_shape, got_dtype = stored[name]
+        if got_shape != shape:
+            problems.append(f"{name} has shape {list(got_shape)}, the model expects {list(shape)}")
+        elif got_dtype is None or np.dtype(got_dtype) != dtype:
+            problems.append(f"{name} has dtype {got_dtype}, the model expects {dtype}")
+    problems += _some([n for n in wanted if n not in stored], "missing")
+    problems += _some([n for n in stored if n not in wanted], "unexpected")
+    return problems
 
 
-def restore(directory: str, params_template, opt_template) -> tuple:
-    """(step, params, opt_state, rng, meta) from the newest checkpoint in `directory`.
+def _abstract(x):
+    """What orbax restores a leaf as: its template's shape, dtype and sharding (the mesh of
+    this run, whatever the mesh of the run that saved it)."""
+    sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
 
-    The templates give the pytree structure (a freshly built model and optimizer state).
-    Every array's declared shape and dtype are checked from its header before it is read,
-    and every problem is named in one CheckpointError; nothing is returned half-restored.
+
+def _quiet_closed_loop_reports() -> None:
+    """When orbax gives up on a damaged store, tensorstore may still finish other reads and
+    post them to the asyncio loop orbax has closed; Python reports that as an unraisable
+    RuntimeError with a traceback on stderr, after our one-line error. Drop exactly that
+    report (every other one goes to the hook that was there)."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_vlmrl_quiet", False):
+        return
+
+    def hook(report):
+        if isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed":
+            return
+        previous(report)
+
+    hook._vlmrl_quiet = True
+    sys.unraisablehook = hook
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
+# ---- restore --------------------------------------------------------------------------------
+
+def restore(directory: str, params_template, opt_template, step: Optional[int] = None) -> tuple:
+    """(step, params, opt_state, rng, meta) from the newest (or the given) checkpoint step.
+
+    The templates (the run's freshly built params and optimizer state, or ShapeDtypeStructs
+    with shardings) give the tree, every array's shape and dtype, and where it goes.
+    Nothing is returned half-restored: any problem is one CheckpointError.
     """
-    manifest = read_manifest(directory)
-    if manifest is None:
-        raise FileNotFoundError(f"no checkpoint in {directory} (no {MANIFEST})")
-    path = os.path.join(directory, manifest["file"])
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint manifest names {manifest['file']} but {path} does not exist")
-    problems: list = []
-    templates = {**_templates("params", params_template), **_templates("opt", opt_template)}
-    arrays = _load_arrays(path, templates, problems)
-    if problems:
-        raise CheckpointError(f"checkpoint {path} does not fit this model: " + "; ".join(problems[:20])
-                              + (f"; and {len(problems) - 20} more" if len(problems) > 20 else ""))
-    params = _fill("params", params_template, arrays)
-    opt_state = _fill("opt", opt_template, arrays)
-    rng = np.asarray(manifest["rng"], dtype=np.uint32)
-    return int(manifest["step"]), params, opt_state, rng, manifest.get("meta", {})
+    import orbax.checkpoint as ocp
+
+    found = steps(directory)
+    if step is None:
+        if not found:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        step = found[-1]
+    elif step not in found:
+        raise FileNotFoundError(f"no checkpoint of step {step} in {directory}")
+    path = os.path.join(directory, str(step))
+    _check_tree(path)
+    info = _read_meta(path, step)
+    template = {"params": params_template, "opt": opt_template}
+    _quiet_closed_loop_reports()
+    manager = _manager(directory, None)
+    try:
+        try:
+            metadata = manager.item_metadata(step)["state"]
+        except Exception as exc:  # orbax and tensorstore raise many types on a damaged store
+            raise CheckpointError(f"checkpoint {path} has unreadable metadata ({_one_line(exc)})") from None
+        problems = fit_problems(_stored(getattr(metadata, "tree", metadata)), _wanted(template))
+        if problems:
+            raise CheckpointError(f"checkpoint {path} does not fit this model: " + "; ".join(problems[:20])
+                                  + (f"; and {len(problems) - 20} more" if len(problems) > 20 else ""))
+        target = jax.tree_util.tree_map(_abstract, template)
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
+        except Exception as exc:
+            raise CheckpointError(f"checkpoint {path} cannot be read ({_one_line(exc)})") from None
+    finally:
+        manager.close()
+    state = restored["state"]
+    # orbax hands back the template's tree types where it can; keep the template's exactly
+    params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params_template),
+                                          jax.tree_util.tree_leaves(state["params"]))
+    opt_state = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(opt_template),
+                                             jax.tree_util.tree_leaves(state["opt"]))
+    return int(step), params, opt_state, np.asarray(info["rng"], np.uint32), info.get("meta", {})

@@ -32,7 +32,17 @@ class Trainer:
         self.args, self.bus = args, bus
         self.env = make_env(args.env)
         self.max_new = args.max_new_tokens or self.env.max_new_tokens
-        base = workdir or args.ckpt
+        if args.ckpt:  # before the tokenizer is written there: never write into someone else's directory
+            try:
+                checkpoint.claim(args.ckpt)
+                held = checkpoint.latest_step(args.ckpt)
+            except checkpoint.CheckpointError as exc:
+                raise UsageError(f"--ckpt: {exc}") from None
+            if held is not None and not args.resume:
+                raise UsageError(f"--ckpt {args.ckpt} already holds checkpoints up to step {held}: "
+                                 f"pass --resume to continue that run, or pick another directory")
+        # the other processes keep their tokenizer copy in a temporary directory
+        base = workdir or (args.ckpt if jax.process_index() == 0 else None)
         tok_dir = os.path.join(base, "tokenizer") if base else None
         try:
             model, self.config, self.codec = rollout.build_policy(args.model, self.env, args.seed, args.model_dir,
@@ -164,12 +174,16 @@ class Trainer:
         return {"env": a.env, "seed": a.seed, "model": a.model_dir or a.model, "batch": a.batch, "group": a.group}
 
     def save(self, directory: str) -> str:
-        return checkpoint.save(directory, self.step, self.params, self.opt_state, self.key, self.meta())
+        try:
+            return checkpoint.save(directory, self.step, self.params, self.opt_state, self.key, self.meta())
+        except checkpoint.CheckpointError as exc:
+            raise UsageError(f"--ckpt: {exc}") from None
 
     def restore(self, directory: str) -> bool:
-        """Load the newest checkpoint in `directory` if there is one; False when there is none."""
+        """Load the newest checkpoint in `directory` onto this run's shardings (the mesh may
+        differ from the one that saved it); False when there is none."""
         try:
-            if checkpoint.read_manifest(directory) is None:
+            if checkpoint.latest_step(directory) is None:
                 return False
             step, params, opt_state, rng, meta = checkpoint.restore(directory, self.params, self.opt_state)
         except (checkpoint.CheckpointError, FileNotFoundError) as exc:
