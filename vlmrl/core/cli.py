@@ -51,6 +51,11 @@ class Args:
     no_compile_cache: bool = _f(False, "compile everything afresh: neither read nor write the compilation cache")
     mesh: Optional[str] = _f(None, "device mesh data=D,fsdp=F,tensor=T, product = device count "
                                    "(None: every device on data; an axis left out is 1, data takes the rest)")
+    coordinator: Optional[str] = _f(None, "HOST:PORT of process 0 in a multi-process run, with --num_processes and "
+                                          "--process_id (None: JAX's environment variables or cluster detection, "
+                                          "else one process)")
+    num_processes: Optional[int] = _f(None, "processes in the run (with --coordinator)")
+    process_id: Optional[int] = _f(None, "this process's index, 0 .. --num_processes - 1 (with --coordinator)")
 
 
 DTYPES = ("float32", "bfloat16")
@@ -107,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         if isinstance(default, bool):
             p.add_argument(flag, action="store_true", help=f.metadata["help"])
         else:
-            kind = {"max_new_tokens": int}.get(f.name, type(default) if default is not None else str)
+            kind = {"max_new_tokens": int, "num_processes": int, "process_id": int}.get(f.name, type(default) if default is not None else str)
             p.add_argument(flag, type=kind, default=default, help=f"{f.metadata['help']} (default {default})")
     return p
 
@@ -153,6 +158,7 @@ def validate(args: Args) -> None:
     layer_or_mean(args.matrix_head, "--matrix_head")
     if args.resume and not args.ckpt:
         raise UsageError("--resume needs --ckpt DIR")
+    validate_processes(args)
     if args.model_dir is not None:
         d = args.model_dir
         if not os.path.isdir(d):
@@ -169,3 +175,20 @@ def validate(args: Args) -> None:
             check_record_path(args.record, args.force)
         except RecordError as exc:
             raise UsageError(str(exc)) from None
+
+
+def validate_processes(args: Args) -> None:
+    """--coordinator HOST:PORT --num_processes N --process_id I: all three or none."""
+    given = [f"--{n}" for n in ("coordinator", "num_processes", "process_id") if getattr(args, n) is not None]
+    if not given:
+        return
+    if len(given) < 3:
+        raise UsageError(f"{' '.join(given)}: a multi-process run needs all of --coordinator HOST:PORT, "
+                         f"--num_processes N and --process_id I")
+    host, _, port = args.coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--coordinator {args.coordinator!r}: expected HOST:PORT (a port 1-65535)")
+    if args.num_processes < 1:
+        raise UsageError(f"--num_processes must be >= 1, got {args.num_processes}")
+    if not 0 <= args.process_id < args.num_processes:
+        raise UsageError(f"--process_id must be in 0 .. {args.num_processes - 1}, got {args.process_id}")

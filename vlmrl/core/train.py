@@ -15,10 +15,10 @@ import threading
 import time
 from typing import Callable, List, Optional
 
-from vlmrl.core import compile_cache, telemetry
+from vlmrl.core import compile_cache, distributed, telemetry
 from vlmrl.core.cli import Args, UsageError, layer_or_mean, parse_args, validate
 from vlmrl.core.trainer import Trainer
-from vlmrl.instrument.bus import default_bus
+from vlmrl.instrument.bus import Bus, default_bus
 from vlmrl.instrument.record import Recorder, RecordError
 from vlmrl.instrument.taps import TapConfig
 from vlmrl.utils.tui_live import LiveTUI
@@ -44,8 +44,12 @@ def run_training(argv=None, *, bus=None, log: Optional[Callable[[str], None]] = 
     args = argv if isinstance(argv, Args) else parse_args(argv)
     validate(args)
     t_start = time.monotonic()
-    bus = bus if bus is not None else default_bus()
-    quiet = args.quiet or args.tui  # the dashboard owns the terminal
+    # before anything touches JAX: join the other processes of a multi-process run
+    process, _ = distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    primary = process == 0
+    # every process runs the same programs (taps included); only process 0's events go anywhere
+    bus = Bus() if not primary else bus if bus is not None else default_bus()
+    quiet = args.quiet or args.tui or not primary  # the dashboard owns the terminal
     say = (lambda s: None) if quiet else (log or (lambda s: print(s, flush=True)))
     counts = None
     if not args.no_compile_cache:
@@ -61,10 +65,10 @@ def run_training(argv=None, *, bus=None, log: Optional[Callable[[str], None]] = 
     try:
         if args.record:
             try:
-                recorder = Recorder(bus, args.record, run_info=info, force=args.force)
+                recorder = Recorder(bus, args.record, process_index=process, run_info=info, force=args.force)
             except RecordError as exc:  # changed since validate() looked, or the disk is full
                 raise UsageError(str(exc)) from None
-        if args.tui and manage_tui:
+        if args.tui and manage_tui and primary:
             tui = LiveTUI(num_layers=info.num_layers, num_heads=info.num_heads, max_cache=info.max_cache, bus=bus)
             tui.start()
         bus.publish(telemetry.memory_plan(trainer))  # the plan view (key k); recorded for replay

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vlmrl.core import checkpoint, mesh as meshlib, ppo, rollout, telemetry
+from vlmrl.core import checkpoint, distributed, mesh as meshlib, ppo, rollout, telemetry
 from vlmrl.core.cli import Args, UsageError, resolved_dtype
 from vlmrl.core.sampling import Sampler
 from vlmrl.envs.shapes import make_env
@@ -152,15 +152,16 @@ class Trainer:
                   "times/rollout_tok_s": ro.gen_tokens / max(ro.seconds, 1e-9),
                   "times/update_tok_s": rows * ro.ids.shape[1] * a.epochs / max(t2 - t1, 1e-9)})
         if self.bus is not None:
-            telemetry.publish_update(self.bus, m, self.codec, ro, np.asarray(adv), np.asarray(credits))
+            telemetry.publish_update(self.bus, m, self.codec, ro, distributed.to_host(adv), distributed.to_host(credits))
             if self.groups:
                 self.run_s += t2 - t0
                 new_logp = None
-                if self.ratio_s <= RATIO_BUDGET * self.run_s:
+                # clocks differ between processes: process 0 decides whether the extra pass runs
+                if distributed.broadcast_flag(self.ratio_s <= RATIO_BUDGET * self.run_s):
                     t3 = time.perf_counter()
-                    new_logp = np.asarray(score(self.params, batch)[0])
+                    new_logp = distributed.to_host(score(self.params, batch)[0])
                     self.ratio_s += time.perf_counter() - t3
-                arrays = jax.device_get((adv, old_logp, old_entropy, ref_logp, credits))
+                arrays = distributed.host_tree((adv, old_logp, old_entropy, ref_logp, credits))
                 arrays += (np.full_like(arrays[1], np.nan) if new_logp is None else new_logp,)
                 event = telemetry.group_event(self.step, a.group, self.codec, ro, *arrays)
                 if event is not None:

@@ -101,6 +101,7 @@ CALLBACK_PRIMITIVES = ("tap_callback", "debug_callback")  # what an "on" jaxpr m
 def emit(callback: Callable, payload) -> None:
     """One unordered host callback (ordered ones fail once a jit spans several devices).
     `callback` receives host numpy arrays (views of XLA's buffers on CPU: copy to keep)."""
+    _choose()
     leaves, tree = jax.tree_util.tree_flatten(payload)
     if tap_callback_p is None:
         jax.debug.callback(callback, payload, ordered=False)
@@ -124,5 +125,22 @@ class _Unflatten:
         return hash((self.fn, self.tree))
 
 
-# Chosen once at import (after _Unflatten, which the probe uses).
-tap_callback_p, FALLBACK_REASON = _select()
+# Chosen once, at the first emit or the first read of `tap_callback_p` / `FALLBACK_REASON`,
+# not at import: the probe runs a jit, which creates JAX's backend, and a multi-process run
+# must call jax.distributed.initialize before that happens.
+_chosen = False
+
+
+def _choose() -> None:
+    global tap_callback_p, FALLBACK_REASON, _chosen
+    if not _chosen:
+        with jax.ensure_compile_time_eval():  # the first emit is traced: run the probe, do not stage it
+            tap_callback_p, FALLBACK_REASON = _select()
+        _chosen = True
+
+
+def __getattr__(name: str):
+    if name in ("tap_callback_p", "FALLBACK_REASON"):
+        _choose()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
