@@ -122,6 +122,8 @@ def save(directory: str, step: int, params, opt_state, rng, meta: Optional[dict]
         manager.wait_until_finished()
     except OSError as exc:
         raise CheckpointError(f"cannot save a checkpoint in {directory}: {exc.strerror or exc}") from None
+    except Exception as exc:  # orbax's own errors (e.g. arrays it cannot write from this process)
+        raise CheckpointError(f"cannot save a checkpoint in {directory} ({_one_line(exc)})") from None
     finally:
         manager.close()
     return os.path.join(directory, str(int(step)))
