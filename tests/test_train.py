@@ -33,6 +33,9 @@ def run_cli(*flags, timeout=600):
     (["--resume"], "--resume needs --ckpt DIR"),
     (["--model", "huge"], "--model 'huge': only 'tiny' is built in"),
     (["--lr_final", "2"], "--lr_final must be a fraction of --lr in [0, 1], got 2.0"),
+    (["--coordinator", "127.0.0.1:1234"], "a multi-process run needs all of --coordinator HOST:PORT"),
+    (["--coordinator", "nohost", "--num_processes", "2", "--process_id", "0"], "expected HOST:PORT"),
+    (["--coordinator", "h:1", "--num_processes", "2", "--process_id", "2"], "--process_id must be in 0 .. 1, got 2"),
 ])
 def test_bad_flags_exit_2_naming_the_culprit(flags, message):
     res = run_cli(*flags)

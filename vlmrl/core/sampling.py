@@ -22,6 +22,7 @@ from flax import nnx
 from jax import lax
 
 from vlmrl.core import mesh as meshlib
+from vlmrl.core.distributed import to_host
 from vlmrl.errors import UsageError
 from vlmrl.instrument import taps as taps_lib
 from vlmrl.instrument.tap_host import CallContext, TapHost
@@ -211,7 +212,8 @@ class Sampler:
             args[-1] = jnp.int32(self.host.stride)
         t0 = time.perf_counter()
         out = self._jit(*args, **statics)
-        tokens, logprobs, entropy, lengths, finished = (np.asarray(x) for x in jax.device_get(out))
+        # (gathered from every process when the rows are sharded across several)
+        tokens, logprobs, entropy, lengths, finished = (to_host(x) for x in out)
         if self.host is not None:
             self.host.end_call(int(lengths.max()), time.perf_counter() - t0)
         N = max_new_tokens
