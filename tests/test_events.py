@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from vlmrl.instrument.events import (ATTN_STATS, EVENT_TYPES, GROUP_METRICS, AttentionMatrix, CreditState,
-                                     DecodeState, GroupState, MemoryPlan, RunEnd, RunInfo, TrainingState,
-                                     UpdateStats, decode_event)
+                                     DecodeState, GroupState, ImageAttention, ImageState, MemoryPlan, RunEnd,
+                                     RunInfo, TrainingState, UpdateStats, decode_event)
 
 
 def _samples():
@@ -34,6 +34,10 @@ def _samples():
         UpdateStats(step=5, optimizer_steps=4, grad_norm=2.5, grad_norm_max=3.0, clip_factor=0.45,
                     head_grad=rng.random((3, 4)).astype(np.float32), head_ratio=rng.random((3, 4)).astype(np.float32),
                     layer_ratio=np.array([1e-3, 0.0, 2e-4], np.float32), merger_ratio=rng.random(70).astype(np.float32)),
+        ImageState(generation=3, index=1, count=2, grid=(1, 14, 14), size=(448, 448),
+                   pixels=rng.integers(0, 256, (96, 96, 3)).astype(np.uint8)),
+        ImageAttention(generation=3, step=4, token_text="red", tokens=196,
+                       attention=rng.random((3, 196)).astype(np.float16), image_share=rng.random(3).astype(np.float32)),
     ]
 
 

@@ -246,22 +246,24 @@ def test_payload_is_one_buffer_bounded_by_max_rows_not_by_batch():
     tap = TapConfig(enabled=True, max_rows=2)
     L, H, T, V = 3, 4, 301, 5000
 
-    def nbytes(B):
+    def nbytes(B, image_slots=0):
         aux = dict(attn_rows=(jnp.zeros((B, H, T)),) * L, key_valid=jnp.ones((B, T), bool),
                    key_vision=jnp.zeros((B, T), bool))
         z = jnp.zeros((B,))
         out = jax.eval_shape(lambda: pack_payload(decode_payload(
-            tap, aux, jnp.zeros((B, V)), 1.0, z.astype(jnp.int32), z, z, z.astype(bool), 3, 10)))
+            tap, aux, jnp.zeros((B, V)), 1.0, z.astype(jnp.int32), z, z, z.astype(bool), 3, 10, image_slots)))
         assert out.ndim == 1 and out.dtype == jnp.float32
         return out.shape[0] * 4
 
     # header + ints + floats for 2 rows, plus the float16 row two slots per word
-    want = 4 * (8 + 2 * (2 + 5) + 2 * (2 + 5) + L * 2 * H * 4 + (T + 1) // 2)
+    want = 4 * (10 + 2 * (2 + 5) + 2 * (2 + 5) + L * 2 * H * 4 + (T + 1) // 2)
     assert nbytes(2) == nbytes(64) == want
+    # the image view adds its share per layer (float32) and [L, slots] float16, whatever the batch
+    assert nbytes(2, 7) == nbytes(64, 7) == want + 4 * (L + (L * 7 + 1) // 2)
 
 
-@pytest.mark.parametrize("with_stats, T", [(True, 7), (False, 8), (True, 0)])
-def test_pack_unpack_round_trip(with_stats, T):
+@pytest.mark.parametrize("with_stats, T, n_img", [(True, 7, 0), (False, 8, 0), (True, 0, 0), (True, 7, 5), (False, 0, 6)])
+def test_pack_unpack_round_trip(with_stats, T, n_img):
     from vlmrl.instrument.taps import pack_payload, top_k_exact, unpack_payload
 
     rng = np.random.default_rng(T)
@@ -277,6 +279,9 @@ def test_pack_unpack_round_trip(with_stats, T):
         p["stats"] = jnp.asarray(rng.random((L, R, H, 4)), jnp.float32)
     if T:
         p["attn_row"] = jnp.asarray(rng.random(T), jnp.float16)
+    if n_img:  # the image view's part: [L, slots] float16 (odd sizes pad a half word) and [L] float32
+        p["img_attn"] = jnp.asarray(rng.random((L + 1, n_img)), jnp.float16)
+        p["img_share"] = jnp.asarray(rng.random(L + 1), jnp.float32)
     back = unpack_payload(np.asarray(jax.jit(pack_payload)(p)))
     assert set(back) == set(p)
     for name, arr in p.items():

@@ -124,7 +124,7 @@ def sampling_config(codec: TextCodec):
     return SamplingConfig(stop_ids=stops, pad_id=codec.token_id("<|endoftext|>"),
                           prompt_buckets=(16, 24, 32, 48) + base.prompt_buckets,
                           new_token_buckets=(2, 4, 8) + base.new_token_buckets,
-                          special_ids=codec.special_ids())
+                          special_ids=codec.special_ids(), image_config=codec.image_config)
 
 
 # ---- prompts ----------------------------------------------------------------------------------

@@ -23,8 +23,10 @@ from jax import lax
 
 from vlmrl.core import mesh as meshlib
 from vlmrl.core.distributed import to_host
+from vlmrl.core.image_context import watched_images
 from vlmrl.errors import UsageError
 from vlmrl.instrument import taps as taps_lib
+from vlmrl.instrument.limits import IMAGE_ATTN_TOKENS
 from vlmrl.instrument.tap_host import CallContext, TapHost
 from vlmrl.instrument.taps import TapConfig
 
@@ -42,6 +44,9 @@ class SamplingConfig:
     emit_rate: float = 30.0  # target tap emits per second
     initial_stride: int = 8
     special_ids: tuple = ()  # shown as "special" in the matrix view's token types (with stops, vision marks)
+    # The processor values the pixel rows were made with (None: Qwen3-VL's): the image view
+    # shows the image the model saw, rebuilt from them (core.image_context).
+    image_config: Optional[object] = None
 
 
 @dataclasses.dataclass
@@ -264,6 +269,7 @@ class Sampler:
         pos, deltas = self._rope_index(ids, grid, mask, mc)
         pos, deltas = np.asarray(pos, np.int32), np.asarray(deltas, np.int32).reshape(B)
         pv = vin = None
+        ctx = self._context(ids, mask, pos, deltas, grid, S + n_bucket)
         if grid is not None:
             pv = np.asarray(pixel_values, np.float32)
             if pv.ndim != 2 or pv.shape[0] != int(grid.prod(-1).sum()):
@@ -272,6 +278,10 @@ class Sampler:
             # pad the patch count to a bucket: padding patches form their own segment, come last
             n_pad = _bucket(pv.shape[0], self.config.patch_buckets, "vision patches")
             pv = np.concatenate([pv, np.zeros((n_pad - pv.shape[0], pv.shape[1]), np.float32)])
+            if self.host is not None:
+                ctx.image_tokens, ctx.images = watched_images(ids, grid, pv, mc.image_token_id,
+                                                              mc.vision.spatial_merge_size,
+                                                              min(self.tap.watch_row, B - 1), self.config.image_config)
             vin = self._vision_prep(grid, mc.vision, pad_to=n_pad)
             pv = jnp.asarray(pv, self.cache_dtype)
         key = jax.random.PRNGKey(0) if key is None else key
@@ -284,7 +294,7 @@ class Sampler:
         greedy = temperature == 0.0  # top-k / top-p cannot change an argmax: keep them out of the cache key
         statics = dict(n_bucket=n_bucket, greedy=greedy, top_k=0 if greedy else int(top_k),
                        use_top_p=not greedy and top_p < 1.0)
-        return args, statics, self._context(ids, mask, pos, deltas, grid, S + n_bucket)
+        return args, statics, ctx
 
     def _context(self, ids, mask, pos, deltas, grid, cache_max) -> CallContext:
         mc = self.model_config
@@ -329,8 +339,11 @@ class Sampler:
         # to the host once, from one device: one event per emitted step for the whole mesh
         gather = None if self.mesh is None else functools.partial(meshlib.constrain,
                                                                    shardings=meshlib.replicated(self.mesh))
+        # static bound on the image tokens the image view's taps gather (0: no image)
+        img_slots = 0 if pv is None else min(pv.shape[0] // self.model_config.vision.spatial_merge_size ** 2,
+                                             IMAGE_ATTN_TOKENS)
         if tap is not None:
-            payload = taps_lib.prefill_payload(tap, aux, logits[:, -1], t_used, tok, lp, ent, cache.length)
+            payload = taps_lib.prefill_payload(tap, aux, logits[:, -1], t_used, tok, lp, ent, cache.length, img_slots)
             taps_lib.emit(host.on_prefill, payload if gather is None else gather(payload))
         buf_t = jnp.full((B, n_bucket), cfg.pad_id, jnp.int32).at[:, 0].set(tok)
         buf_lp = jnp.zeros((B, n_bucket), jnp.float32).at[:, 0].set(lp)
@@ -354,7 +367,7 @@ class Sampler:
             if tap is not None:
                 length = cache.length
                 taps_lib.gated_emit(host.on_decode, i, stride, lambda: taps_lib.decode_payload(
-                    tap, aux, logits, t_used, new, lp, ent, alive, i, length), gather=gather)
+                    tap, aux, logits, t_used, new, lp, ent, alive, i, length, img_slots), gather=gather)
             col = lax.dynamic_update_slice
             buf_t = col(buf_t, new[:, None], (0, i))
             buf_lp = col(buf_lp, jnp.where(alive, lp, 0.0)[:, None], (0, i))

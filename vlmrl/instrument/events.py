@@ -285,8 +285,45 @@ class UpdateStats(Event):
     wall_time: float = dataclasses.field(default_factory=time.time)
 
 
+@dataclasses.dataclass
+class ImageState(Event):
+    """One image of the watched sample as the model saw it (after the processor's resize),
+    downsampled on the host to at most limits.IMAGE_MAX_W x IMAGE_MAX_H pixels; sent once
+    per generation, before its steps. The image view (key v) draws it."""
+
+    kind: ClassVar[str] = "image"
+    generation: int = 0
+    seq_index: int = 0  # the watched batch row
+    index: int = 0  # which of the row's images (0-based), in the order of their tokens
+    count: int = 1  # images the row holds
+    grid: tuple = (1, 1, 1)  # merged patch grid (t, h, w): one image token per cell, row-major
+    size: tuple = (0, 0)  # (height, width) in pixels of the image the model saw
+    pixels: Optional[np.ndarray] = None  # uint8 [h, w, 3], downsampled
+    wall_time: float = dataclasses.field(default_factory=time.time)
+
+
+@dataclasses.dataclass
+class ImageAttention(Event):
+    """The newest query's attention over the watched row's image tokens at one emitted step,
+    keyed by (generation, step). N = attention.shape[1] = min(tokens, limits.IMAGE_ATTN_TOKENS)."""
+
+    kind: ClassVar[str] = "image_attention"
+    generation: int = 0
+    step: int = 0
+    seq_index: int = 0
+    phase: str = "decode"  # "prefill" (step 0) | "decode"
+    token_id: int = 0  # the token this query produced
+    token_text: str = ""
+    tokens: int = 0  # image tokens the row holds (all its images, in order)
+    # float16 [L, N]: per layer, the mean over heads of the weight on each image token
+    attention: Optional[np.ndarray] = None
+    # float32 [L]: per layer, the mean over heads of the share on all the row's image tokens
+    image_share: Optional[np.ndarray] = None
+    wall_time: float = dataclasses.field(default_factory=time.time)
+
+
 EVENT_TYPES = {cls.kind: cls for cls in (RunInfo, DecodeState, TrainingState, CreditState, AttentionMatrix, RunEnd,
-                                         GroupState, MemoryPlan, UpdateStats)}
+                                         GroupState, MemoryPlan, UpdateStats, ImageState, ImageAttention)}
 
 
 # ---------------------------------------------------------------- the codec
@@ -314,7 +351,7 @@ def encode_event(event: Event) -> dict:
 
 
 _TUPLE_FIELDS = ("vision_span", "vision_grid", "deepstack_layers", "mesh_shape", "devices_memory_in_use",
-                 "devices_memory_limit")
+                 "devices_memory_limit", "grid", "size")
 
 
 def decode_event(data: Any) -> Event:

@@ -23,6 +23,14 @@ MAX_ROW = 1 << 20  # key slots in one attention row
 MAX_MATRIX_CELLS = 1 << 22  # cells of one attention matrix
 MAX_INT = (1 << 63) - 1
 MAX_LAYERS = 4096  # layers, heads, vision depth, deepstack indexes
+# The image view: an image travels downsampled to at most IMAGE_MAX_W x IMAGE_MAX_H RGB
+# pixels (34.6 KB of uint8; two pixels a cell, so a 240-column terminal shows two side by
+# side at full size), at most IMAGE_MAX_COUNT per sample. A step's attention covers at most
+# IMAGE_ATTN_TOKENS image tokens: 28 layers x 576 x 2 bytes (float16) = 32 KB, so the
+# largest emit stays inside the 64 KB per-emit budget (docs/image_view.md).
+IMAGE_MAX_W, IMAGE_MAX_H = 120, 96
+IMAGE_MAX_COUNT = 16
+IMAGE_ATTN_TOKENS = 576
 _INT_TYPES = (int, np.integer)
 _REAL_TYPES = (int, float, np.integer, np.floating)
 
@@ -162,6 +170,31 @@ FIELDS: Dict[str, Dict[str, Callable[[Any], bool]]] = {
            for kind in ("grad", "ratio")},
         "wall_time": _wall,
     },
+}
+
+
+
+def _image_pixels(v: Any) -> bool:
+    return (isinstance(v, np.ndarray) and v.dtype == np.uint8 and v.ndim == 3 and v.shape[2] == 3
+            and 0 < v.shape[0] <= IMAGE_MAX_H and 0 < v.shape[1] <= IMAGE_MAX_W)
+
+
+def _image_grid(v: Any) -> bool:
+    return (isinstance(v, tuple) and len(v) == 3 and all(_int(x, 1 << 16, 1) for x in v)
+            and v[0] * v[1] * v[2] <= 1 << 24)
+
+
+FIELDS["image"] = {
+    "generation": _index, "seq_index": _index, "index": lambda v: _int(v, IMAGE_MAX_COUNT - 1),
+    "count": lambda v: _int(v, IMAGE_MAX_COUNT, 1), "grid": _image_grid,
+    "size": lambda v: isinstance(v, tuple) and len(v) == 2 and all(_int(x, 1 << 20) for x in v),
+    "pixels": _image_pixels, "wall_time": _wall,
+}
+FIELDS["image_attention"] = {
+    "generation": _index, "step": _index, "seq_index": _index, "phase": _text, "token_id": _index,
+    "token_text": _text, "tokens": lambda v: _int(v, 1 << 24),
+    "attention": lambda v: (_array(2, MAX_LAYERS * IMAGE_ATTN_TOKENS)(v) and v.shape[0] <= MAX_LAYERS
+                            and v.shape[1] <= IMAGE_ATTN_TOKENS), "image_share": _array(1, MAX_LAYERS), "wall_time": _wall,
 }
 
 # By annotation, for fields of event kinds added later and not listed above.

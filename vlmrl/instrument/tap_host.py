@@ -19,6 +19,7 @@ import numpy as np
 from vlmrl.errors import UsageError
 from vlmrl.instrument.events import (ATTN_STATS, UPDATE_OTHER_ROWS, UPDATE_SEGMENTS, AttentionMatrix, DecodeState,
                                      UpdateStats)
+from vlmrl.instrument.image_tap import attention_event, image_events
 from vlmrl.instrument.taps import UPDATE_HEADER, TapConfig, pool_layout, unpack_payload
 
 
@@ -38,6 +39,10 @@ class CallContext:
     image_token_id: int = -1
     stride: int = 1
     generation: int = 0  # set by TapHost.begin_call: which generate() call this is
+    # The image view: the watched row's image tokens (all its images) and its images as
+    # (merged grid (t, h, w), uint8 [H, W, 3] as the model saw it) pairs, in token order.
+    image_tokens: int = 0
+    images: Optional[list] = None
 
 
 class TapHost:
@@ -83,6 +88,12 @@ class TapHost:
         self.ctx = ctx
         with self._lock:
             self._times = []
+        if ctx.images and self.tap.image_attention:
+            try:  # on the sampler's thread, before the call: a bad image must not stop sampling
+                for ev in image_events(ctx.generation, min(self.tap.watch_row, ctx.batch - 1), ctx.images):
+                    self.bus.publish(ev)
+            except Exception as exc:
+                self._report(exc)
 
     def end_call(self, decode_steps: int, wall_s: float) -> int:
         """Adapt the stride from this call's emit timing; returns the stride for the next call."""
@@ -170,6 +181,11 @@ class TapHost:
             if r == watch and "attn_row" in p:
                 ev.attention_row = p["attn_row"][:cache_len].astype(np.float32)
             self.bus.publish(ev)
+            if r == watch and "img_attn" in p:
+                img = attention_event(p, generation=ctx.generation, row=r, tokens=ctx.image_tokens, token_id=tok,
+                                      token_text=ev.token_text, phase=phase)
+                if img is not None:
+                    self.bus.publish(img)
 
     def _matrix_event(self, m: np.ndarray, p: dict) -> AttentionMatrix:
         ctx = self.ctx

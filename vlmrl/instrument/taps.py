@@ -56,6 +56,9 @@ class TapConfig:
     # The PPO update's own taps (vlmrl.core.update_stats): per layer, head, vision block and
     # merger statistics of what the update changed, one host callback per update.
     update_stats: bool = True
+    # The image view (key v): with every emit, the watched row's newest query over its image
+    # tokens (per layer, mean over heads, float16) and its share on them (float32 per layer).
+    image_attention: bool = True
 
     @property
     def stats_on(self) -> bool:
@@ -136,8 +139,21 @@ def attention_for_emit(tap: TapConfig, aux: dict, rows: int, watch: int):
     return stats, row
 
 
+def image_attention(aux: dict, watch: int, slots: int):
+    """(float16 [L, slots], float32 [L]) for the image view, on device: per layer, the mean
+    over heads of the watched row's newest query on each of its first `slots` image tokens
+    (in sequence order; 0 past the row's last one), and on all its image tokens together.
+    `slots` is static (the sampler's bound on the image tokens, at most IMAGE_ATTN_TOKENS)."""
+    vis = aux["key_vision"][watch]  # [T]
+    rows = jnp.stack([p[watch].astype(jnp.float32).mean(axis=0) for p in aux["attn_rows"]])  # [L, T]
+    idx = jnp.nonzero(vis, size=slots, fill_value=0)[0]
+    keep = jnp.arange(slots) < vis.sum()
+    on_image = jnp.where(keep[None, :], rows[:, idx], 0.0)
+    return on_image.astype(jnp.float16), jnp.sum(jnp.where(vis[None, :], rows, 0.0), axis=-1)
+
+
 def decode_payload(tap: TapConfig, aux: dict, logits_bv, temperature, token_b, logprob_b, entropy_b, alive_b, step,
-                   cache_len):
+                   cache_len, image_slots: int = 0):
     """The reduced arrays one emitted decode step sends to the host (built inside the cond).
 
     logits_bv: [B, V] raw logits and temperature the scalar the token was drawn with;
@@ -162,12 +178,14 @@ def decode_payload(tap: TapConfig, aux: dict, logits_bv, temperature, token_b, l
         out["stats"] = stats  # [L, R, H, 4]
     if row is not None:
         out["attn_row"] = row.astype(jnp.float16)  # [T]
+    if tap.image_attention and image_slots > 0 and aux.get("attn_rows") is not None:
+        out["img_attn"], out["img_share"] = image_attention(aux, min(tap.watch_row, token_b.shape[0] - 1), image_slots)
     return out
 
 
 _INT_FIELDS = ("token", "alive", "top_ids")
 _FLOAT_FIELDS = ("logprob", "entropy", "top_p", "stats")
-_HEADER = 8  # step, cache_len, R, k, L, H, row length, has_stats
+_HEADER = 10  # step, cache_len, R, k, L, H, row length, has_stats, image layers, image slots
 
 
 def pack_payload(p: dict):
@@ -178,22 +196,31 @@ def pack_payload(p: dict):
     L, H = (p["stats"].shape[0], p["stats"].shape[2]) if "stats" in p else (0, 0)
     row = p.get("attn_row")
     n_row = 0 if row is None else row.shape[0]
+    img_l, img_n = p["img_attn"].shape if "img_attn" in p else (0, 0)
     head = jnp.stack([p["step"], p["cache_len"], jnp.int32(r), jnp.int32(k), jnp.int32(L), jnp.int32(H),
-                      jnp.int32(n_row), jnp.int32("stats" in p)]).astype(jnp.int32)
+                      jnp.int32(n_row), jnp.int32("stats" in p), jnp.int32(img_l), jnp.int32(img_n)]).astype(jnp.int32)
     ints = [head] + [p[f].astype(jnp.int32).reshape(-1) for f in _INT_FIELDS]
     parts = [lax.bitcast_convert_type(jnp.concatenate(ints), jnp.float32)]
     parts += [p[f].astype(jnp.float32).reshape(-1) for f in _FLOAT_FIELDS if f in p]
+    if img_l:  # the image view's share [L] (float32), then its [L, N] float16 two per word
+        parts.append(p["img_share"].astype(jnp.float32))
+        parts.append(_halves(p["img_attn"].reshape(-1)))
     if row is not None:
-        row16 = jnp.pad(row.astype(jnp.float16), (0, n_row % 2)).reshape(-1, 2)
-        parts.append(lax.bitcast_convert_type(row16, jnp.float32))
+        parts.append(_halves(row))
     return jnp.concatenate(parts)
+
+
+def _halves(x):
+    """A float16 vector as float32 words, two values a word (padded to even length)."""
+    x16 = jnp.pad(x.astype(jnp.float16), (0, x.shape[0] % 2)).reshape(-1, 2)
+    return lax.bitcast_convert_type(x16, jnp.float32)
 
 
 def unpack_payload(buf: np.ndarray) -> dict:
     """Host inverse of `pack_payload` (numpy only); the arrays are copies, safe to keep."""
     buf = np.array(buf, dtype=np.float32, copy=True)  # CPU callback buffers are borrowed
     ints = buf.view(np.int32)
-    step, cache_len, r, k, L, H, n_row, has_stats = (int(x) for x in ints[:_HEADER])
+    step, cache_len, r, k, L, H, n_row, has_stats, img_l, img_n = (int(x) for x in ints[:_HEADER])
     sizes = dict(token=r, alive=r, top_ids=r * k, logprob=r, entropy=r, top_p=r * k, stats=L * r * H * 4)
     shapes = dict(top_ids=(r, k), top_p=(r, k), stats=(L, r, H, 4))
     out, at = dict(step=np.int32(step), cache_len=np.int32(cache_len)), _HEADER
@@ -204,6 +231,12 @@ def unpack_payload(buf: np.ndarray) -> dict:
         out[f] = src[at:at + sizes[f]].reshape(shapes.get(f, (-1,)))
         at += sizes[f]
     out["alive"] = out["alive"].astype(bool)
+    if img_l:
+        out["img_share"] = buf[at:at + img_l]
+        at += img_l
+        words = (img_l * img_n + 1) // 2
+        out["img_attn"] = buf[at:at + words].view(np.float16)[:img_l * img_n].reshape(img_l, img_n)
+        at += words
     if n_row:
         out["attn_row"] = buf[at:].view(np.float16)[:n_row]
     return out
@@ -250,11 +283,12 @@ def matrix_of(tap: TapConfig, probs, watch: int):
     return m.mean(axis=0) if tap.matrix_head is None else m[tap.matrix_head]
 
 
-def prefill_payload(tap: TapConfig, aux: dict, logits_bv, temperature, token_b, logprob_b, entropy_b, cache_len):
+def prefill_payload(tap: TapConfig, aux: dict, logits_bv, temperature, token_b, logprob_b, entropy_b, cache_len,
+                    image_slots: int = 0):
     """Payload of the prefill emit: the decode fields for token 0, plus the pooled matrix."""
     alive = jnp.ones(token_b.shape, bool)
     out = {"packed": pack_payload(decode_payload(tap, aux, logits_bv, temperature, token_b, logprob_b, entropy_b,
-                                                 alive, 0, cache_len))}
+                                                 alive, 0, cache_len, image_slots))}
     if tap.matrix_layer is not None and "attn_probs" in aux:
         w = min(tap.watch_row, token_b.shape[0] - 1)
         m = matrix_of(tap, aux["attn_probs"], w)

@@ -159,6 +159,23 @@ def _patchify(chw: np.ndarray, cfg: ImageProcessorConfig) -> np.ndarray:
     return x.reshape(gh * gw, c * t * p * p)
 
 
+def unpatchify(rows: np.ndarray, grid_thw, config: Optional["ImageProcessorConfig"] = None) -> np.ndarray:
+    """The image one grid's pixel rows hold, as uint8 [H, W, 3] (its first temporal frame):
+    the inverse of `_patchify` and the normalisation, i.e. the resized image the model saw.
+
+    rows: float [t*h*w, C*T*P*P] in merge-window order; grid_thw: its (t, h, w) in patches."""
+    cfg = config or ImageProcessorConfig()
+    t, h, w = (int(v) for v in grid_thw)
+    p, m, tp = cfg.patch_size, cfg.merge_size, cfg.temporal_patch_size
+    rows = np.asarray(rows, np.float32)
+    if rows.shape != (t * h * w, 3 * tp * p * p) or h % m or w % m:
+        raise ValueError(f"pixel rows {rows.shape} do not fit grid {(t, h, w)} with patch {p}, merge {m}")
+    x = rows[:h * w].reshape(h // m, w // m, m, m, 3, tp, p, p)[:, :, :, :, :, 0]  # (BR, BC, ir, ic, C, py, px)
+    x = x.transpose(0, 2, 5, 1, 3, 6, 4).reshape(h * p, w * p, 3)  # (BR, ir, py, BC, ic, px, C)
+    x = x * np.asarray(cfg.image_std, np.float32) + np.asarray(cfg.image_mean, np.float32)
+    return np.clip(np.rint(x / cfg.rescale_factor), 0, 255).astype(np.uint8)
+
+
 def preprocess_images(images: Union[ImageLike, Sequence[ImageLike]], config: Optional[ImageProcessorConfig] = None,
                       *, min_pixels: Optional[int] = None, max_pixels: Optional[int] = None
                       ) -> Tuple[np.ndarray, np.ndarray]:
