@@ -224,6 +224,7 @@ class DashboardState:
     explorer: Mapping[int, Tuple[ExplorerStep, ...]] = _empty()
     # The update taps' UpdateStats, one per PPO update by step (the newest HISTORY).
     updates: Tuple[UpdateStats, ...] = ()
+    images: Any = None  # image_data.ImageSnapshot: the image view's (key v) images and attention
     counts: Mapping[str, int] = _empty()  # events seen per kind
     problems: Tuple[str, ...] = ()  # malformed input seen (shown in the footer)
     # Set by the live loop through `with_meta`: "dropped" (int or {kind: n}), "fps",

@@ -22,23 +22,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from vlmrl.instrument.events import (
-    ATTN_STATS,
-    AttentionMatrix,
-    CreditState,
-    DecodeState,
-    Event,
-    GroupState,
-    MemoryPlan,
-    RunEnd,
-    RunInfo,
-    TrainingState,
-    UpdateStats,
-    decode_event,
-    validate,
-)
-
+from vlmrl.instrument.events import (ATTN_STATS, AttentionMatrix, CreditState, DecodeState, Event, GroupState,
+                                     ImageAttention, ImageState, MemoryPlan, RunEnd, RunInfo, TrainingState,
+                                     UpdateStats, decode_event, validate)
 from vlmrl.utils.tui.group_data import check_group
+from vlmrl.utils.tui.image_data import ImageLog
 from vlmrl.utils.tui.state import (  # noqa: F401  (re-exported: panels import them from here)
     DEFAULT_FIELDS, EXPLORER_BYTES, EXPLORER_STEPS, HEAT_HZ, HISTORY, MAX_PROBLEMS, MAX_ROWS, RECENT_TOKENS,
     REORDER_WINDOW, Comparison, DashboardState, ExplorerStep, FrozenLogs, HistoryPoint, StepLog, TokenRecord,
@@ -111,6 +99,7 @@ class Store:
         self._matrix: Optional[AttentionMatrix] = None
         self._plan: Optional[MemoryPlan] = None
         self._updates: List[UpdateStats] = []  # by step, the newest HISTORY (update taps)
+        self._images = ImageLog()  # the image view's (key v) own bounded state
         self._counts: Dict[str, int] = {}
         self._problems: List[str] = []
         self.rows_dropped = 0  # batch rows forgotten to stay within MAX_ROWS
@@ -135,6 +124,8 @@ class Store:
             RunInfo: self._on_run,
             RunEnd: self._on_end,
             MemoryPlan: self._on_plan,
+            ImageState: self._on_image,
+            ImageAttention: self._on_image,
         }
 
     # -- intake -----------------------------------------------------------------------
@@ -225,6 +216,11 @@ class Store:
             return
         self._matrix = ev
         self._bump("matrix")
+
+    def _on_image(self, ev) -> None:
+        problem = self._images.apply(ev)
+        if problem is not None:
+            self._problem(f"bad {ev.kind} event: {problem}")
 
     def _on_update(self, ev: UpdateStats) -> None:
         try:
@@ -349,7 +345,7 @@ class Store:
         for name in ("_run", "_end", "_plan", "_training", "_credit", "_group", "_matrix", "_last_event_at"):
             setattr(out, name, getattr(self, name))
         out._history = list(self._history)
-        out._updates = list(self._updates)
+        out._updates, out._images = list(self._updates), self._images.copy()
         out._counts = dict(self._counts)
         out._problems = list(self._problems)
         out.rows_dropped = self.rows_dropped
@@ -386,7 +382,7 @@ class Store:
         f["run_end"] = self._end
         f["credit"], f["matrix"] = self._credit, self._matrix
         f["group"], f["group_v"], f["compare"] = self._group, v["group"], self._compare
-        f["plan"] = self._plan
+        f["plan"], f["images"] = self._plan, self._images.view()
         if f["update_v"] != v["update"]:
             f["updates"], f["update_v"] = tuple(self._updates), v["update"]
         f["counts"] = MappingProxyType(dict(self._counts))

@@ -14,12 +14,12 @@ from typing import Any, Mapping, Optional
 
 from vlmrl.instrument.events import ATTN_STATS
 
-MODES = ("dashboard", "matrix", "explorer", "charts", "group", "plan", "updates")
-# Keys that open (and close) a view. m, e and u work everywhere; c, g and k work from the
+MODES = ("dashboard", "matrix", "explorer", "charts", "group", "plan", "updates", "image")
+# Keys that open (and close) a view. m, e, u and v work everywhere; c, g and k work from the
 # dashboard and the views with no keys of their own for those letters, since the matrix,
 # the explorer and the update view use g as Home and k as up.
 MODE_KEYS = MappingProxyType({"m": "matrix", "e": "explorer", "c": "charts", "g": "group", "k": "plan",
-                              "u": "updates"})
+                              "u": "updates", "v": "image"})
 RL_MODES = ("dashboard", "charts", "group", "plan")
 ESCAPE_KEYS = ("\x1b", "escape", "KEY_ESCAPE")
 
@@ -37,6 +37,7 @@ KEY_HELP = (
     ("g", "rollout group ([ ] prompt, s metric)"),
     ("k", "memory plan vs what the run measures"),
     ("u", "update view: what each PPO update moved"),
+    ("v", "image view: the token's attention on the image"),
     ("?", "this help"),
 )
 # --replay's own keys (`replay.ReplayLog.handle_key`).
@@ -116,7 +117,7 @@ def handle_key(view: ViewState, key: str, state=None, cache=None) -> ViewState:
     if key == "p":
         return view.replace(paused=not view.paused)
     mode = MODE_KEYS.get(key)
-    if mode is not None and (key in "meu" or view.mode in RL_MODES):
+    if mode is not None and (key in "meuv" or view.mode in RL_MODES):
         return view.replace(mode="dashboard" if view.mode == mode else mode)
     if view.mode != "dashboard":
         if key in ESCAPE_KEYS:

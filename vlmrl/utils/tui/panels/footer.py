@@ -7,9 +7,10 @@ from vlmrl.utils.tui.canvas import Canvas, text_width, truncate
 from vlmrl.utils.tui.panels.common import fmt_int, put
 
 KEYS_LONG = (("q", "quit"), ("p", "pause"), ("[]", "page"), ("s", "stat"), ("b", "batch"),
-             ("m", "matrix"), ("e", "explore"), ("c", "charts"), ("g", "group"), ("u", "updates"), ("?", "help"))
+             ("m", "matrix"), ("e", "explore"), ("c", "charts"), ("g", "group"), ("u", "updates"), ("v", "image"),
+             ("?", "help"))
 KEYS_SHORT = tuple((k, "") for k, _ in KEYS_LONG)
-KEYS_TINY = tuple((k, "") for k, _ in KEYS_LONG if k not in "cgu")  # the reset hint matters more
+KEYS_TINY = tuple((k, "") for k, _ in KEYS_LONG if k not in "cguv")  # the reset hint matters more
 RESET_HINTS = ("stuck terminal? type reset", "stuck? reset")
 SEP = " · "
 

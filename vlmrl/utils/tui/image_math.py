@@ -1,0 +1,98 @@
+"""Numbers behind the image view (numpy only): which attention a token gave each patch,
+and the image resampled and blended with it, two pixels per terminal cell.
+
+Pure functions of their arguments; `panels/image.py` draws what they return.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from vlmrl.utils.tui.palette import HEAT
+
+# The overlay's colour ramp (cool to hot, the heatmap's own colours) and how much of it a
+# pixel takes: enough to read the heat, little enough to still see the image under it.
+BLEND = 0.6
+_STOPS = np.asarray(HEAT, np.float64)  # [4, 3]
+# Grey ramp for the image without colour (NO_COLOR): dark to light.
+GREY_RAMP = " .:-=+*#%@"
+
+
+def token_values(attention: np.ndarray, share: np.ndarray, layer: Optional[int]) -> Tuple[np.ndarray, float]:
+    """(float64 [N] weight on each image token, share on the image) for one layer, or the
+    mean over layers when `layer` is None; heads are already averaged on the device."""
+    att = np.asarray(attention, np.float64)
+    sh = np.asarray(share, np.float64)
+    if layer is None:
+        return att.mean(axis=0), float(sh.mean())
+    return att[layer], float(sh[layer])
+
+
+def split_grids(values: np.ndarray, grids: Sequence[tuple]) -> List[Optional[np.ndarray]]:
+    """Per image, its [h, w] merged-patch grid of values (summed over the t frames), from
+    the row's image tokens in order; None for an image whose tokens were not all sent."""
+    out, at = [], 0
+    for t, h, w in grids:
+        n = int(t) * int(h) * int(w)
+        part = values[at:at + n]
+        out.append(part.reshape(int(t), int(h), int(w)).sum(axis=0) if part.size == n else None)
+        at += n
+    return out
+
+
+def fit(size_hw: Tuple[int, int], cols: int, rows: int) -> Tuple[int, int]:
+    """(cells wide, cells tall) to draw an image of size (H, W) pixels in at most cols x rows
+    cells, two pixel rows a cell (cells are about twice as tall as wide: pixels stay square)."""
+    h, w = max(1, int(size_hw[0])), max(1, int(size_hw[1]))
+    scale = min(cols / w, 2 * rows / h)
+    return max(1, min(cols, int(w * scale))), max(1, min(rows, int(h * scale / 2)))
+
+
+def resample(pixels: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Nearest-pixel resample of uint8 [h, w, 3] to [out_h, out_w, 3] (pixel centres)."""
+    h, w = pixels.shape[:2]
+    ys = np.minimum(((np.arange(out_h) + 0.5) * h / out_h).astype(int), h - 1)
+    xs = np.minimum(((np.arange(out_w) + 0.5) * w / out_w).astype(int), w - 1)
+    return pixels[ys][:, xs]
+
+
+def patch_map(grid_hw: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """The [h, w] patch values spread over [out_h, out_w] pixels (each pixel takes the value
+    of the merged patch its centre falls in)."""
+    gh, gw = grid_hw.shape
+    ys = np.minimum(((np.arange(out_h) + 0.5) * gh / out_h).astype(int), gh - 1)
+    xs = np.minimum(((np.arange(out_w) + 0.5) * gw / out_w).astype(int), gw - 1)
+    return grid_hw[ys][:, xs]
+
+
+def heat_rgb(levels: np.ndarray) -> np.ndarray:
+    """float64 [..., 3] colours of values in [0, 1] along the heat ramp (linear between stops)."""
+    x = np.clip(np.nan_to_num(levels, nan=0.0), 0.0, 1.0) * (len(_STOPS) - 1)
+    i = np.minimum(x.astype(int), len(_STOPS) - 2)
+    f = (x - i)[..., None]
+    return _STOPS[i] * (1 - f) + _STOPS[i + 1] * f
+
+
+def blend(pixels: np.ndarray, levels: Optional[np.ndarray]) -> np.ndarray:
+    """uint8 [h, w, 3]: the image with the heat of `levels` ([h, w] in [0, 1]) laid over it."""
+    if levels is None:
+        return pixels
+    out = (1 - BLEND) * pixels.astype(np.float64) + BLEND * heat_rgb(levels)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def grey_glyphs(pixels: np.ndarray) -> np.ndarray:
+    """[h // 2, w] glyphs of GREY_RAMP by the luma of each cell's two pixels (no colour)."""
+    luma = pixels.astype(np.float64) @ np.asarray([0.299, 0.587, 0.114])
+    h2 = luma.shape[0] // 2 * 2
+    cell = (luma[0:h2:2] + luma[1:h2:2]) / 2
+    idx = np.minimum((cell / 256 * len(GREY_RAMP)).astype(int), len(GREY_RAMP) - 1)
+    return np.asarray(list(GREY_RAMP))[idx]
+
+
+def normalise(grid: np.ndarray, top: float) -> np.ndarray:
+    """Values over `top` (the largest shown), in [0, 1]; zeros when top is not positive."""
+    if not top > 0:
+        return np.zeros_like(grid, dtype=np.float64)
+    return np.clip(np.asarray(grid, np.float64) / top, 0.0, 1.0)
