@@ -1,7 +1,8 @@
 """Write mockups/tui_live_mockup.txt: three dashboard frames rendered by the real layout,
 and mockups/rl_views_mockup.txt: the charts (c) and rollout group (g) views of two real
 recorded tiny runs (tests/data), drawn by the same renderer, and
-mockups/update_view_mockup.txt: the update view (key u) over a fixed run of updates.
+mockups/update_view_mockup.txt: the update view (key u) over a fixed run of updates, and
+mockups/image_view_mockup.txt (and .ans, in truecolor): the image view (key v) of a real recorded run.
 
 The frames come from a fixed event sequence (a tiny Qwen3-VL-shaped run answering a
 question about an image) at a fixed clock, so the file changes only when the renderer
@@ -36,6 +37,9 @@ RL_PATH = os.path.join(ROOT, "mockups", "rl_views_mockup.txt")
 RUN_A = os.path.join(ROOT, "tests", "data", "tiny_colors_seed0.jsonl")
 RUN_B = os.path.join(ROOT, "tests", "data", "tiny_colors_seed1_lr3e-4.jsonl")
 UPDATES_PATH = os.path.join(ROOT, "mockups", "update_view_mockup.txt")
+IMAGE_RUN = os.path.join(ROOT, "tests", "data", "tiny_colors_image_seed0.jsonl")
+IMAGE_PATH = os.path.join(ROOT, "mockups", "image_view_mockup.txt")
+IMAGE_ANSI_PATH = os.path.join(ROOT, "mockups", "image_view_mockup.ans")  # `cat` it in a truecolor terminal
 WIDTH, HEIGHT = 120, 40
 LAYERS, HEADS = 28, 16
 GAP = 0.1  # seconds between decode events in the fixed sequence
@@ -220,13 +224,55 @@ def build_updates() -> str:
     return "\n".join(out) + "\n"
 
 
+# (title, size, keys pressed after opening the view with v)
+IMAGE_FRAMES = (
+    ("the answer token 'red' (step 0), all layers, overlay on, 120x40", (120, 40), ("KEY_UP",)),
+    ("the same token, layer 1 only, 100x30", (100, 30), ("KEY_UP", "]", "]")),
+    ("the newest token, overlay off (the image as a grey ramp), 80x24", (80, 24), ("o",)),
+)
+
+
+def build_image() -> Tuple[str, str]:
+    """The image view (key v) of the last generation of a real recorded tiny colour run: the
+    text frames (no colour) and one frame as the bytes a truecolor terminal receives."""
+    from vlmrl.utils.tui.frame import FrameEncoder
+    from vlmrl.utils.tui.palette import COLOR
+    from vlmrl.utils.tui.view import handle_key
+
+    state = _replayed(IMAGE_RUN).snapshot()
+    out = [
+        "vlmrl image view (key v): frames written by scripts/make_mockups.py with the real renderer from",
+        "the last generation of a tiny colour run recorded by `python -m vlmrl.core.train --steps 80",
+        "--record` (tests/data/tiny_colors_image_seed0.jsonl). No colour here, so the image is a grey",
+        "glyph ramp and the overlay the ░▒▓█ ramp; in a colour terminal both are half-block cells (▀),",
+        "the heat blended over the image (image_view_mockup.ans has frame 1 in truecolor). Do not edit.",
+        "",
+    ]
+    ansi = ""
+    for i, (title, (w, h), keys) in enumerate(IMAGE_FRAMES, 1):
+        view = handle_key(ViewState(), "v", state)
+        for k in keys:
+            view = handle_key(view, k, state)
+        meta = {"dropped": 0, "source": "REPLAY"}
+        canvas = layout.render_screen(state, view, w, h, 0.0, MONO, meta=meta)
+        out.append(f"=== Frame {i}: {title} ===")
+        out.extend(canvas.row_text(y).rstrip() for y in range(canvas.height))
+        out.append("")
+        if i == 1:
+            colour = layout.render_screen(state, view, w, h, 0.0, COLOR, meta=meta)
+            ansi = FrameEncoder("truecolor", sync=False).encode(colour).decode("utf-8") + "\x1b[0m\n"
+    return "\n".join(out), ansi
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if the mockup file is stale; write nothing")
     args = ap.parse_args(argv)
     text, rows = build()
     stale = False
-    for path, body in ((PATH, text), (RL_PATH, build_rl()), (UPDATES_PATH, build_updates())):
+    image_text, image_ansi = build_image()
+    for path, body in ((PATH, text), (RL_PATH, build_rl()), (UPDATES_PATH, build_updates()), (IMAGE_PATH, image_text),
+                       (IMAGE_ANSI_PATH, image_ansi)):
         old = open(path, encoding="utf-8").read() if os.path.exists(path) else None
         stale = stale or old != body
         if not args.check and old != body:

@@ -83,11 +83,14 @@ def blend(pixels: np.ndarray, levels: Optional[np.ndarray]) -> np.ndarray:
 
 
 def grey_glyphs(pixels: np.ndarray) -> np.ndarray:
-    """[h // 2, w] glyphs of GREY_RAMP by the luma of each cell's two pixels (no colour)."""
+    """[h // 2, w] glyphs of GREY_RAMP by the luma of each cell's two pixels (no colour),
+    stretched over the image's own luma range: ten glyphs carry little, so a dark image with
+    a red shape (luma 40 vs 94) still shows the shape."""
     luma = pixels.astype(np.float64) @ np.asarray([0.299, 0.587, 0.114])
     h2 = luma.shape[0] // 2 * 2
     cell = (luma[0:h2:2] + luma[1:h2:2]) / 2
-    idx = np.minimum((cell / 256 * len(GREY_RAMP)).astype(int), len(GREY_RAMP) - 1)
+    lo, span = luma.min(), max(luma.max() - luma.min(), 1.0)
+    idx = np.clip(((cell - lo) / span * len(GREY_RAMP)).astype(int), 0, len(GREY_RAMP) - 1)
     return np.asarray(list(GREY_RAMP))[idx]
 
 

@@ -6,7 +6,7 @@ terminal has (the frame encoder lowers RGB), and the attention the token's query
 merged patch (ImageAttention: mean over heads, of one layer or of all layers) blended over
 it as heat, with its scale, the share of the token's attention on the image, and that
 share's curve over generations. Without colour (NO_COLOR) the image is a grey glyph ramp
-and the overlay the ░▒▓█ ramp, no colour codes. Several images: side by side when they
+and the overlay the ░▒▓█ ramp beside it (when it fits), no colour codes. Several images: side by side when they
 fit, else paged. Pure: drawn from the snapshot and the view; the canvas is kept in the
 RenderCache until what it shows changes.
 """
@@ -163,14 +163,16 @@ def _draw_images(c: Canvas, y0: int, rows: int, snap, values, iv: ImageView, the
     grids = [e.grid for e in images]
     per = im.split_grids(values, grids) if values is not None else [None] * len(images)
     top = max((float(g.max()) for g in per if g is not None and g.size), default=0.0)
-    fit_n = max(1, min(len(images), (c.width - 1) // (MIN_COLS + 2)))
-    first = (iv.page * fit_n) % len(images) if len(images) > fit_n else 0
-    shown = [(i % len(images)) for i in range(first, first + fit_n)]
-    slot = (c.width - 1) // len(shown)
+    n = len(images)
+    fit_n = max(1, min(n, (c.width - 1) // (MIN_COLS + 2)))
+    first = (iv.page % -(-n // fit_n)) * fit_n  # pages of fit_n images; n wraps to the first
+    shown = range(first, min(n, first + fit_n))
+    slot = (c.width - 1) // fit_n
     for k, i in enumerate(shown):
         _draw_one(c, 1 + k * slot, y0, slot - 2, rows, images[i], per[i], top, iv.overlay, theme)
-    if len(images) > fit_n:
-        put(c, c.width - 22, y0, f" images {first + 1}-{first + fit_n} of {len(images)} (n) ", theme.warn)
+    if n > fit_n:
+        label = f" images {first + 1}-{shown[-1] + 1} of {n} (n) "
+        put(c, c.width - len(label) - 1, y0, label, theme.warn)
     return top
 
 
@@ -180,9 +182,12 @@ def _draw_one(c: Canvas, x0: int, y0: int, cols: int, rows: int, ev, grid, top: 
     put(c, x0, y0, cap, theme.label, max_width=cols)
     numbers = grid is not None and gh <= 6 and gw <= 6 and cols >= 7 * gw + 12
     img_cols = cols - (7 * gw + 2 if numbers else 0)
-    w, h = im.fit(ev.size, img_cols, rows - 1)
+    heat = overlay and grid is not None
+    # without colour the heat cannot lie over the image: the two are drawn side by side
+    pair = heat and not theme.color and img_cols >= 2 * MIN_COLS
+    w, h = im.fit(ev.size, (img_cols - 1) // 2 if pair else img_cols, rows - 1)
     px = im.resample(ev.pixels, 2 * h, w)
-    levels = im.patch_map(im.normalise(grid, top), 2 * h, w) if (overlay and grid is not None) else None
+    levels = im.patch_map(im.normalise(grid, top), 2 * h, w) if heat else None
     if theme.color:
         out = im.blend(px, levels)
         for r in range(h):
@@ -191,9 +196,12 @@ def _draw_one(c: Canvas, x0: int, y0: int, cols: int, rows: int, ev, grid, top: 
             c.chars[y0 + 1 + r][x0:x0 + w] = [HALF] * w
             c.styles[y0 + 1 + r][x0:x0 + w] = styles
     else:
-        glyphs = im.grey_glyphs(px) if levels is None else np.vectorize(ramp_glyph)(levels[0::2])
-        for r in range(h):
-            c.chars[y0 + 1 + r][x0:x0 + w] = list(glyphs[r])
+        pictures = ([im.grey_glyphs(px)] if levels is None or pair else []) + (
+            [np.vectorize(ramp_glyph)(levels[0::2])] if levels is not None else [])
+        for k, glyphs in enumerate(pictures):
+            for r in range(h):
+                c.chars[y0 + 1 + r][x0 + k * (w + 1):x0 + k * (w + 1) + w] = list(glyphs[r])
+        w = len(pictures) * (w + 1) - 1
     if numbers:  # small grids: the weights themselves beside the image, as the patches lie
         nx = x0 + w + 2
         for r in range(gh):
@@ -225,8 +233,9 @@ def _history(c: Canvas, y: int, snap, theme) -> None:
     hist = snap.history
     if not hist:
         return
-    x = put(c, 1, y, "first token's share on the image by generation ", theme.label)
-    n = max(1, min(len(hist), c.width - x - 36, 120))
+    x = put(c, 1, y, "first token's share on image by generation " if c.width >= 100 else "first token on image ",
+            theme.label)
+    n = max(1, min(len(hist), c.width - x - 31, 120))
     x = put(c, x, y, sparkline([p.share for p in hist[-n:]], n) + " ", theme.value)
     first, last = hist[-n], hist[-1]
     put(c, x, y, f"gen {first.generation} {first.share:.3f} → gen {last.generation} {last.share:.3f}", theme.value,
