@@ -5,6 +5,7 @@ that depth; keys pick layer, token, overlay and image page; two images lie side 
 or are paged; bad image events are rejected and named."""
 from __future__ import annotations
 
+import base64
 import os
 import re
 
@@ -13,7 +14,6 @@ import pyte
 import pytest
 
 from conftest import raw_lines, store_of
-from rl_views_checks import _array
 from vlmrl.instrument.events import ImageAttention, ImageState
 from vlmrl.utils.tui import image_math, layout
 from vlmrl.utils.tui.frame import FrameEncoder
@@ -26,6 +26,13 @@ RUN = os.path.join(ROOT, "tests", "data", "tiny_colors_image_seed0.jsonl")
 SIZES = [(80, 24), (120, 40), (200, 60), (240, 70)]
 T = 1000.0
 SGR = re.compile(r"\x1b\[([0-9;]*)m")
+
+
+def _array(spec):
+    """An array of a JSON line, decoded here (the oracle does not go through the event codec)."""
+    dtype = np.dtype(spec["nd"]).newbyteorder("<")
+    flat = np.frombuffer(base64.b64decode(spec["b64"]), dtype) if "b64" in spec else np.asarray(spec["v"], dtype)
+    return flat.reshape(spec["shape"])
 
 
 def _colour_params(data: str) -> list:
