@@ -125,10 +125,16 @@ PARITY_RTOL, PARITY_ATOL = 1e-5, 1e-5
 PARITY_FLAGS = ["--batch", "4", "--group", "4", "--minibatches", "2", "--seed", "1", "--steps", "3"]
 
 
+@pytest.fixture(scope="module")
+def one_device_run():
+    return run_devices(1, "train", *PARITY_FLAGS)
+
+
 @pytest.mark.slow
-def test_mesh_run_matches_one_device_run():
-    one = run_devices(1, "train", *PARITY_FLAGS)
-    four = run_devices(4, "train", *PARITY_FLAGS, "--mesh", "data=2,fsdp=2")
+@pytest.mark.parametrize("spec", ["data=2,fsdp=2", "fsdp=2,tensor=2"])
+def test_mesh_run_matches_one_device_run(one_device_run, spec):
+    one = one_device_run
+    four = run_devices(4, "train", *PARITY_FLAGS, "--mesh", spec)
     assert (one["devices"], four["devices"]) == (1, 4)
     assert len(one["history"]) == len(four["history"]) == 3
     for a, b in zip(one["rollouts"], four["rollouts"]):
