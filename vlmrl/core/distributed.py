@@ -18,6 +18,8 @@ How a run finds its peers, in order:
 from __future__ import annotations
 
 import os
+import socket
+import time
 from typing import Optional
 
 import jax
@@ -61,6 +63,8 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
     # CPU processes exchange collectives over gloo (XLA's CPU default has none across processes)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     where = f"{coordinator} as process {process_id} of {num_processes}" if explicit else f"the run ({detected})"
+    if explicit:
+        _check_coordinator(coordinator, process_id, timeout_s, where)
     try:
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                    process_id=process_id, initialization_timeout=timeout_s)
@@ -68,6 +72,32 @@ def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] =
         text = str(exc).strip().splitlines()
         raise UsageError(f"cannot join {where}: {type(exc).__name__}: {text[0][:200] if text else ''}") from None
     return jax.process_index(), jax.process_count()
+
+
+def _check_coordinator(coordinator: str, process_id: int, timeout_s: float, where: str) -> None:
+    """What JAX's client would otherwise abort the process on (SIGABRT and a C++ stack, no
+    Python exception): process 0's port already taken, or no coordinator answering the
+    others within `timeout_s`. Checked first so that the user reads one line."""
+    host, _, port = coordinator.rpartition(":")
+    host = host.strip("[]")
+    if process_id == 0:
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("", int(port)))
+        except OSError as exc:
+            raise UsageError(f"cannot join {where}: port {port} is not free here ({exc.strerror or exc})") from None
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(5.0, timeout_s)):
+                return
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise UsageError(f"cannot join {where}: no coordinator answered within {timeout_s:.0f} s "
+                                 f"({exc.strerror or exc})") from None
+            time.sleep(0.5)
 
 
 def is_primary() -> bool:
