@@ -175,3 +175,17 @@ def test_taps_on_a_mesh_send_one_event_stream_and_off_is_off():
     assert out["jaxpr_callbacks"]["off"] == out["jaxpr_callbacks"]["plain"] == 0 < out["jaxpr_callbacks"]["on"]
     assert out["hlo_callbacks"]["off"] == 0 < out["hlo_callbacks"]["on"]
     assert out["update"]["callbacks"] == 0 < out["update"]["constraints"]
+
+
+@pytest.mark.slow
+def test_bench_taps_mesh_splits_the_cpu_itself_and_reports_the_gather():
+    env = dict(os.environ, PYTHONPATH=REPO)  # conftest's XLA_FLAGS asks for 1 device: the script replaces it
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench_taps.py"), "--mesh", "data=2,fsdp=2",
+                           "--new-tokens", "8", "--reps", "1", "--prompt-len", "8", "--contexts", "128"], env=env,
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (result["devices"], result["mesh"], result["batch"]) == (4, "data=2,fsdp=2,tensor=1", 2)
+    assert result["callback_errors"] == 0 and result["emit_callbacks"] > 0
+    assert 0 < result["bytes_per_emit"]["128"] < 65536
+    assert "rematerialization" not in proc.stderr  # the payload is replicated before its one callback
