@@ -13,8 +13,8 @@ from vlmrl.core.sampling import Sampler
 from vlmrl.instrument.bus import Bus
 from vlmrl.instrument.events import ImageAttention, ImageState, decode_event, encode_event
 from vlmrl.instrument.image_tap import downsample, image_events
-from vlmrl.instrument.limits import IMAGE_ATTN_TOKENS, IMAGE_MAX_H, IMAGE_MAX_W
-from vlmrl.instrument.taps import TapConfig
+from vlmrl.instrument.limits import IMAGE_ATTN_BYTES, IMAGE_ATTN_TOKENS, IMAGE_MAX_H, IMAGE_MAX_W
+from vlmrl.instrument.taps import TapConfig, decode_payload, image_slots, pack_payload
 from vlmrl.models.qwen3vl.processor import preprocess_images, unpatchify
 
 V = 152000
@@ -38,6 +38,26 @@ def test_with_an_image_off_is_exactly_off_and_on_is_still_one_callback_per_emit(
     assert count_prim(on) == 2  # the image part rides in the prefill's and the gated decode's one callback
     no_image = Sampler(real_tiny, tap=TapConfig(enabled=True, image_attention=False), bus=Bus()).jaxpr(**kw)
     assert count_prim(no_image) == 2 and str(no_image) != str(on)
+
+
+def test_at_the_2b_shape_the_largest_emit_stays_within_64_kb():
+    """28 layers x 16 heads, 4 published rows of stats, a 151936-token vocabulary and a
+    context of 8192: the image part of an emit is what IMAGE_ATTN_BYTES allows and the
+    whole emit stays under 64 KB; a 448x448 image (196 tokens, 256 slots) costs 14.4 KB."""
+    L, H, V, B = 28, 16, 151936, 8
+    assert image_slots(196, L) == 196 and image_slots(16384, L) == 292 and image_slots(16384, 2) == 4096
+
+    def nbytes(T, slots):
+        aux = dict(attn_rows=(jnp.zeros((B, H, T)),) * L, key_valid=jnp.ones((B, T), bool),
+                   key_vision=jnp.zeros((B, T), bool))
+        z = jnp.zeros((B,))
+        out = jax.eval_shape(lambda: pack_payload(decode_payload(
+            TapConfig(enabled=True), aux, jnp.zeros((B, V)), 1.0, z.astype(jnp.int32), z, z, z.astype(bool), 3, 10,
+            slots)))
+        return out.shape[0] * 4
+
+    assert nbytes(256, 256) - nbytes(256, 0) == 4 * (L + L * 256 // 2) == 14448
+    assert nbytes(8192, image_slots(16384, L)) <= 64 << 10
 
 
 def test_the_watched_rows_images_come_from_its_own_pixel_rows():
@@ -85,6 +105,7 @@ def test_a_hostile_image_event_is_rejected_whole(bad):
 
 @pytest.mark.parametrize("bad", [
     dict(attention=np.zeros((2, IMAGE_ATTN_TOKENS + 1), np.float16)),
+    dict(attention=np.zeros((28, IMAGE_ATTN_BYTES // 56 + 1), np.float16)),
     dict(attention=np.zeros((2, 4), np.int32)),
     dict(attention=np.zeros((4,), np.float16)),
     dict(image_share=np.zeros((2, 2), np.float32)),

@@ -204,3 +204,16 @@ def test_before_any_image_the_view_says_so():
     state = Store(clock=lambda: T, started_at=0.0).snapshot()
     text = "\n".join(_screen(state, _open((), state), (80, 24))[0].display)
     assert "no image yet" in text
+
+
+def test_attention_cut_to_the_per_emit_budget_is_said_and_not_spread_over_the_other_image():
+    s = Store(clock=lambda: T, started_at=0.0)
+    for i, g in enumerate(((1, 2, 2), (1, 2, 2))):
+        s.apply(ImageState(generation=1, index=i, count=2, grid=g, size=(64, 64), pixels=np.zeros((64, 64, 3), np.uint8)))
+    s.apply(ImageAttention(generation=1, step=0, tokens=8, attention=np.full((2, 4), 0.125, np.float16),
+                           image_share=np.array([0.5, 0.5], np.float32)))
+    state = s.snapshot()
+    screen, _ = _screen(state, _open((), state), (120, 40))
+    text = "\n".join(screen.display)
+    assert "the first 4 of 8 tokens" in text
+    assert text.count("0.1250 0.1250") == 2  # the first image's 2x2 weights; the second has none

@@ -26,7 +26,6 @@ from vlmrl.core.distributed import to_host
 from vlmrl.core.image_context import watched_images
 from vlmrl.errors import UsageError
 from vlmrl.instrument import taps as taps_lib
-from vlmrl.instrument.limits import IMAGE_ATTN_TOKENS
 from vlmrl.instrument.tap_host import CallContext, TapHost
 from vlmrl.instrument.taps import TapConfig
 
@@ -340,8 +339,8 @@ class Sampler:
         gather = None if self.mesh is None else functools.partial(meshlib.constrain,
                                                                    shardings=meshlib.replicated(self.mesh))
         # static bound on the image tokens the image view's taps gather (0: no image)
-        img_slots = 0 if pv is None else min(pv.shape[0] // self.model_config.vision.spatial_merge_size ** 2,
-                                             IMAGE_ATTN_TOKENS)
+        img_slots = 0 if pv is None else taps_lib.image_slots(
+            pv.shape[0] // self.model_config.vision.spatial_merge_size ** 2, self.model_config.text.num_hidden_layers)
         if tap is not None:
             payload = taps_lib.prefill_payload(tap, aux, logits[:, -1], t_used, tok, lp, ent, cache.length, img_slots)
             taps_lib.emit(host.on_prefill, payload if gather is None else gather(payload))

@@ -305,7 +305,8 @@ class ImageState(Event):
 @dataclasses.dataclass
 class ImageAttention(Event):
     """The newest query's attention over the watched row's image tokens at one emitted step,
-    keyed by (generation, step). N = attention.shape[1] = min(tokens, limits.IMAGE_ATTN_TOKENS)."""
+    keyed by (generation, step). N = attention.shape[1] = min(tokens, taps.image_slots(...)): the
+    first N image tokens, when the row holds more than the per-emit budget carries."""
 
     kind: ClassVar[str] = "image_attention"
     generation: int = 0

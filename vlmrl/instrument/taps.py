@@ -24,6 +24,7 @@ from jax import lax
 
 from vlmrl.instrument import tap_callback
 from vlmrl.instrument.events import ATTN_STATS
+from vlmrl.instrument.limits import IMAGE_ATTN_BYTES, IMAGE_ATTN_TOKENS
 from vlmrl.instrument.tap_callback import CALLBACK_PRIMITIVES, emit  # noqa: F401  (re-exported)
 
 
@@ -139,11 +140,18 @@ def attention_for_emit(tap: TapConfig, aux: dict, rows: int, watch: int):
     return stats, row
 
 
+def image_slots(tokens: int, layers: int) -> int:
+    """Image tokens the image view's taps gather (static): at most `tokens` (the sampler's
+    bound on the image tokens), IMAGE_ATTN_TOKENS, and what fits IMAGE_ATTN_BYTES of float16
+    over `layers` layers (292 at the 2B shape's 28); 0 when there is no image."""
+    return max(0, min(int(tokens), IMAGE_ATTN_TOKENS, IMAGE_ATTN_BYTES // (2 * max(int(layers), 1))))
+
+
 def image_attention(aux: dict, watch: int, slots: int):
     """(float16 [L, slots], float32 [L]) for the image view, on device: per layer, the mean
     over heads of the watched row's newest query on each of its first `slots` image tokens
     (in sequence order; 0 past the row's last one), and on all its image tokens together.
-    `slots` is static (the sampler's bound on the image tokens, at most IMAGE_ATTN_TOKENS)."""
+    `slots` is static (`image_slots`)."""
     vis = aux["key_vision"][watch]  # [T]
     rows = jnp.stack([p[watch].astype(jnp.float32).mean(axis=0) for p in aux["attn_rows"]])  # [L, T]
     idx = jnp.nonzero(vis, size=slots, fill_value=0)[0]

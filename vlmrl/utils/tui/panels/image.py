@@ -150,7 +150,9 @@ def _share_line(c: Canvas, y: int, cur, layer, theme) -> None:
         x = put(c, x, y, sparkline(list(sh), len(sh), (0.0, 1.0)) + " ", theme.value)
         x = put(c, x, y, f"min {sh.min():.3f} L{int(sh.argmin())} max {sh.max():.3f} L{int(sh.argmax())}  ",
                 theme.value)
-    put(c, x, y, f"│ all {sh.mean():.3f} · of {cur.tokens} image tokens", theme.label)
+    n = int(cur.attention.shape[1])
+    carried = f"of {cur.tokens} image tokens" if n >= cur.tokens else f"per patch: the first {n} of {cur.tokens} tokens"
+    put(c, x, y, f"│ all {sh.mean():.3f} · {carried}", theme.label if n >= cur.tokens else theme.warn)
 
 
 def _draw_images(c: Canvas, y0: int, rows: int, snap, values, iv: ImageView, theme) -> float:
