@@ -9,6 +9,8 @@ per-layer attention on the merged patches, and reports per window of generations
   uniform   the same with equal weights (what attention blind to the shape would give)
   top=shape how often the most attended patch is the patch with the most shape in it
   chance    how often a patch drawn at random would be (ties counted as the script does)
+  shape/bg  mean weight on a mostly-shape patch (f >= 0.5) over that on a mostly-background
+            one (f < 0.5), over the images that have both (1: the token does not tell them apart)
   correct   the token is the prompt's answer (from the update's group event)
 Shape pixels: max channel > 100 (the background is grey 20..68; every shape colour has a
 channel >= 150). Usage: python scripts/image_view_learning.py RUN.jsonl [--windows 4]
@@ -66,6 +68,8 @@ def read(path: str):
                          share_layers=[float(x) for x in att.image_share],
                          on_shape=float((a * f).sum() / max(a.sum(), 1e-12)), uniform=float(f.mean()),
                          top_is_shape=bool(f[int(np.argmax(a))] >= f.max()), chance=float(np.mean(f >= f.max())),
+                         shape_bg=(float(a[f >= 0.5].mean() / max(a[f < 0.5].mean(), 1e-12))
+                                   if (f >= 0.5).any() and (f < 0.5).any() else None),
                          correct=None if answer is None else att.token_text.strip() == answer))
     return rows
 
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
         return 2
     parts = np.array_split(np.arange(len(rows)), max(1, min(args.windows, len(rows))))
     out = []
-    print(f"{'generations':>13} {'share':>7} {'by layer':>16} {'on-shape':>9} {'uniform':>8} {'top=shape':>9} {'chance':>7} {'correct':>8}")
+    print(f"{'generations':>13} {'share':>7} {'by layer':>16} {'on-shape':>9} {'uniform':>8} {'top=shape':>9} {'chance':>7} {'shape/bg':>8} {'correct':>8}")
     for idx in parts:
         rs = [rows[i] for i in idx]
         known = [r["correct"] for r in rs if r["correct"] is not None]
@@ -91,12 +95,13 @@ def main(argv=None) -> int:
                  on_shape=float(np.mean([r["on_shape"] for r in rs])), uniform=float(np.mean([r["uniform"] for r in rs])),
                  top_is_shape=float(np.mean([r["top_is_shape"] for r in rs])),
                  chance=float(np.mean([r["chance"] for r in rs])),
+                 shape_bg=float(np.mean([r["shape_bg"] for r in rs if r["shape_bg"] is not None] or [np.nan])),
                  correct=float(np.mean(known)) if known else None)
         out.append(w)
         layers = " ".join(f"{x:.3f}" for x in w["share_layers"][:4])
         corr = "n/a" if w["correct"] is None else f"{w['correct']:.2f}"
         print(f"{w['first']:>6}-{w['last']:<6} {w['share']:7.3f} {layers:>16} {w['on_shape']:9.3f} {w['uniform']:8.3f} "
-              f"{w['top_is_shape']:9.2f} {w['chance']:7.2f} {corr:>8}")
+              f"{w['top_is_shape']:9.2f} {w['chance']:7.2f} {w['shape_bg']:8.2f} {corr:>8}")
     print(json.dumps({"log": args.log, "generations": len(rows), "windows": out}))
     return 0
 
