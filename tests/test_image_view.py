@@ -217,3 +217,14 @@ def test_attention_cut_to_the_per_emit_budget_is_said_and_not_spread_over_the_ot
     text = "\n".join(screen.display)
     assert "the first 4 of 8 tokens" in text
     assert text.count("0.1250 0.1250") == 2  # the first image's 2x2 weights; the second has none
+
+
+def test_a_new_generations_image_waits_for_its_first_step_before_it_replaces_the_shown_one():
+    s = _two_images_state()
+    s.apply(ImageState(generation=4, index=0, count=1, grid=(1, 1, 1), size=(32, 32), pixels=np.zeros((8, 8, 3), np.uint8)))
+    snap = s.snapshot().images
+    assert snap.generation == 3 and len(snap.images) == 2 and [a.step for a in snap.steps] == [0]
+    s.apply(ImageAttention(generation=4, step=1, tokens=1, attention=np.ones((2, 1), np.float16),
+                           image_share=np.ones(2, np.float32)))
+    snap = s.snapshot().images
+    assert snap.generation == 4 and len(snap.images) == 1 and [a.step for a in snap.steps] == [1]

@@ -1,10 +1,13 @@
 """The image view's state: the watched sample's images and its attention on them, bounded.
 
 `ImageLog` is the Store's reducer for ImageState / ImageAttention events (the Store hands
-them over and snapshots `view()`). It keeps the newest generation only: its images and,
-keyed by step, the attention of each emitted step (the last write per step wins: taps may
-duplicate or reorder callbacks), and per generation the image share of its first token
-for the learning curve. A late event of an older generation is counted, never mixed in.
+them over and snapshots `view()`). It keeps the newest generation: its images and, keyed by
+step, the attention of each emitted step (the last write per step wins: taps may duplicate
+or reorder callbacks), and per generation the image share of its first token for the
+learning curve. A generation's images come before its first step, so until that step
+arrives the view keeps showing the generation before it (a live view would otherwise blink
+"no attention yet" between generations). A late event of an older generation is counted,
+never mixed in.
 """
 from __future__ import annotations
 
@@ -59,6 +62,7 @@ class ImageLog:
         self.generation = -1
         self.images: dict = {}
         self.steps: List[ImageAttention] = []
+        self.before: Optional[tuple] = None  # (generation, images, steps) of the last one with steps
         self.history: List[SharePoint] = []
         self.stale = 0
         self.v = 0
@@ -74,6 +78,8 @@ class ImageLog:
             self.v += 1
             return None
         if ev.generation > self.generation:
+            if self.steps:
+                self.before = (self.generation, self.images, self.steps)
             self.generation, self.images, self.steps = ev.generation, {}, []
         if isinstance(ev, ImageState):
             self.images[ev.index] = ev
@@ -95,12 +101,16 @@ class ImageLog:
 
     def view(self) -> ImageSnapshot:
         if self._snap is None or self._snap.version != self.v:
-            self._snap = ImageSnapshot(self.generation, tuple(self.images[i] for i in sorted(self.images)),
-                                       tuple(self.steps), tuple(self.history), self.stale, self.v)
+            gen, images, steps = (self.generation, self.images, self.steps)
+            if not steps and self.before is not None:
+                gen, images, steps = self.before
+            self._snap = ImageSnapshot(gen, tuple(images[i] for i in sorted(images)), tuple(steps),
+                                       tuple(self.history), self.stale, self.v)
         return self._snap
 
     def copy(self) -> "ImageLog":
         out = ImageLog()
         out.generation, out.images, out.steps = self.generation, dict(self.images), list(self.steps)
+        out.before = self.before  # never mutated: a new generation replaces it whole
         out.history, out.stale, out.v = list(self.history), self.stale, self.v
         return out

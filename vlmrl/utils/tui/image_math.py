@@ -13,7 +13,7 @@ from vlmrl.utils.tui.palette import HEAT
 
 # The overlay's colour ramp (cool to hot, the heatmap's own colours) and how much of it a
 # pixel takes: enough to read the heat, little enough to still see the image under it.
-BLEND = 0.6
+BLEND = 0.5
 _STOPS = np.asarray(HEAT, np.float64)  # [4, 3]
 # Grey ramp for the image without colour (NO_COLOR): dark to light.
 GREY_RAMP = " .:-=+*#%@"
