@@ -228,3 +228,20 @@ def test_a_new_generations_image_waits_for_its_first_step_before_it_replaces_the
                            image_share=np.ones(2, np.float32)))
     snap = s.snapshot().images
     assert snap.generation == 4 and len(snap.images) == 1 and [a.step for a in snap.steps] == [1]
+
+
+def test_with_a_render_cache_new_steps_show_at_most_once_per_heat_tick():
+    from vlmrl.utils.tui.panels import image as panel
+    from vlmrl.utils.tui.render_cache import RenderCache
+    from vlmrl.utils.tui.state import HEAT_HZ
+
+    s, cache = _two_images_state(), RenderCache()
+    view = _open((), s.snapshot())
+    first = panel.render(s.snapshot(), view, 120, 39, 10.0, COLOR, cache)
+    s.apply(ImageAttention(generation=3, step=1, token_text="blue", tokens=10, attention=np.ones((2, 10), np.float16) / 10,
+                           image_share=np.ones(2, np.float32)))
+    held = panel.render(s.snapshot(), view, 120, 39, 10.0 + 0.2 / HEAT_HZ, COLOR, cache)
+    assert held is first  # same tick: the screen drawn for it stays
+    later = panel.render(s.snapshot(), view, 120, 39, 10.0 + 1.0 / HEAT_HZ, COLOR, cache)
+    assert "'blue' step 1" in later.row_text(0) and "'blue'" not in first.row_text(0)
+    assert panel.render(s.snapshot(), view, 120, 39, 99.0, COLOR, cache) is later  # nothing new: kept

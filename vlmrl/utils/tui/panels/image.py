@@ -20,7 +20,8 @@ import numpy as np
 from vlmrl.utils.tui import image_math as im
 from vlmrl.utils.tui.canvas import Canvas, Style
 from vlmrl.utils.tui.palette import RAMP, ramp_glyph, sparkline
-from vlmrl.utils.tui.panels.common import fmt_num, memo_canvas, message, put, title_rule
+from vlmrl.utils.tui.panels.common import fmt_num, message, put, remember, title_rule
+from vlmrl.utils.tui.state import HEAT_HZ
 
 TITLE = "IMAGE"
 KEYS = "[ ] layer · a all layers · ↑↓ token · o overlay · n next image · v back"
@@ -93,11 +94,20 @@ def cache_key(state, view, now):
 
 
 def render(state, view, width, height, now, theme, cache=None) -> Canvas:
-    """The whole view (kept in the RenderCache under what it shows)."""
+    """The whole view. With a RenderCache, a screen is redrawn when what it shows changed,
+    at most HEAT_HZ times a second (as the heatmap): a step's new heat changes most image
+    cells, and drawing them at every emit cost the render thread ~50 ms a frame at 240x70."""
+    iv = get_view(view)
     if cache is None:
-        return _draw(state, get_view(view), width, height, theme)
-    key = (state.store_id, cache_key(state, view, now), width, height, id(theme))
-    return memo_canvas(cache.memo("image.screens"), key, lambda: _draw(state, get_view(view), width, height, theme))
+        return _draw(state, iv, width, height, theme)
+    snap = state.images
+    version, tick = (None if snap is None else snap.version), int(now * HEAT_HZ)
+    memo = cache.memo("image.screens")
+    key = (state.store_id, iv, width, height, id(theme))
+    hit = memo.get(key)
+    if hit is not None and (hit[0] == version or hit[1] == tick):
+        return hit[2]
+    return remember(memo, key, (version, tick, _draw(state, iv, width, height, theme)), 8)[2]
 
 
 def _draw(state, iv: ImageView, width: int, height: int, theme) -> Canvas:
