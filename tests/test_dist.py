@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -78,8 +79,8 @@ def test_two_processes_of_two_devices_train_like_one_process_and_only_process_0_
     port = _free_port()
     runs = tmp_path / "runs"
     runs.mkdir()
-    flags = [*SMALL, "--steps", "2", "--record", str(runs / "run.jsonl"), "--ckpt", str(tmp_path / "ckpt"),
-             "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2"]
+    flags = [*SMALL, "--steps", "3", "--record", str(runs / "run.jsonl"), "--ckpt", str(tmp_path / "ckpt"),
+             "--ckpt_every", "2", "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2"]
     procs = []
     try:
         for i in (0, 1):
@@ -94,13 +95,13 @@ def test_two_processes_of_two_devices_train_like_one_process_and_only_process_0_
                 p.wait()
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    single = subprocess.run([sys.executable, "-m", "vlmrl.core.train", *SMALL, "--steps", "2",
+    single = subprocess.run([sys.executable, "-m", "vlmrl.core.train", *SMALL, "--steps", "3",
                              "--record", str(tmp_path / "single.jsonl")], cwd=REPO, env=_env(1),
                             capture_output=True, text=True, timeout=900)
     assert single.returncode == 0, single.stderr[-3000:]
 
     # process 0 prints the progress, process 1 nothing of it; one log, one header
-    assert len(_steps(outs[0][0])) == 2 and _steps(outs[1][0]) == []
+    assert len(_steps(outs[0][0])) == 3 and _steps(outs[1][0]) == []
     assert sorted(os.listdir(runs)) == ["run.jsonl"]
     headers = _events(runs / "run.jsonl", "header")
     assert len(headers) == 1 and headers[0]["process_index"] == 0
@@ -109,18 +110,28 @@ def test_two_processes_of_two_devices_train_like_one_process_and_only_process_0_
 
     # the same rollouts (sampled texts, rewards) and the same update figures as one process
     two, one = _events(runs / "run.jsonl", "training"), _events(tmp_path / "single.jsonl", "training")
-    assert [e["step"] for e in two] == [e["step"] for e in one] == [0, 1]
+    assert [e["step"] for e in two] == [e["step"] for e in one] == [0, 1, 2]
     for a, b in zip(two, one):
         for k in ("loss", "kl", "policy_entropy", "grad_norm", "reward_mean", "reward_std"):
             assert np.isclose(a[k], b[k], rtol=RTOL, atol=ATOL), (k, a[k], b[k])
     g2, g1 = _events(runs / "run.jsonl", "group"), _events(tmp_path / "single.jsonl", "group")
-    assert [g["texts"] for g in g2] == [g["texts"] for g in g1] and len(g2) == 2
+    assert [g["texts"] for g in g2] == [g["texts"] for g in g1] and len(g2) == 3
     assert [g["rewards"] for g in g2] == [g["rewards"] for g in g1]
 
-    # the checkpoint: one step, written by both processes (each its own shards' store)
+    # the checkpoints (steps 2 and 3): written by both processes, each its own shards' store
     state = tmp_path / "ckpt" / "2" / "state"
     assert sorted(n for n in os.listdir(state) if n.startswith("ocdbt.process_")) == ["ocdbt.process_0",
                                                                                     "ocdbt.process_1"]
+    # one process on one device resumes the two processes' step 2 and repeats their step 2
+    shutil.rmtree(tmp_path / "ckpt" / "3")
+    resumed = subprocess.run([sys.executable, "-m", "vlmrl.core.train", *SMALL, "--steps", "3", "--ckpt",
+                              str(tmp_path / "ckpt"), "--resume", "--record", str(tmp_path / "resumed.jsonl")],
+                             cwd=REPO, env=_env(1), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = _events(tmp_path / "resumed.jsonl", "training")
+    assert [e["step"] for e in again] == [2]
+    for k in ("loss", "kl", "policy_entropy", "grad_norm", "reward_mean", "reward_std"):
+        assert np.isclose(again[0][k], two[2][k], rtol=RTOL, atol=ATOL), (k, again[0][k], two[2][k])
 
 
 def test_a_peer_that_never_answers_is_one_line_not_a_hang(tmp_path):

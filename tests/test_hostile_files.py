@@ -233,3 +233,18 @@ def test_config_json_that_is_not_json_is_a_checkpoint_error(tmp_path):
     path.write_bytes(b"[" * 100_000)
     with pytest.raises(CheckpointError, match="not a readable JSON file"):
         Qwen3VLConfig.from_json_file(str(path))
+
+
+def test_a_save_killed_midway_leaves_the_previous_step_restorable(tmp_path):
+    """Orbax writes a step under a temporary name and renames it when done: what a killed
+    save leaves behind is not a step, and the newest finished one restores."""
+    from vlmrl.core import checkpoint
+
+    _small_checkpoint(tmp_path)
+    partial = tmp_path / "2.orbax-checkpoint-tmp-1795937461"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "_METADATA").write_text("{trunc")
+    assert checkpoint.steps(str(tmp_path)) == [1]
+    step, params, *_ = checkpoint.restore(str(tmp_path), {"w": np.ones((2, 3), np.float32)},
+                                          {"m": np.ones(3, np.float32)})
+    assert step == 1 and not np.asarray(params["w"]).any()
