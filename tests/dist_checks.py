@@ -13,7 +13,7 @@ import sys
 
 import jax
 
-SMALL = ["--batch", "2", "--group", "4", "--minibatches", "2", "--seed", "3", "--steps", "4", "--no_compile_cache"]
+SMALL = ["--batch", "4", "--group", "4", "--minibatches", "2", "--seed", "1", "--steps", "4", "--no_compile_cache"]
 KEYS = ("loss/total", "policy/kl_ref", "policy/entropy", "optim/grad_norm", "reward/mean")
 
 

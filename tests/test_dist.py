@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO
 
-SMALL = ["--batch", "2", "--group", "4", "--minibatches", "2", "--seed", "3", "--no_compile_cache"]
+SMALL = ["--batch", "4", "--group", "4", "--minibatches", "2", "--seed", "1", "--no_compile_cache"]
 # fp32 on CPU: a sharded program sums in another order than the one-device program; the
 # figures agree to about 1e-6 relative, the tolerance leaves room for the logits' last bits
 RTOL, ATOL = 1e-4, 1e-6
@@ -58,6 +58,7 @@ def test_a_checkpoint_saved_on_data2_fsdp2_resumes_on_data4_and_continues_the_cu
     for straight, again in zip(out["straight"], out["again"]):
         assert _close(straight, again), (straight, again)
     assert out["straight"] != out["head"][:2]  # the curve moved: the comparison can fail
+    assert any(m["reward/mean"] > 0 for m in out["straight"])  # rewards in the compared updates
 
 
 def _free_port() -> int:
@@ -117,6 +118,7 @@ def test_two_processes_of_two_devices_train_like_one_process_and_only_process_0_
     g2, g1 = _events(runs / "run.jsonl", "group"), _events(tmp_path / "single.jsonl", "group")
     assert [g["texts"] for g in g2] == [g["texts"] for g in g1] and len(g2) == 3
     assert [g["rewards"] for g in g2] == [g["rewards"] for g in g1]
+    assert two[2]["reward_mean"] > 0  # seed 1's third update has rewards: advantages move the update
 
     # the checkpoints (steps 2 and 3): written by both processes, each its own shards' store
     state = tmp_path / "ckpt" / "2" / "state"
