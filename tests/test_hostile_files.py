@@ -180,6 +180,16 @@ def test_a_link_inside_a_checkpoint_is_refused(tmp_path):
         checkpoint.restore(str(tmp_path / "ckpt"), {"w": np.zeros((2, 3), np.float32)}, {"m": np.zeros(3, np.float32)})
 
 
+def test_oversized_orbax_metadata_is_refused_before_orbax_reads_it(tmp_path, monkeypatch):
+    from vlmrl.core import checkpoint
+
+    step = _small_checkpoint(tmp_path)
+    monkeypatch.setattr(checkpoint, "METADATA_MAX", 64)  # the real bound is 256 MiB
+    with pytest.raises(checkpoint.CheckpointError, match=r"/1/_CHECKPOINT_METADATA is larger than 64 bytes"):
+        checkpoint.restore(str(tmp_path), {"w": np.zeros((2, 3), np.float32)}, {"m": np.zeros(3, np.float32)})
+    assert step
+
+
 def test_a_foreign_directory_is_neither_read_nor_written(tmp_path):
     from vlmrl.core import checkpoint
 

@@ -45,8 +45,6 @@ class CheckpointError(ValueError):
 def check_directory(directory: str) -> None:
     """CheckpointError unless `directory` is absent, empty, or marked as ours: a run must
     never write (or let orbax prune) inside someone else's directory."""
-    if os.path.islink(directory):
-        raise CheckpointError(f"checkpoint directory {directory} is a symbolic link")
     if not os.path.exists(directory):
         return
     if not os.path.isdir(directory):
@@ -135,15 +133,17 @@ def _check_tree(path: str) -> None:
     """No symbolic link anywhere in a step (a store must not read outside its directory),
     a bounded number of entries, and orbax's own JSON metadata files of bounded size."""
     seen = 0
-    for root, dirs, files in os.walk(path):
+    for root, dirs, files in os.walk(path):  # (os.walk does not descend into linked directories)
         for name in dirs + files:
-            seen += 1
+            if os.path.islink(os.path.join(root, name)):
+                raise CheckpointError(f"checkpoint {path} holds a symbolic link: "
+                                      f"{os.path.relpath(os.path.join(root, name), path)}")
+        for name in files:
             full = os.path.join(root, name)
-            if os.path.islink(full):
-                raise CheckpointError(f"checkpoint {path} holds a symbolic link: {os.path.relpath(full, path)}")
-            if name in files and (name.startswith("_") or root.endswith("array_metadatas")) \
+            if (name.startswith("_") or os.path.basename(root) == "array_metadatas") \
                     and os.path.getsize(full) > METADATA_MAX:
                 raise CheckpointError(f"checkpoint file {full} is larger than {METADATA_MAX} bytes")
+        seen += len(dirs) + len(files)
         if seen > WALK_MAX:
             raise CheckpointError(f"checkpoint {path} holds more than {WALK_MAX} files")
 
