@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from conftest import count_prim, make_prompt
-from vlmrl.core.image_context import watched_images
+from vlmrl.core.image_context import pool_cells, watched_images
 from vlmrl.core.sampling import Sampler
 from vlmrl.instrument.bus import Bus
 from vlmrl.instrument.events import ImageAttention, ImageState, decode_event, encode_event
@@ -53,7 +53,7 @@ def test_at_the_2b_shape_the_largest_emit_stays_within_64_kb():
         z = jnp.zeros((B,))
         out = jax.eval_shape(lambda: pack_payload(decode_payload(
             TapConfig(enabled=True), aux, jnp.zeros((B, V)), 1.0, z.astype(jnp.int32), z, z, z.astype(bool), 3, 10,
-            slots)))
+            (slots, jnp.zeros(max(slots, 1), jnp.int32)) if slots else None)))
         return out.shape[0] * 4
 
     assert nbytes(256, 256) - nbytes(256, 0) == 4 * (L + L * 256 // 2) == 14448
@@ -76,6 +76,18 @@ def test_the_watched_rows_images_come_from_its_own_pixel_rows():
         assert np.array_equal(rgb, src)  # drawn at 32-multiples: no resize, exact round trip
     assert watched_images(ids, grid, pv, img_id, 2, watch=0)[0] == 6
     assert watched_images(ids, None, None, img_id, 2, watch=0) == (0, [])
+
+
+def test_pool_cells_picks_the_smallest_factor_that_fits_and_numbers_cells_in_token_order():
+    f, used, cells = pool_cells([(1, 2, 3)], slots=8, bound=8)
+    assert (f, used) == (1, 6) and cells.tolist() == [0, 1, 2, 3, 4, 5, 8, 8]
+    # 1x14x14 (196 tokens) into at most 64 cells: 2x2 pooling gives 7x7 = 49
+    f, used, cells = pool_cells([(1, 14, 14)], slots=64, bound=200)
+    assert (f, used) == (2, 49) and cells[:14].tolist() == [c // 2 for c in range(14)]
+    assert cells[14] == 0 and cells[28] == 7 and cells[195] == 48 and (cells[196:] == 64).all()
+    # two images, ceil at the edges: 1x3x3 -> 2x2 cells, 1x2x2 -> 1x1; the second starts after the first
+    f, used, cells = pool_cells([(1, 3, 3), (1, 2, 2)], slots=5, bound=13)
+    assert (f, used) == (2, 5) and cells.tolist() == [0, 0, 1, 0, 0, 1, 2, 2, 3, 4, 4, 4, 4]
 
 
 def test_images_are_downsampled_to_the_bound_with_their_aspect_and_never_enlarged():

@@ -67,3 +67,42 @@ def test_image_attention_events_equal_hf_output_attentions(hf_tiny):
     assert worst <= 5e-4, worst  # float16 on the wire: ~3 significant digits
     assert worst_share <= 1e-5, worst_share
     assert att[0].image_share.max() > 0.01  # the image is attended to at all
+
+
+def test_pooled_image_attention_equals_hf_summed_over_each_cells_patches(hf_tiny, monkeypatch):
+    """With a budget of 4 cells, the 6 + 4 image tokens travel pooled 2x2 (3 cells): each cell
+    is HF's attention summed over the merged patches it covers."""
+    import torch
+
+    from vlmrl.core.sampling import Sampler, SamplingConfig
+    from vlmrl.instrument import taps
+    from vlmrl.instrument.bus import Bus
+    from vlmrl.instrument.taps import TapConfig
+    from vlmrl.models.qwen3vl import load_hf_checkpoint
+
+    monkeypatch.setattr(taps, "IMAGE_ATTN_BYTES", 16)  # 2 layers x 2 bytes: 4 cells
+    hf, path = hf_tiny
+    model = load_hf_checkpoint(path)[0]
+    bus = Bus(capacity=10_000)
+    sub = bus.subscribe("test")
+    s = Sampler(model, SamplingConfig(stop_ids=(), pad_id=0), tap=TapConfig(enabled=True), bus=bus)
+    s.host.stride = 1
+    ids, pv, grid = make_prompt(V, [("text", 3), ("image", GRIDS[0]), ("text", 2), ("image", GRIDS[1]),
+                                    ("text", 4)], seed=5)
+    out = s.generate(prompts=[ids], pixel_values=pv, image_grid_thw=grid, max_new_tokens=3)
+    att = sorted((e for e in sub.drain() if e.kind == "image_attention"), key=lambda e: e.step)
+    assert att and all(e.pool == 2 and e.attention.shape == (2, 3) and e.tokens == 10 for e in att)
+
+    full = np.concatenate([ids, out.tokens[0, :-1]])
+    with torch.no_grad():
+        res = hf(**_hf_inputs(hf, full[None], None, pv, grid), output_attentions=True, use_cache=False)
+    probs = np.stack([a[0].float().numpy() for a in res.attentions]).astype(np.float64)
+    vision = np.flatnonzero(full == hf.config.image_token_id)
+    cells = [[0, 1, 3, 4], [2, 5], [6, 7, 8, 9]]  # 1x2x3 pooled 2x2 -> 1x1x2; 1x2x2 -> 1x1x1
+    worst = 0.0
+    for e in att:
+        per_token = probs[:, :, len(ids) - 1 + e.step, vision].mean(axis=1)  # [L, 10]
+        ref = np.stack([per_token[:, c].sum(axis=1) for c in cells], axis=1)
+        worst = max(worst, float(np.abs(e.attention.astype(np.float64) - ref).max()))
+    print(f"pooled image attention vs HF: max abs diff {worst:.2e}")
+    assert worst <= 5e-4, worst

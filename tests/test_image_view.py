@@ -206,7 +206,7 @@ def test_before_any_image_the_view_says_so():
     assert "no image yet" in text
 
 
-def test_attention_cut_to_the_per_emit_budget_is_said_and_not_spread_over_the_other_image():
+def test_cells_not_sent_are_said_and_not_spread_over_the_other_image():
     s = Store(clock=lambda: T, started_at=0.0)
     for i, g in enumerate(((1, 2, 2), (1, 2, 2))):
         s.apply(ImageState(generation=1, index=i, count=2, grid=g, size=(64, 64), pixels=np.zeros((64, 64, 3), np.uint8)))
@@ -215,7 +215,7 @@ def test_attention_cut_to_the_per_emit_budget_is_said_and_not_spread_over_the_ot
     state = s.snapshot()
     screen, _ = _screen(state, _open((), state), (120, 40))
     text = "\n".join(screen.display)
-    assert "the first 4 of 8 tokens" in text
+    assert "image 2/2 · no heat (not sent)" in text and "image 1/2 · 1×2×2" in text
     assert text.count("0.1250 0.1250") == 2  # the first image's 2x2 weights; the second has none
 
 
@@ -245,3 +245,19 @@ def test_with_a_render_cache_new_steps_show_at_most_once_per_heat_tick():
     later = panel.render(s.snapshot(), view, 120, 39, 10.0 + 1.0 / HEAT_HZ, COLOR, cache)
     assert "'blue' step 1" in later.row_text(0) and "'blue'" not in first.row_text(0)
     assert panel.render(s.snapshot(), view, 120, 39, 99.0, COLOR, cache) is later  # nothing new: kept
+
+
+def test_pooled_cells_lie_over_the_patches_they_sum():
+    s = Store(clock=lambda: T, started_at=0.0)
+    s.apply(ImageState(generation=1, index=0, count=1, grid=(1, 4, 4), size=(128, 128),
+                       pixels=np.zeros((96, 96, 3), np.uint8)))
+    s.apply(ImageAttention(generation=1, step=0, tokens=16, pool=2, attention=np.array([[0.1, 0.2, 0.3, 0.4]] * 2, np.float16),
+                           image_share=np.array([1.0, 1.0], np.float32)))
+    state = s.snapshot()
+    screen, _ = _screen(state, _open(("o", "o"), state), (120, 40), MONO, "none")
+    text = "\n".join(screen.display)
+    assert "heat per 2×2 patches" in text and "0.1000 0.2000" in text and "0.3000 0.3999" in text
+    # the ░▒▓█ picture: its left half top is the 0.1 cell (level 0.25 -> ▒), its right half bottom the max (█)
+    rows = [line for line in screen.display if "█" in line or "▒" in line]
+    heat = [line[line.index("▒"):] for line in rows if "▒" in line]
+    assert heat and heat[0].lstrip()[0] == "▒" and "█" in rows[-1]

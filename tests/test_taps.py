@@ -251,7 +251,8 @@ def test_payload_is_one_buffer_bounded_by_max_rows_not_by_batch():
                    key_vision=jnp.zeros((B, T), bool))
         z = jnp.zeros((B,))
         out = jax.eval_shape(lambda: pack_payload(decode_payload(
-            tap, aux, jnp.zeros((B, V)), 1.0, z.astype(jnp.int32), z, z, z.astype(bool), 3, 10, image_slots)))
+            tap, aux, jnp.zeros((B, V)), 1.0, z.astype(jnp.int32), z, z, z.astype(bool), 3, 10,
+            (image_slots, jnp.zeros(image_slots + 3, jnp.int32)) if image_slots else None)))
         assert out.ndim == 1 and out.dtype == jnp.float32
         return out.shape[0] * 4
 

@@ -6,7 +6,8 @@ grid lies exactly over it). Runs only when the taps are on, once per generate ca
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+import math
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,6 +39,28 @@ def watched_images(ids: np.ndarray, grid: Optional[np.ndarray], pixel_values: Op
         rgb = unpatchify(pixel_values[offsets[j]:offsets[j + 1]], (t, h, w), cfg)
         images.append(((t, h // merge, w // merge), rgb))
     return tokens, images
+
+
+def pool_cells(grids: Sequence[tuple], slots: int, bound: int) -> Tuple[int, int, np.ndarray]:
+    """(f, cells used, int32 [bound]): the smallest factor f such that the images' merged
+    grids pooled f x f (per frame, ceil at the edges) fit `slots` cells, how many cells that
+    fills, and the cell of each image token in token order (row-major within a frame, frames
+    in order, images in order); `slots` (dropped) past the last token. f = 1 when every
+    token has its own cell."""
+    grids = [tuple(int(x) for x in g) for g in grids]
+    f = 1
+    while f < 1 << 16 and sum(t * math.ceil(h / f) * math.ceil(w / f) for t, h, w in grids) > slots:
+        f += 1
+    cells, off = [], 0
+    for t, h, w in grids:
+        hp, wp = math.ceil(h / f), math.ceil(w / f)
+        frame = ((np.arange(h)[:, None] // f) * wp + np.arange(w)[None, :] // f).reshape(-1)
+        cells += [off + k * hp * wp + frame for k in range(t)]
+        off += t * hp * wp
+    flat = np.concatenate(cells) if cells else np.zeros(0, np.int64)
+    out = np.full(bound, slots, np.int32)
+    out[:min(bound, flat.size)] = flat[:bound]
+    return f, min(off, slots), out
 
 
 def _runs(mask: np.ndarray) -> int:

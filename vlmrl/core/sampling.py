@@ -23,7 +23,7 @@ from jax import lax
 
 from vlmrl.core import mesh as meshlib
 from vlmrl.core.distributed import to_host
-from vlmrl.core.image_context import watched_images
+from vlmrl.core.image_context import pool_cells, watched_images
 from vlmrl.errors import UsageError
 from vlmrl.instrument import taps as taps_lib
 from vlmrl.instrument.tap_host import CallContext, TapHost
@@ -267,7 +267,7 @@ class Sampler:
             raise ValueError(f"prompt has {n_img_tok} image tokens but no pixel_values")
         pos, deltas = self._rope_index(ids, grid, mask, mc)
         pos, deltas = np.asarray(pos, np.int32), np.asarray(deltas, np.int32).reshape(B)
-        pv = vin = None
+        pv = vin = img_cells = None
         ctx = self._context(ids, mask, pos, deltas, grid, S + n_bucket)
         if grid is not None:
             pv = np.asarray(pixel_values, np.float32)
@@ -281,11 +281,15 @@ class Sampler:
                 ctx.image_tokens, ctx.images = watched_images(ids, grid, pv, mc.image_token_id,
                                                               mc.vision.spatial_merge_size,
                                                               min(self.tap.watch_row, B - 1), self.config.image_config)
+                bound = n_pad // mc.vision.spatial_merge_size ** 2  # image tokens the batch can hold
+                slots = taps_lib.image_slots(bound, mc.text.num_hidden_layers)
+                ctx.image_pool, ctx.image_cells, img_cells = pool_cells([g for g, _ in ctx.images], slots, bound)
+                img_cells = jnp.asarray(img_cells)
             vin = self._vision_prep(grid, mc.vision, pad_to=n_pad)
             pv = jnp.asarray(pv, self.cache_dtype)
         key = jax.random.PRNGKey(0) if key is None else key
         args = [self.state, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pos), jnp.asarray(deltas), pv, vin,
-                key, jnp.float32(temperature), jnp.float32(top_p), jnp.int32(max_new_tokens), jnp.int32(1)]
+                key, jnp.float32(temperature), jnp.float32(top_p), jnp.int32(max_new_tokens), img_cells, jnp.int32(1)]
         if self.mesh is not None:  # rows on the data axis (pixels: patches in row order), the rest replicated
             for i, axis in ((1, 0), (2, 0), (3, 1), (4, 0), (5, 0)):  # ids, mask, pos [3,B,S], deltas, pixels
                 if args[i] is not None:
@@ -316,7 +320,7 @@ class Sampler:
                            prompt_ids=ids, prompt_mask=mask, kv_bytes_per_slot=slot, image_token_id=mc.image_token_id)
 
     # ---- device side --------------------------------------------------------------------
-    def _generate(self, state, ids, mask, pos, deltas, pv, vin, key, temperature, top_p, max_new, stride, *,
+    def _generate(self, state, ids, mask, pos, deltas, pv, vin, key, temperature, top_p, max_new, img_cells, stride, *,
                   n_bucket, greedy, top_k, use_top_p):
         tap, host, cfg = self.tap, self.host, self.config
         B, S = ids.shape
@@ -339,10 +343,10 @@ class Sampler:
         gather = None if self.mesh is None else functools.partial(meshlib.constrain,
                                                                    shardings=meshlib.replicated(self.mesh))
         # static bound on the image tokens the image view's taps gather (0: no image)
-        img_slots = 0 if pv is None else taps_lib.image_slots(
-            pv.shape[0] // self.model_config.vision.spatial_merge_size ** 2, self.model_config.text.num_hidden_layers)
+        img = None if img_cells is None else (  # the image view's part of an emit (taps.image_attention)
+            taps_lib.image_slots(img_cells.shape[0], self.model_config.text.num_hidden_layers), img_cells)
         if tap is not None:
-            payload = taps_lib.prefill_payload(tap, aux, logits[:, -1], t_used, tok, lp, ent, cache.length, img_slots)
+            payload = taps_lib.prefill_payload(tap, aux, logits[:, -1], t_used, tok, lp, ent, cache.length, img)
             taps_lib.emit(host.on_prefill, payload if gather is None else gather(payload))
         buf_t = jnp.full((B, n_bucket), cfg.pad_id, jnp.int32).at[:, 0].set(tok)
         buf_lp = jnp.zeros((B, n_bucket), jnp.float32).at[:, 0].set(lp)
@@ -366,7 +370,7 @@ class Sampler:
             if tap is not None:
                 length = cache.length
                 taps_lib.gated_emit(host.on_decode, i, stride, lambda: taps_lib.decode_payload(
-                    tap, aux, logits, t_used, new, lp, ent, alive, i, length, img_slots), gather=gather)
+                    tap, aux, logits, t_used, new, lp, ent, alive, i, length, img), gather=gather)
             col = lax.dynamic_update_slice
             buf_t = col(buf_t, new[:, None], (0, i))
             buf_lp = col(buf_lp, jnp.where(alive, lp, 0.0)[:, None], (0, i))

@@ -305,8 +305,9 @@ class ImageState(Event):
 @dataclasses.dataclass
 class ImageAttention(Event):
     """The newest query's attention over the watched row's image tokens at one emitted step,
-    keyed by (generation, step). N = attention.shape[1] = min(tokens, taps.image_slots(...)): the
-    first N image tokens, when the row holds more than the per-emit budget carries."""
+    keyed by (generation, step). The row's images' merged patches are pooled `pool` x `pool`
+    (per frame, in token order, ceil at the edges) so that they fit the per-emit budget
+    (`taps.image_slots`): N = attention.shape[1] cells, one a token when pool is 1."""
 
     kind: ClassVar[str] = "image_attention"
     generation: int = 0
@@ -316,7 +317,8 @@ class ImageAttention(Event):
     token_id: int = 0  # the token this query produced
     token_text: str = ""
     tokens: int = 0  # image tokens the row holds (all its images, in order)
-    # float16 [L, N]: per layer, the mean over heads of the weight on each image token
+    pool: int = 1  # merged patches a cell covers per side
+    # float16 [L, N]: per layer, the mean over heads of the weight on each cell (summed over its tokens)
     attention: Optional[np.ndarray] = None
     # float32 [L]: per layer, the mean over heads of the share on all the row's image tokens
     image_share: Optional[np.ndarray] = None

@@ -35,13 +35,14 @@ def image_events(generation: int, row: int, images: Sequence[Tuple[tuple, np.nda
 
 
 def attention_event(p: dict, *, generation: int, row: int, tokens: int, token_id: int, token_text: str,
-                    phase: str) -> Optional[ImageAttention]:
-    """The ImageAttention of one unpacked payload (`taps.unpack_payload`), cut to the row's
-    `tokens` image tokens; None when the payload has no image part or the row has no image."""
+                    phase: str, pool: int = 1, cells: Optional[int] = None) -> Optional[ImageAttention]:
+    """The ImageAttention of one unpacked payload (`taps.unpack_payload`), cut to the `cells`
+    the row's `tokens` image tokens fill when pooled `pool` x `pool` (default: one a token);
+    None when the payload has no image part or the row has no image."""
     att, share = p.get("img_attn"), p.get("img_share")
     if att is None or share is None or tokens <= 0:
         return None
-    n = min(int(tokens), att.shape[1])
+    n = min(int(tokens if cells is None else cells), att.shape[1])
     return ImageAttention(generation=generation, step=int(p["step"]), seq_index=row, phase=phase,
-                          token_id=int(token_id), token_text=token_text, tokens=int(tokens),
+                          token_id=int(token_id), token_text=token_text, tokens=int(tokens), pool=int(pool),
                           attention=np.array(att[:, :n], np.float16), image_share=np.array(share, np.float32))

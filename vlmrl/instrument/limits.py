@@ -26,9 +26,10 @@ MAX_LAYERS = 4096  # layers, heads, vision depth, deepstack indexes
 # The image view: an image travels downsampled to at most IMAGE_MAX_W x IMAGE_MAX_H RGB
 # pixels (34.6 KB of uint8; two pixels a cell, so a 240-column terminal shows two side by
 # side at full size), at most IMAGE_MAX_COUNT per sample. A step's attention on the image
-# is float16 [layers, tokens] of at most IMAGE_ATTN_BYTES: at the 2B shape (28 layers) that
-# is 292 image tokens (a 448x448 image has 196), and the largest emit (4 rows of stats, a
-# context of 8192, 292 tokens) is 61.8 KB, inside the 64 KB per-emit budget (docs/image_view.md).
+# is float16 [layers, cells] of at most IMAGE_ATTN_BYTES: at the 2B shape (28 layers) 292
+# cells, one a token up to 292 tokens (a 448x448 image has 196), merged patches pooled f x f
+# beyond; the largest emit (4 rows of stats, a context of 8192, 292 cells) is 61.8 KB,
+# inside the 64 KB per-emit budget (docs/image_view.md).
 IMAGE_MAX_W, IMAGE_MAX_H = 120, 96
 IMAGE_MAX_COUNT = 16
 IMAGE_ATTN_BYTES = 16 << 10
@@ -194,7 +195,7 @@ FIELDS["image"] = {
 }
 FIELDS["image_attention"] = {
     "generation": _index, "step": _index, "seq_index": _index, "phase": _text, "token_id": _index,
-    "token_text": _text, "tokens": lambda v: _int(v, 1 << 24),
+    "token_text": _text, "tokens": lambda v: _int(v, 1 << 24), "pool": lambda v: _int(v, 1 << 16, 1),
     "attention": lambda v: (_array(2, IMAGE_ATTN_BYTES // 2)(v) and v.shape[1] <= IMAGE_ATTN_TOKENS),
     "image_share": _array(1, MAX_LAYERS), "wall_time": _wall,
 }

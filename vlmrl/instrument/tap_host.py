@@ -43,6 +43,8 @@ class CallContext:
     # (merged grid (t, h, w), uint8 [H, W, 3] as the model saw it) pairs, in token order.
     image_tokens: int = 0
     images: Optional[list] = None
+    image_pool: int = 1  # f: the attention arrives summed over f x f merged patches (core.image_context)
+    image_cells: Optional[int] = None  # ... in this many cells (None: one a token)
 
 
 class TapHost:
@@ -183,7 +185,8 @@ class TapHost:
             self.bus.publish(ev)
             if r == watch and "img_attn" in p:
                 img = attention_event(p, generation=ctx.generation, row=r, tokens=ctx.image_tokens, token_id=tok,
-                                      token_text=ev.token_text, phase=phase)
+                                      token_text=ev.token_text, phase=phase, pool=ctx.image_pool,
+                                      cells=ctx.image_cells)
                 if img is not None:
                     self.bus.publish(img)
 

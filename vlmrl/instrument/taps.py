@@ -20,7 +20,7 @@ from typing import Callable, Optional
 
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
+from jax import lax, ops
 
 from vlmrl.instrument import tap_callback
 from vlmrl.instrument.events import ATTN_STATS
@@ -147,26 +147,32 @@ def image_slots(tokens: int, layers: int) -> int:
     return max(0, min(int(tokens), IMAGE_ATTN_TOKENS, IMAGE_ATTN_BYTES // (2 * max(int(layers), 1))))
 
 
-def image_attention(aux: dict, watch: int, slots: int):
+def image_attention(aux: dict, watch: int, slots: int, cells):
     """(float16 [L, slots], float32 [L]) for the image view, on device: per layer, the mean
-    over heads of the watched row's newest query on each of its first `slots` image tokens
-    (in sequence order; 0 past the row's last one), and on all its image tokens together.
+    over heads of the watched row's newest query on its image, summed into `slots` cells,
+    and its share on all the row's image tokens.
+
+    cells: int32 [n] (traced), the cell of each of the row's first n image tokens in sequence
+    order (the host pools f x f merged patches into one cell when the image has more tokens
+    than `slots`: `core.image_context.pool_cells`); a cell of `slots` or more is dropped.
     `slots` is static (`image_slots`)."""
     vis = aux["key_vision"][watch]  # [T]
     rows = jnp.stack([p[watch].astype(jnp.float32).mean(axis=0) for p in aux["attn_rows"]])  # [L, T]
-    idx = jnp.nonzero(vis, size=slots, fill_value=0)[0]
-    keep = jnp.arange(slots) < vis.sum()
-    on_image = jnp.where(keep[None, :], rows[:, idx], 0.0)
-    return on_image.astype(jnp.float16), jnp.sum(jnp.where(vis[None, :], rows, 0.0), axis=-1)
+    n = cells.shape[0]
+    idx = jnp.nonzero(vis, size=n, fill_value=0)[0]
+    seg = jnp.where(jnp.arange(n) < vis.sum(), jnp.clip(cells, 0, slots), slots)
+    pooled = ops.segment_sum(rows[:, idx].T, seg, num_segments=slots + 1)[:slots].T  # [L, slots]
+    return pooled.astype(jnp.float16), jnp.sum(jnp.where(vis[None, :], rows, 0.0), axis=-1)
 
 
 def decode_payload(tap: TapConfig, aux: dict, logits_bv, temperature, token_b, logprob_b, entropy_b, alive_b, step,
-                   cache_len, image_slots: int = 0):
+                   cache_len, image=None):
     """The reduced arrays one emitted decode step sends to the host (built inside the cond).
 
     logits_bv: [B, V] raw logits and temperature the scalar the token was drawn with;
     logprob_b the sampled token's log-probability under softmax(logits / temperature);
-    alive_b: bool [B] rows that had not finished before this step. Only the first
+    alive_b: bool [B] rows that had not finished before this step. image: None, or the image
+    view's (slots, cells) (`image_attention`). Only the first
     `tap.max_rows` rows travel. The top-k probabilities reuse the sampled token's logprob
     for the normaliser (log Z = z[token] - logprob), so an emit makes one pass over the
     vocabulary (the block maxima of top_k_exact), not three.
@@ -186,8 +192,8 @@ def decode_payload(tap: TapConfig, aux: dict, logits_bv, temperature, token_b, l
         out["stats"] = stats  # [L, R, H, 4]
     if row is not None:
         out["attn_row"] = row.astype(jnp.float16)  # [T]
-    if tap.image_attention and image_slots > 0 and aux.get("attn_rows") is not None:
-        out["img_attn"], out["img_share"] = image_attention(aux, min(tap.watch_row, token_b.shape[0] - 1), image_slots)
+    if tap.image_attention and image is not None and image[0] > 0 and aux.get("attn_rows") is not None:
+        out["img_attn"], out["img_share"] = image_attention(aux, min(tap.watch_row, token_b.shape[0] - 1), *image)
     return out
 
 
@@ -292,11 +298,11 @@ def matrix_of(tap: TapConfig, probs, watch: int):
 
 
 def prefill_payload(tap: TapConfig, aux: dict, logits_bv, temperature, token_b, logprob_b, entropy_b, cache_len,
-                    image_slots: int = 0):
+                    image=None):
     """Payload of the prefill emit: the decode fields for token 0, plus the pooled matrix."""
     alive = jnp.ones(token_b.shape, bool)
     out = {"packed": pack_payload(decode_payload(tap, aux, logits_bv, temperature, token_b, logprob_b, entropy_b,
-                                                 alive, 0, cache_len, image_slots))}
+                                                 alive, 0, cache_len, image))}
     if tap.matrix_layer is not None and "attn_probs" in aux:
         w = min(tap.watch_row, token_b.shape[0] - 1)
         m = matrix_of(tap, aux["attn_probs"], w)

@@ -29,15 +29,22 @@ def token_values(attention: np.ndarray, share: np.ndarray, layer: Optional[int])
     return att[layer], float(sh[layer])
 
 
-def split_grids(values: np.ndarray, grids: Sequence[tuple]) -> List[Optional[np.ndarray]]:
-    """Per image, its [h, w] merged-patch grid of values (summed over the t frames), from
-    the row's image tokens in order; None for an image whose tokens were not all sent."""
+def pooled_shape(grid: tuple, pool: int) -> Tuple[int, int, int]:
+    """(t, h, w) of a merged grid pooled pool x pool per frame (ceil at the edges)."""
+    t, h, w = (int(x) for x in grid)
+    return t, -(-h // pool), -(-w // pool)
+
+
+def split_grids(values: np.ndarray, grids: Sequence[tuple], pool: int = 1) -> List[Optional[np.ndarray]]:
+    """Per image, its [h', w'] grid of cell values (the merged grid pooled pool x pool,
+    summed over the t frames), from the row's cells in order; None for an image whose
+    cells were not all sent."""
     out, at = [], 0
-    for t, h, w in grids:
-        n = int(t) * int(h) * int(w)
-        part = values[at:at + n]
-        out.append(part.reshape(int(t), int(h), int(w)).sum(axis=0) if part.size == n else None)
-        at += n
+    for grid in grids:
+        t, h, w = pooled_shape(grid, pool)
+        part = values[at:at + t * h * w]
+        out.append(part.reshape(t, h, w).sum(axis=0) if part.size == t * h * w else None)
+        at += t * h * w
     return out
 
 
@@ -57,13 +64,15 @@ def resample(pixels: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     return pixels[ys][:, xs]
 
 
-def patch_map(grid_hw: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """The [h, w] patch values spread over [out_h, out_w] pixels (each pixel takes the value
-    of the merged patch its centre falls in)."""
-    gh, gw = grid_hw.shape
-    ys = np.minimum(((np.arange(out_h) + 0.5) * gh / out_h).astype(int), gh - 1)
-    xs = np.minimum(((np.arange(out_w) + 0.5) * gw / out_w).astype(int), gw - 1)
-    return grid_hw[ys][:, xs]
+def patch_map(cells_hw: np.ndarray, out_h: int, out_w: int, merged_hw: Optional[Tuple[int, int]] = None,
+              pool: int = 1) -> np.ndarray:
+    """The [h', w'] cell values spread over [out_h, out_w] pixels: each pixel takes the value
+    of the cell holding the merged patch its centre falls in (merged_hw: the merged grid the
+    cells pool `pool` x `pool`; default the cells' own shape)."""
+    mh, mw = cells_hw.shape if merged_hw is None else merged_hw
+    ys = np.minimum(((np.arange(out_h) + 0.5) * mh / out_h).astype(int), mh - 1) // pool
+    xs = np.minimum(((np.arange(out_w) + 0.5) * mw / out_w).astype(int), mw - 1) // pool
+    return cells_hw[np.minimum(ys, cells_hw.shape[0] - 1)][:, np.minimum(xs, cells_hw.shape[1] - 1)]
 
 
 def heat_rgb(levels: np.ndarray) -> np.ndarray:

@@ -131,8 +131,8 @@ def _draw(state, iv: ImageView, width: int, height: int, theme) -> Canvas:
                ("" if share is None else f"on image {share:.3f}",), theme.value)
     _share_line(c, 1, cur, layer, theme)
     body = max(1, height - 5)
-    top = _draw_images(c, 2, body, snap, values, iv, theme)
-    _legend(c, 2 + body, snap, values, top, iv, theme)
+    top = _draw_images(c, 2, body, snap, values, int(cur.pool) if cur is not None else 1, iv, theme)
+    _legend(c, 2 + body, values, top, int(cur.pool) if cur is not None else 1, iv, theme)
     _history(c, 3 + body, snap, theme)
     put(c, 1, 4 + body, KEYS, theme.dim, max_width=width - 2)
     return c
@@ -160,12 +160,12 @@ def _share_line(c: Canvas, y: int, cur, layer, theme) -> None:
         x = put(c, x, y, sparkline(list(sh), len(sh), (0.0, 1.0)) + " ", theme.value)
         x = put(c, x, y, f"min {sh.min():.3f} L{int(sh.argmin())} max {sh.max():.3f} L{int(sh.argmax())}  ",
                 theme.value)
-    n = int(cur.attention.shape[1])
-    carried = f"of {cur.tokens} image tokens" if n >= cur.tokens else f"per patch: the first {n} of {cur.tokens} tokens"
-    put(c, x, y, f"│ all {sh.mean():.3f} · {carried}", theme.label if n >= cur.tokens else theme.warn)
+    f = int(cur.pool)
+    pooled = "" if f == 1 else f" · heat per {f}×{f} patches (the emit's budget)"
+    put(c, x, y, f"│ all {sh.mean():.3f} · of {cur.tokens} image tokens{pooled}", theme.label)
 
 
-def _draw_images(c: Canvas, y0: int, rows: int, snap, values, iv: ImageView, theme) -> float:
+def _draw_images(c: Canvas, y0: int, rows: int, snap, values, pool: int, iv: ImageView, theme) -> float:
     """Draw the images that fit from page iv.page; returns the largest patch value shown."""
     images = snap.images
     if not images:
@@ -173,7 +173,7 @@ def _draw_images(c: Canvas, y0: int, rows: int, snap, values, iv: ImageView, the
                 theme)
         return 0.0
     grids = [e.grid for e in images]
-    per = im.split_grids(values, grids) if values is not None else [None] * len(images)
+    per = im.split_grids(values, grids, pool) if values is not None else [None] * len(images)
     top = max((float(g.max()) for g in per if g is not None and g.size), default=0.0)
     n = len(images)
     fit_n = max(1, min(n, (c.width - 1) // (MIN_COLS + 2)))
@@ -181,17 +181,20 @@ def _draw_images(c: Canvas, y0: int, rows: int, snap, values, iv: ImageView, the
     shown = range(first, min(n, first + fit_n))
     slot = (c.width - 1) // fit_n
     for k, i in enumerate(shown):
-        _draw_one(c, 1 + k * slot, y0, slot - 2, rows, images[i], per[i], top, iv.overlay, theme)
+        _draw_one(c, 1 + k * slot, y0, slot - 2, rows, images[i], per[i], pool, top, iv.overlay, theme)
     if n > fit_n:
         label = f" images {first + 1}-{shown[-1] + 1} of {n} (n) "
         put(c, c.width - len(label) - 1, y0, label, theme.warn)
     return top
 
 
-def _draw_one(c: Canvas, x0: int, y0: int, cols: int, rows: int, ev, grid, top: float, overlay: bool, theme) -> None:
-    t, gh, gw = ev.grid
-    cap = f"image {ev.index + 1}/{ev.count} · {t}×{gh}×{gw} patches · {ev.size[1]}×{ev.size[0]} px"
+def _draw_one(c: Canvas, x0: int, y0: int, cols: int, rows: int, ev, grid, pool: int, top: float, overlay: bool,
+              theme) -> None:
+    t, mh, mw = ev.grid
+    missing = " · no heat (not sent)" if grid is None and top > 0 else ""
+    cap = f"image {ev.index + 1}/{ev.count}{missing} · {t}×{mh}×{mw} patches · {ev.size[1]}×{ev.size[0]} px"
     put(c, x0, y0, cap, theme.label, max_width=cols)
+    gh, gw = (grid.shape if grid is not None else (mh, mw))
     numbers = grid is not None and gh <= 6 and gw <= 6 and cols >= 7 * gw + 12
     img_cols = cols - (7 * gw + 2 if numbers else 0)
     heat = overlay and grid is not None
@@ -199,7 +202,7 @@ def _draw_one(c: Canvas, x0: int, y0: int, cols: int, rows: int, ev, grid, top: 
     pair = heat and not theme.color and img_cols >= 2 * MIN_COLS
     w, h = im.fit(ev.size, (img_cols - 1) // 2 if pair else img_cols, rows - 1)
     px = im.resample(ev.pixels, 2 * h, w)
-    levels = im.patch_map(im.normalise(grid, top), 2 * h, w) if heat else None
+    levels = im.patch_map(im.normalise(grid, top), 2 * h, w, (mh, mw), pool) if heat else None
     if theme.color:
         out = im.blend(px, levels)
         for r in range(h):
@@ -222,7 +225,7 @@ def _draw_one(c: Canvas, x0: int, y0: int, cols: int, rows: int, ev, grid, top: 
                 put(c, nx + 7 * q, y0 + 1 + r, f"{grid[r, q]:.4f}"[:6], theme.warn if hot else theme.value)
 
 
-def _legend(c: Canvas, y: int, snap, values, top: float, iv: ImageView, theme) -> None:
+def _legend(c: Canvas, y: int, values, top: float, pool: int, iv: ImageView, theme) -> None:
     if values is None:
         message(c, y, "no attention for this generation yet", theme)
         return
@@ -237,7 +240,8 @@ def _legend(c: Canvas, y: int, snap, values, top: float, iv: ImageView, theme) -
     else:
         x = put(c, x, y, f"{RAMP[0]}<.25 {RAMP[1]}<.5 {RAMP[2]}<.75 {RAMP[3]} of the max ", theme.value)
     x = put(c, x, y, f"0 … {fmt_num(top, 4)} ", theme.value)
-    put(c, x, y, "weight on a merged patch (mean over heads); the image: what the model saw", theme.label,
+    what = "a merged patch" if pool == 1 else f"{pool}×{pool} merged patches"
+    put(c, x, y, f"weight on {what} (mean over heads); the image: what the model saw", theme.label,
         max_width=c.width - x - 1)
 
 
