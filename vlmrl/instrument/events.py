@@ -287,9 +287,8 @@ class UpdateStats(Event):
 
 @dataclasses.dataclass
 class ImageState(Event):
-    """One image of the watched sample as the model saw it (after the processor's resize),
-    downsampled on the host to at most limits.IMAGE_MAX_W x IMAGE_MAX_H pixels; sent once
-    per generation, before its steps. The image view (key v) draws it."""
+    """One image of the watched sample as the model saw it, downsampled on the host (limits.py);
+    once per generation, before its steps. The image view (key v, docs/image_view.md) draws it."""
 
     kind: ClassVar[str] = "image"
     generation: int = 0
@@ -304,10 +303,9 @@ class ImageState(Event):
 
 @dataclasses.dataclass
 class ImageAttention(Event):
-    """The newest query's attention over the watched row's image tokens at one emitted step,
-    keyed by (generation, step). The row's images' merged patches are pooled `pool` x `pool`
-    (per frame, in token order, ceil at the edges) so that they fit the per-emit budget
-    (`taps.image_slots`): N = attention.shape[1] cells, one a token when pool is 1."""
+    """The newest query's attention on the watched row's image tokens at one emitted step, keyed
+    by (generation, step): N cells, one a token, or merged patches pooled `pool` x `pool` (per
+    frame, in token order, ceil at the edges) to fit the per-emit budget (`taps.image_slots`)."""
 
     kind: ClassVar[str] = "image_attention"
     generation: int = 0
@@ -409,16 +407,5 @@ def validate(event: Event) -> None:
     for name, check in _checks_of(type(event)):
         value = getattr(event, name)
         if not check(value):
-            raise ValueError(f"{event.kind}.{name}: {_describe(value)} is not a valid value")
+            raise ValueError(f"{event.kind}.{name}: {limits.describe(value)} is not a valid value")
 
-
-def _describe(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        return f"array {value.dtype.name}{list(value.shape)}"
-    if isinstance(value, dict) and len(value) <= 8:
-        text = "{" + ", ".join(f"{str(k)[:20]!r}: {_describe(v)}" for k, v in value.items()) + "}"
-        return text if len(text) <= 120 else f"dict of {len(value)} entries"
-    if isinstance(value, (str, list, tuple, dict)) and len(value) > 8:
-        return f"{type(value).__name__} of length {len(value)}"
-    text = repr(value)
-    return text if len(text) <= 40 else f"{type(value).__name__} {text[:37]}..."

@@ -218,3 +218,16 @@ def check_for(kind: str, name: str, annotation: str) -> Callable[[Any], bool]:
         inner = BY_TYPE.get(ann[len("Optional["):-1])
         return _optional(inner) if inner is not None else (lambda v: True)
     return BY_TYPE.get(ann, lambda v: True)
+
+
+def describe(value: Any) -> str:
+    """A short account of a rejected value for the error message (never the whole value)."""
+    if isinstance(value, np.ndarray):
+        return f"array {value.dtype.name}{list(value.shape)}"
+    if isinstance(value, dict) and len(value) <= 8:
+        text = "{" + ", ".join(f"{str(k)[:20]!r}: {describe(v)}" for k, v in value.items()) + "}"
+        return text if len(text) <= 120 else f"dict of {len(value)} entries"
+    if isinstance(value, (str, list, tuple, dict)) and len(value) > 8:
+        return f"{type(value).__name__} of length {len(value)}"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{type(value).__name__} {text[:37]}..."
