@@ -175,3 +175,15 @@ except UsageError as exc:
                               timeout=120)
     assert proc.returncode == 2, (proc.stdout, proc.stderr[-2000:])
     assert f"port {port} is not free here" in proc.stdout, proc.stdout
+
+
+def test_importing_the_trainer_leaves_jax_backend_uncreated():
+    """jax.distributed.initialize must run before JAX's backend exists, and the CLI imports
+    the whole trainer first: no import may run a computation (the taps' probe once did)."""
+    code = ("from jax._src import xla_bridge\n"
+            "import vlmrl.core.train, vlmrl.core.trainer, vlmrl.core.sampling, vlmrl.instrument.tap_callback\n"
+            "print(xla_bridge.backends_are_initialized())\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(1), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False"

@@ -100,11 +100,6 @@ def _check_coordinator(coordinator: str, process_id: int, timeout_s: float, wher
             time.sleep(0.5)
 
 
-def is_primary() -> bool:
-    """The process that renders, prints and records."""
-    return jax.process_index() == 0
-
-
 def to_host(x) -> np.ndarray:
     """A numpy copy of a (possibly sharded, possibly multi-process) array, the same on every
     process. Every process must call it for the same array: gathering across processes is
@@ -119,18 +114,6 @@ def to_host(x) -> np.ndarray:
 def host_tree(tree):
     """`to_host` over every leaf of a tree."""
     return jax.tree_util.tree_map(to_host, tree)
-
-
-def same_on_all(value) -> bool:
-    """Whether a host value (numbers or an array) is equal on every process: a check that
-    the run's host-side decisions have not diverged. A collective: every process calls it."""
-    if jax.process_count() == 1:
-        return True
-    from jax.experimental import multihost_utils
-
-    arr = np.asarray(value)
-    gathered = np.asarray(multihost_utils.process_allgather(arr))
-    return bool(all(np.array_equal(gathered[i], arr) for i in range(gathered.shape[0])))
 
 
 def broadcast_flag(flag: bool) -> bool:
