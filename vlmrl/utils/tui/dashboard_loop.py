@@ -19,7 +19,7 @@ from vlmrl.utils.tui.render_cache import RenderCache
 from vlmrl.utils.tui.replay import FRAME_BUDGET
 from vlmrl.utils.tui.store import Store
 from vlmrl.utils.tui.term import RESET_HINT
-from vlmrl.utils.tui.view import MODE_KEYS, RL_MODES, ViewState, handle_key
+from vlmrl.utils.tui.view import MODE_KEYS, SHARED_KEY_MODES, ViewState, handle_key
 
 HINT_SECONDS = 5.0  # the `reset` hint is guaranteed on screen this long after start
 REPAINT_EVERY = 10.0  # seconds between full redraws (no clear) that heal stray output
@@ -90,9 +90,9 @@ class DashboardLoop:
             if key == "KEY_REDRAW":  # Ctrl-L, as in every terminal program
                 self.enc.invalidate()
                 continue
-            # replay's keys step the run under the dashboard and the RL views (their own
-            # keys are [ ] s; g opens the group view rather than going Home)
-            if (self.replay is not None and self.view.mode in RL_MODES and key not in MODE_KEYS
+            # replay's keys step the run under the dashboard, the RL views and the image view
+            # (their own keys are [ ] s a o n ↑ ↓; g opens the group view rather than going Home)
+            if (self.replay is not None and self.view.mode in SHARED_KEY_MODES and key not in MODE_KEYS
                     and self.replay.handle_key(key)):
                 continue
             self.view = handle_key(self.view, key, self.frozen or self.store.snapshot(), self.cache)

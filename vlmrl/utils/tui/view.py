@@ -21,6 +21,10 @@ MODES = ("dashboard", "matrix", "explorer", "charts", "group", "plan", "updates"
 MODE_KEYS = MappingProxyType({"m": "matrix", "e": "explorer", "c": "charts", "g": "group", "k": "plan",
                               "u": "updates", "v": "image"})
 RL_MODES = ("dashboard", "charts", "group", "plan")
+# The views whose own keys leave every mode letter and --replay's keys (← → h l Home End G
+# space + -) free: there the replay keys step the run. The image view
+# is one (its keys: [ ] a ↑ ↓ o n).
+SHARED_KEY_MODES = RL_MODES + ("image",)
 ESCAPE_KEYS = ("\x1b", "escape", "KEY_ESCAPE")
 
 # Key help shown in the help overlay: (key, what it does). What `q` does depends on what

@@ -1,0 +1,62 @@
+"""The image view's keys beside the dashboard's: under --replay the replay keys (← → Home End
+space) step the run from the image view while ↑ ↓ [ ] a o n stay the view's own, and the
+mode letters switch views from it as from the other RL views. Driven through the dashboard
+loop's own key step with the real tiny image run."""
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+from vlmrl.utils.tui.dashboard_loop import DashboardLoop
+from vlmrl.utils.tui.panels.image import get_view
+from vlmrl.utils.tui.replay import ReplayLog
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(ROOT, "tests", "data", "tiny_colors_image_seed0.jsonl")
+
+
+def _replay_loop():
+    replay = ReplayLog.open(RUN)
+    tui = SimpleNamespace(term=None, _sub=None, replay=replay, screen=None, compare=None, flash_hz=5.0,
+                          display_layers=6, depth="truecolor", fps=20.0, source="REPLAY")
+    loop = DashboardLoop(tui)
+    loop.store = replay.store_at(loop.make_store)
+    return loop, replay
+
+
+def _keys(loop, *keys):
+    assert loop.apply_keys(list(keys)) is False
+    loop.store = loop.replay.store_at(loop.make_store)
+
+
+def test_replay_keys_step_the_run_from_the_image_view():
+    loop, replay = _replay_loop()
+    _keys(loop, "v")
+    assert loop.view.mode == "image"
+    end = replay.index
+    assert end > 2
+    _keys(loop, "KEY_LEFT")
+    assert replay.index == end - 1 and loop.view.mode == "image"
+    _keys(loop, "KEY_RIGHT")
+    assert replay.index == end
+    _keys(loop, "h", "h")
+    assert replay.index == end - 2
+    _keys(loop, "KEY_HOME")
+    assert replay.index == 0
+    _keys(loop, "KEY_END")
+    assert replay.index == end
+    _keys(loop, " ")
+    assert replay.playing
+    _keys(loop, " ")
+    assert not replay.playing and loop.view.mode == "image"
+
+
+def test_under_replay_the_image_views_own_keys_stay_its_own():
+    loop, replay = _replay_loop()
+    _keys(loop, "v")
+    end = replay.index
+    _keys(loop, "KEY_UP")  # an earlier token of the generation, not a step of the run
+    assert replay.index == end and get_view(loop.view).step is not None
+    _keys(loop, "KEY_DOWN", "]", "o")
+    iv = get_view(loop.view)
+    assert replay.index == end and iv.layer == 0 and not iv.overlay
