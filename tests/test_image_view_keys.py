@@ -60,3 +60,17 @@ def test_under_replay_the_image_views_own_keys_stay_its_own():
     _keys(loop, "KEY_DOWN", "]", "o")
     iv = get_view(loop.view)
     assert replay.index == end and iv.layer == 0 and not iv.overlay
+
+
+def test_mode_letters_switch_views_from_the_image_view():
+    loop, replay = _replay_loop()
+    for letter, mode in (("c", "charts"), ("g", "group"), ("k", "plan"), ("u", "updates"), ("m", "matrix"),
+                         ("e", "explorer")):
+        _keys(loop, "v")
+        assert loop.view.mode == "image"
+        _keys(loop, letter)
+        assert loop.view.mode == mode, letter
+        _keys(loop, "KEY_ESCAPE")
+        assert loop.view.mode == "dashboard"
+    _keys(loop, "v", "v")  # v closes it again
+    assert loop.view.mode == "dashboard"

@@ -16,14 +16,14 @@ from vlmrl.instrument.events import ATTN_STATS
 
 MODES = ("dashboard", "matrix", "explorer", "charts", "group", "plan", "updates", "image")
 # Keys that open (and close) a view. m, e, u and v work everywhere; c, g and k work from the
-# dashboard and the views with no keys of their own for those letters, since the matrix,
-# the explorer and the update view use g as Home and k as up.
+# dashboard and the views with no keys of their own for those letters (SHARED_KEY_MODES),
+# since the matrix, the explorer and the update view use g as Home and k as up.
 MODE_KEYS = MappingProxyType({"m": "matrix", "e": "explorer", "c": "charts", "g": "group", "k": "plan",
                               "u": "updates", "v": "image"})
 RL_MODES = ("dashboard", "charts", "group", "plan")
 # The views whose own keys leave every mode letter and --replay's keys (← → h l Home End G
-# space + -) free: there the replay keys step the run. The image view
-# is one (its keys: [ ] a ↑ ↓ o n).
+# space + -) free: there c g k switch views and the replay keys step the run. The image view
+# is one (its keys: [ ] a ↑ ↓ o n; no vim k/j, k is the memory plan).
 SHARED_KEY_MODES = RL_MODES + ("image",)
 ESCAPE_KEYS = ("\x1b", "escape", "KEY_ESCAPE")
 
@@ -121,7 +121,7 @@ def handle_key(view: ViewState, key: str, state=None, cache=None) -> ViewState:
     if key == "p":
         return view.replace(paused=not view.paused)
     mode = MODE_KEYS.get(key)
-    if mode is not None and (key in "meuv" or view.mode in RL_MODES):
+    if mode is not None and (key in "meuv" or view.mode in SHARED_KEY_MODES):
         return view.replace(mode="dashboard" if view.mode == mode else mode)
     if view.mode != "dashboard":
         if key in ESCAPE_KEYS:

@@ -60,8 +60,9 @@ def _current(snap, iv: ImageView):
 
 
 def handle_key(view, key: str, state=None, cache=None):
-    """[ / ] previous / next layer (through "all layers"), a all layers, ↑/↓ (k/j) an
-    earlier / later token of the generation, o overlay on/off, n next page of images."""
+    """[ / ] previous / next layer (through "all layers"), a all layers, ↑/↓ an earlier /
+    later token of the generation, o overlay on/off, n next page of images. No vim k/j: k
+    opens the memory plan here as from the other RL views (view.SHARED_KEY_MODES)."""
     iv, n = get_view(view), _layers(state)
     snap = getattr(state, "images", None) if state is not None else None
     steps = [s.step for s in snap.steps] if snap is not None else []
@@ -73,9 +74,9 @@ def handle_key(view, key: str, state=None, cache=None):
         iv = dataclasses.replace(iv, layer=order[(pos - 1) % len(order)])
     elif key == "a":
         iv = dataclasses.replace(iv, layer=None)
-    elif key in ("KEY_UP", "up", "k", "KEY_DOWN", "down", "j") and steps:
+    elif key in ("KEY_UP", "up", "KEY_DOWN", "down") and steps:
         cur = _current(snap, iv).step
-        i = steps.index(cur) + (-1 if key in ("KEY_UP", "up", "k") else 1)
+        i = steps.index(cur) + (-1 if key in ("KEY_UP", "up") else 1)
         iv = dataclasses.replace(iv, step=None if i >= len(steps) - 1 else steps[max(i, 0)])
     elif key == "o":
         iv = dataclasses.replace(iv, overlay=not iv.overlay)
