@@ -74,3 +74,14 @@ def test_mode_letters_switch_views_from_the_image_view():
         assert loop.view.mode == "dashboard"
     _keys(loop, "v", "v")  # v closes it again
     assert loop.view.mode == "dashboard"
+
+
+def test_help_lists_the_image_views_own_keys():
+    from conftest import scenario, screen_text
+    from vlmrl.utils.tui.view import ViewState, handle_key
+    store = scenario()
+    view = handle_key(handle_key(ViewState(), "v", store.snapshot()), "?", store.snapshot())
+    text = screen_text(store, view=view, size=(120, 40))
+    line = next(ln for ln in text.splitlines() if "image view" in ln)
+    for needle in ("[ ] layer", "a all layers", "↑↓ token", "o overlay", "n next image"):
+        assert needle in line, (needle, line)

@@ -312,3 +312,22 @@ def test_reward_sparkline_keeps_the_unit_scale_when_rewards_lie_in_it():
     # outside [0, 1] (a shaped reward) the line scales to its own range
     assert palette.sparkline([-2.0, 3.0], 2, scale=(0.0, 1.0)) == palette.SPARK[0] + palette.SPARK[-1]
     assert palette.sparkline([0.2, 0.22], 2) == palette.SPARK[0] + palette.SPARK[-1]
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_footer_lists_every_key_with_its_label_at_160_columns_also_with_a_batch_index(batch):
+    """At 160x50 the long key list (with k plan) fits beside the reset hint, also once `b`
+    adds b1/64 to the status: the footer's dropped count (the header shows it too) gives way."""
+    store = Store(clock=Clock(T0), started_at=0.0)
+    store.apply(run_info(batch=batch))
+    for s in range(1, 4):
+        store.apply(decode_event(s, text=f" w{s}"))
+    view = handle_key(ViewState(), "b", store.snapshot())
+    lines = screen_text(store, view=view, size=(160, 50)).splitlines()
+    foot = lines[-1]
+    for k, label in footer.KEYS_LONG:
+        assert f"{k} {label}" in foot, (k, foot)
+    assert "reset" in foot and "k plan" in foot
+    if batch > 1:
+        assert "b1/64" in foot
+    assert "dropped 3" in lines[0] or "dropped 3" in lines[1]

@@ -41,7 +41,7 @@ KEY_HELP = (
     ("g", "rollout group ([ ] prompt, s metric)"),
     ("k", "memory plan vs what the run measures"),
     ("u", "update view: what each PPO update moved"),
-    ("v", "image view: the token's attention on the image"),
+    ("v", "image view ([ ] layer, a all layers, ↑↓ token, o overlay, n next image)"),
     ("?", "this help"),
 )
 # --replay's own keys (`replay.ReplayLog.handle_key`).

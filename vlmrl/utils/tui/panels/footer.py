@@ -7,10 +7,10 @@ from vlmrl.utils.tui.canvas import Canvas, text_width, truncate
 from vlmrl.utils.tui.panels.common import fmt_int, put
 
 KEYS_LONG = (("q", "quit"), ("p", "pause"), ("[]", "page"), ("s", "stat"), ("b", "batch"),
-             ("m", "matrix"), ("e", "explore"), ("c", "charts"), ("g", "group"), ("u", "updates"), ("v", "image"),
-             ("?", "help"))
+             ("m", "matrix"), ("e", "explore"), ("c", "charts"), ("g", "group"), ("k", "plan"), ("u", "updates"),
+             ("v", "image"), ("?", "help"))
 KEYS_SHORT = tuple((k, "") for k, _ in KEYS_LONG)
-KEYS_TINY = tuple((k, "") for k, _ in KEYS_LONG if k not in "cguv")  # the reset hint matters more
+KEYS_TINY = tuple((k, "") for k, _ in KEYS_LONG if k not in "cgkuv")  # the reset hint matters more
 RESET_HINTS = ("stuck terminal? type reset", "stuck? reset")
 SEP = " · "
 
@@ -39,8 +39,12 @@ def render(state, view, width, height, now, theme, cache=None) -> Canvas:
     y = height - 1
     alert = (state.meta.get("error") or (state.problems[-1] if state.problems else None)
              or state.meta.get("notice"))
+    parts = _status(state, view)
+    if not (alert and height == 1) and _fit(width - _parts_width(parts) - 3)[0] is not KEYS_LONG \
+            and _fit(width - _parts_width(parts[:-1]) - 3)[0] is KEYS_LONG:
+        parts = parts[:-1]  # "dropped N" is in the header too; here the long key list says more
     x = 0
-    for i, part in enumerate(_status(state, view)):
+    for i, part in enumerate(parts):
         text = (SEP if i else " ") + part
         if x + text_width(text) > width - 1:
             break  # the most important parts come first; the rest waits for a wider terminal
@@ -72,6 +76,11 @@ def _fit(room: int):
         if need <= room:
             return keys, hint
     return (), None
+
+
+def _parts_width(parts) -> int:
+    """Cells the status parts take, as render puts them (" " first, SEP between)."""
+    return sum(text_width((SEP if i else " ") + p) for i, p in enumerate(parts))
 
 
 def _keys_width(keys) -> int:
