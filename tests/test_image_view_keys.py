@@ -85,3 +85,17 @@ def test_help_lists_the_image_views_own_keys():
     line = next(ln for ln in text.splitlines() if "image view" in ln)
     for needle in ("[ ] layer", "a all layers", "↑↓ token", "o overlay", "n next image"):
         assert needle in line, (needle, line)
+
+
+def test_heat_levels_keep_the_legends_glyph():
+    """The quantised heat draws the glyph the legend gives the raw value (▓ <.75, █ ≥.75)."""
+    import numpy as np
+    from vlmrl.utils.tui import image_math
+    from vlmrl.utils.tui.palette import ramp_glyph
+    top = 0.0123
+    raw = np.concatenate([np.linspace(0, 1, 4001), [0.734, 0.7499999, 0.75, 0.2499, 0.25, 0.499, 0.5, 1.0]])
+    levels = image_math.normalise(raw * top, top)
+    for r, q in zip(raw, levels):
+        assert ramp_glyph(q) == ramp_glyph(float(np.float64(r * top) / top)), r
+    assert ramp_glyph(image_math.normalise(np.asarray([0.734]), 1.0)[0]) == "▓"
+    assert len(set(np.round(levels * image_math.LEVELS, 9))) <= image_math.LEVELS + 1

@@ -103,14 +103,17 @@ def grey_glyphs(pixels: np.ndarray) -> np.ndarray:
     return np.asarray(list(GREY_RAMP))[idx]
 
 
-# Heat levels drawn: values over the largest are rounded to 1/LEVELS, so a step whose
-# weights moved a little leaves the cells (and the bytes a frame sends) as they were.
+# Heat levels drawn: values over the largest are rounded DOWN to 1/LEVELS, so a step whose
+# weights moved a little leaves the cells (and the bytes a frame sends) as they were. Down,
+# and LEVELS a multiple of 4: the legend's ░▒▓█ boundaries (.25 .5 .75) are levels, so a value
+# keeps its glyph (0.734 of the max stays ▓ <.75; rounding to nearest drew it █).
 LEVELS = 8
+assert LEVELS % 4 == 0
 
 
 def normalise(grid: np.ndarray, top: float) -> np.ndarray:
-    """Values over `top` (the largest shown) in [0, 1], rounded to 1/LEVELS; zeros when top
-    is not positive."""
+    """Values over `top` (the largest shown) in [0, 1], rounded down to 1/LEVELS; zeros when
+    top is not positive."""
     if not top > 0:
         return np.zeros_like(grid, dtype=np.float64)
-    return np.round(np.clip(np.asarray(grid, np.float64) / top, 0.0, 1.0) * LEVELS) / LEVELS
+    return np.floor(np.clip(np.asarray(grid, np.float64) / top, 0.0, 1.0) * LEVELS) / LEVELS
