@@ -278,7 +278,7 @@ EXPECTED = {
     "decode": ["DECODE LIVE", "Cache: 112/2048", '" w12"', "id 4012", "p 0.875", "alts"],
     "flow": ["COMPUTATION FLOW", "mRoPE 72", "STEP 12"],
     "attention": ["ATTENTION FLOW · focus", "L27 "],
-    "vision": ["VISION INJECTION @ Token[13]", "1×16×16", "merged 64", "DeepStack → L0 L1 L2", "share/layer"],
+    "vision": ["VISION INJECTION @ Token[13]", "patch grid 1×16×16", "merged grid 1×8×8", "DeepStack → L0 L1 L2", "share/layer"],
     "mrope": ["mRoPE", "T 72 H 72 W 72"],
     "credit": ["TOKEN CREDIT", '" big"', "-1.500", "+0.750"],
     # 2 (K,V) * 28 layers * 8 kv heads * 128 dim * 2 bytes * batch 2 = 229376 B per token

@@ -127,7 +127,7 @@ def test_without_overlay_the_cells_are_the_logged_pixels_two_per_cell(state):
     pixels = _array(img["pixels"])
     screen, _ = _screen(state, _open(["o"], state), (120, 40))
     # the image starts at column 1 on the row below its caption
-    y0 = next(y for y, line in enumerate(screen.display) if "patches" in line) + 1
+    y0 = next(y for y, line in enumerate(screen.display) if "merged grid" in line) + 1
     cells = [(x, y) for y in range(y0, 40) for x in range(1, 120) if screen.buffer[y][x].data == "▀"]
     assert cells, "no half-block cells on screen"
     h = max(y for _, y in cells) - y0 + 1
@@ -215,7 +215,7 @@ def test_cells_not_sent_are_said_and_not_spread_over_the_other_image():
     state = s.snapshot()
     screen, _ = _screen(state, _open((), state), (120, 40))
     text = "\n".join(screen.display)
-    assert "image 2/2 · no heat (not sent)" in text and "image 1/2 · 1×2×2" in text
+    assert "image 2/2 · no heat (not sent)" in text and "image 1/2 · merged grid 1×2×2" in text
     assert text.count("0.1250 0.1250") == 2  # the first image's 2x2 weights; the second has none
 
 

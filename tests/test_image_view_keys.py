@@ -99,3 +99,25 @@ def test_heat_levels_keep_the_legends_glyph():
         assert ramp_glyph(q) == ramp_glyph(float(np.float64(r * top) / top)), r
     assert ramp_glyph(image_math.normalise(np.asarray([0.734]), 1.0)[0]) == "▓"
     assert len(set(np.round(levels * image_math.LEVELS, 9))) <= image_math.LEVELS + 1
+
+
+def test_image_view_and_vision_panel_name_the_grids_alike():
+    """Both say "merged grid" for the image tokens' grid (the vision panel adds the patch grid):
+    one image of patch grid 1×16×16, 64 tokens, seen by the decode taps and the image taps."""
+    import numpy as np
+    from conftest import scenario
+    from vlmrl.instrument.events import ImageAttention, ImageState
+    from vlmrl.utils.tui import layout
+    from vlmrl.utils.tui.palette import COLOR
+    from vlmrl.utils.tui.view import ViewState, handle_key
+    store = scenario()  # its decode rows hold 64 image tokens of patch grid 1×16×16
+    store.apply(ImageState(generation=1, grid=(1, 8, 8), size=(256, 256),
+                           pixels=np.zeros((64, 64, 3), np.uint8)))
+    store.apply(ImageAttention(generation=1, step=0, token_text="red", tokens=64,
+                               attention=np.full((2, 64), 1 / 128, np.float16),
+                               image_share=np.array([0.5, 0.5], np.float32)))
+    state = store.snapshot()
+    dash = layout.render_screen(state, ViewState(), 200, 60, 1000.0, COLOR).text()
+    image = layout.render_screen(state, handle_key(ViewState(), "v", state), 200, 60, 1000.0, COLOR).text()
+    assert "patch grid 1×16×16" in dash and "merged grid 1×8×8" in dash
+    assert "merged grid 1×8×8" in image and "patches ·" not in image

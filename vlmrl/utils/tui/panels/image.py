@@ -193,7 +193,7 @@ def _draw_one(c: Canvas, x0: int, y0: int, cols: int, rows: int, ev, grid, pool:
               theme) -> None:
     t, mh, mw = ev.grid
     missing = " · no heat (not sent)" if grid is None and top > 0 else ""
-    cap = f"image {ev.index + 1}/{ev.count}{missing} · {t}×{mh}×{mw} patches · {ev.size[1]}×{ev.size[0]} px"
+    cap = f"image {ev.index + 1}/{ev.count}{missing} · merged grid {t}×{mh}×{mw} · {ev.size[1]}×{ev.size[0]} px"
     put(c, x0, y0, cap, theme.label, max_width=cols)
     gh, gw = (grid.shape if grid is not None else (mh, mw))
     numbers = grid is not None and gh <= 6 and gw <= 6 and cols >= 7 * gw + 12

@@ -26,6 +26,21 @@ def _ints(v):
     return v if v is None or type(v) is tuple else tuple(int(i) for i in v)
 
 
+def merged_grid(grid, tokens) -> str:
+    """The merged grid t×h×w (one image token a cell, the words the image view uses) of a
+    patch grid whose image holds `tokens` tokens: h and w divided by the merge side m, where
+    m² = patches / tokens; just the token count when that does not divide evenly."""
+    if tokens is None:
+        return NA
+    if grid is None or tokens <= 0:
+        return f"{tokens} tokens"
+    t, h, w = (int(g) for g in grid)
+    m = int(round((t * h * w / tokens) ** 0.5))
+    if m < 1 or h % m or w % m or t * (h // m) * (w // m) != tokens:
+        return f"{tokens} tokens"
+    return f"{t}×{h // m}×{w // m}"
+
+
 def layer_shares(state, batch_index: int):
     """Mean over heads of the vision-share stat per layer (NaN where unmeasured), or None;
     from the stats the heatmap shows (`state.heat`), so both agree."""
@@ -60,8 +75,11 @@ def render(state, view, width, height, now, theme, cache=None) -> Canvas:
         grid = None if d is None else d.vision_grid
         grid_s = NA if grid is None else "×".join(str(int(g)) for g in grid)
         span_s = NA if span is None else f"{int(span[0])}..{int(span[1]) - 1}"
-        merged = NA if span is None else str(int(span[1]) - int(span[0]))
-        put_pairs(cache, c, 1, y, [("span", span_s), ("t×h×w", grid_s), ("merged", merged)], theme)
+        tokens = None if span is None else int(span[1]) - int(span[0])
+        # the grids first (the image view names the merged grid alike); the span (its start
+        # is in the title) is what a narrow panel leaves out
+        put_pairs(cache, c, 1, y, [("patch grid", grid_s), ("merged grid", merged_grid(grid, tokens)),
+                                   ("span", span_s)], theme)
         y += 1
     if y < height:
         run = state.run
