@@ -26,7 +26,10 @@ import sys
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from vlmrl.core import distributed
 
 MARKER = "vlmrl-checkpoints.json"
 META_MAX = 1 << 20  # bytes: the step's JSON is a few hundred
@@ -103,6 +106,21 @@ def claim(directory: str) -> None:
         raise CheckpointError(f"cannot write in checkpoint directory {directory}: {exc.strerror or exc}") from None
 
 
+# ---- finite values -------------------------------------------------------------------------
+
+def first_non_finite(tree) -> Optional[str]:
+    """The name (as in fit_problems) of the first floating array of `tree` holding a NaN or
+    an infinity, or None when all are finite. Every process must call it for the same tree
+    (the check is one jitted reduction over the global arrays)."""
+    named = [(_name(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+             if jnp.issubdtype(np.dtype(x.dtype), jnp.inexact)]
+    if not named:
+        return None
+    finite = jax.jit(lambda xs: jnp.stack([jnp.all(jnp.isfinite(x)) for x in xs]))([x for _, x in named])
+    bad = np.flatnonzero(~distributed.to_host(finite).astype(bool))
+    return named[int(bad[0])][0] if bad.size else None
+
+
 # ---- save -----------------------------------------------------------------------------------
 
 def save(directory: str, step: int, params, opt_state, rng, meta: Optional[dict] = None, keep: int = 2) -> str:
@@ -110,6 +128,9 @@ def save(directory: str, step: int, params, opt_state, rng, meta: Optional[dict]
     newest `keep` steps. Returns the step's directory."""
     import orbax.checkpoint as ocp
 
+    bad = first_non_finite({"params": params, "opt": opt_state})
+    if bad is not None:  # a checkpoint is only ever of finite values: it may prune the last good one
+        raise CheckpointError(f"not saving step {int(step)} in {directory}: array {bad} holds NaN or infinite values")
     claim(directory)
     info = {"step": int(step), "rng": np.asarray(jax.device_get(rng)).astype(np.int64).tolist(), "meta": meta or {}}
     manager = _manager(directory, keep)
@@ -303,6 +324,9 @@ def restore(directory: str, params_template, opt_template, step: Optional[int] =
     finally:
         manager.close()
     state = restored["state"]
+    bad = first_non_finite(state)
+    if bad is not None:  # damaged data that still decodes: resuming would train on NaN
+        raise CheckpointError(f"checkpoint {path}: array {bad} holds NaN or infinite values (damaged?)")
     # orbax hands back the template's tree types where it can; keep the template's exactly
     params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params_template),
                                           jax.tree_util.tree_leaves(state["params"]))

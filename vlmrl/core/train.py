@@ -10,6 +10,7 @@ dashboard shows DecodeState (sampler taps), TrainingState (every update) and Cre
 """
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -29,6 +30,17 @@ def tap_config(args: Args) -> TapConfig:
     layer = layer_or_mean(args.matrix_layer, "--matrix_layer")
     return TapConfig(enabled=True, matrix_layer=-1 if layer is None else layer,
                      matrix_head=layer_or_mean(args.matrix_head, "--matrix_head"))
+
+
+def check_finite(m: dict, ckpt: Optional[str]) -> None:
+    """UsageError when an update's loss or gradient norm is NaN or infinite: the parameters
+    are then no longer trustworthy, so the run stops before it prints, saves or prunes
+    anything (a bad checkpoint must never replace the last good one)."""
+    bad = [f"{name} {m[key]}" for name, key in (("loss", "loss/total"), ("grad norm", "optim/grad_norm"))
+           if not math.isfinite(m[key])]
+    if bad:
+        kept = f"; {ckpt} keeps its checkpoints as they were" if ckpt else ""
+        raise UsageError(f"update {m['step']} gave a non-finite {' and '.join(bad)}: stopped without saving{kept}")
 
 
 def run_training(argv=None, *, bus=None, log: Optional[Callable[[str], None]] = None,
@@ -85,6 +97,7 @@ def run_training(argv=None, *, bus=None, log: Optional[Callable[[str], None]] = 
                 status = None
                 if counts is not None:
                     say(f"first step {m['times/step_s']:.1f} s (compilations: {counts.summary()})")
+            check_finite(m, args.ckpt)
             history.append(m)
             bus.publish(telemetry.with_memory(info))  # memory as it stands after this update
             say(telemetry.progress_line(m))

@@ -1,0 +1,99 @@
+"""Damaged checkpoints and runs that go non-finite, through the real training CLI: a resume
+never trains on NaN, a NaN update never saves (so it never prunes a good checkpoint), and
+every refusal is one line, exit 2, with the checkpoint directory exactly as it was."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from subprocess_checks import one_line_exit_2
+from vlmrl.core import checkpoint
+
+SMALL = ["--env", "colors", "--batch", "2", "--group", "2", "--minibatches", "1", "--seed", "3"]
+
+
+def train(*flags):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "vlmrl.core.train", *SMALL, *flags], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+
+
+def tree_bytes(root) -> dict:
+    return {os.path.relpath(os.path.join(r, f), root): open(os.path.join(r, f), "rb").read()
+            for r, _, fs in os.walk(root) for f in fs}
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    """A real run's checkpoint directory: steps 1 and 2 of 2 updates."""
+    ckpt = tmp_path_factory.mktemp("good") / "ckpt"
+    proc = train("--steps", "2", "--ckpt_every", "1", "--ckpt", str(ckpt))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert checkpoint.steps(str(ckpt)) == [1, 2]
+    return ckpt
+
+
+@pytest.fixture
+def ckpt(good_run, tmp_path):
+    copy = tmp_path / "ckpt"
+    shutil.copytree(good_run, copy)
+    return copy
+
+
+def largest_data_file(step_dir) -> str:
+    data = os.path.join(step_dir, "state", "ocdbt.process_0", "d")
+    return max((os.path.join(data, f) for f in os.listdir(data)), key=os.path.getsize)
+
+
+def test_resume_from_a_checkpoint_holding_nan_is_one_line_and_writes_nothing(ckpt):
+    path = largest_data_file(ckpt / "2")
+    with open(path, "r+b") as fh:  # 17 junk bytes in the middle of the largest data file
+        fh.seek(os.path.getsize(path) // 2 // 4 * 4)
+        fh.write(b"\xff" * 17)
+    before = tree_bytes(ckpt)
+    proc = train("--steps", "4", "--ckpt_every", "1", "--ckpt", str(ckpt), "--resume")
+    # where the junk lands decides what it decodes to: NaN (refused at restore) or absurd
+    # finite values (the first update's loss is NaN); either way the run stops at once
+    one_line_exit_2(proc)
+    err = proc.stderr.strip()
+    assert (f"checkpoint {ckpt}/2: array " in err and "NaN or infinite" in err) or \
+        ("update 2 gave a non-finite loss nan" in err and "stopped without saving" in err), err
+    assert "nan" not in proc.stdout  # no update line of a NaN loss
+    assert tree_bytes(ckpt) == before  # nothing saved, nothing pruned
+
+
+def test_restore_names_the_step_and_the_first_array_holding_nan(tmp_path):
+    import tensorstore as ts
+
+    params, opt = {"a": np.ones(4, np.float32), "w": np.ones((2, 3), np.float32)}, {"m": np.zeros(3, np.float32)}
+    step = checkpoint.save(str(tmp_path), 1, params, opt, np.zeros(2, np.uint32))
+    spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": f"file://{step}/state/"}, "path": "params.w"}
+    ts.open(spec).result()[1, 2].write(np.float32(np.nan)).result()  # the store now holds a NaN
+    with pytest.raises(checkpoint.CheckpointError, match=rf"checkpoint {step}: array params.w holds NaN"):
+        checkpoint.restore(str(tmp_path), params, opt)
+
+
+def test_an_update_gone_non_finite_stops_the_run_and_keeps_the_good_checkpoints(ckpt):
+    before = tree_bytes(ckpt)
+    # a learning rate of 1e38 sends the weights to the edge of float32: the next loss is NaN
+    proc = train("--steps", "5", "--ckpt_every", "1", "--ckpt", str(ckpt), "--resume", "--lr", "1e38")
+    one_line_exit_2(proc, "update 2 gave a non-finite loss nan", "stopped without saving")
+    assert "resumed from" in proc.stdout
+    assert tree_bytes(ckpt) == before and checkpoint.steps(str(ckpt)) == [1, 2]
+
+
+def test_save_refuses_non_finite_arrays_and_writes_nothing(tmp_path):
+    params = {"w": np.array([1.0, np.inf], np.float32)}
+    opt = (np.int32(3), {"mu": np.zeros(2, np.float32)})
+    with pytest.raises(checkpoint.CheckpointError, match=r"not saving step 1 .* array params.w holds NaN"):
+        checkpoint.save(str(tmp_path / "c"), 1, params, opt, np.zeros(2, np.uint32))
+    assert not (tmp_path / "c").exists()
+    opt = (np.int32(3), {"mu": np.array([0.0, np.nan], np.float32)})
+    with pytest.raises(checkpoint.CheckpointError, match=r"array opt.1.mu holds NaN"):
+        checkpoint.save(str(tmp_path / "c"), 1, {"w": np.ones(2, np.float32)}, opt, np.zeros(2, np.uint32))
