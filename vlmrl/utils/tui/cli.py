@@ -211,15 +211,18 @@ def _stop_child(child: subprocess.Popen) -> None:
 
 
 def _eta(seen: Follow, steps: int, t_first: Optional[list]) -> str:
-    """The header's status while training: updates done and the time the rest take at the pace so far."""
+    """The header's status while training: updates done and the time the rest take at the pace
+    so far. The header's `step` counts from 0, the updates done from 1: the status names the
+    steps it counts, so "267 of 400 updates done (steps 0-266)" sits beside "step 266"."""
     t = seen.training
     if t is None or t_first is None:
         return ""
     done, left = t.step + 1, steps - 1 - t.step
+    count = f"{done} of {steps} updates done (steps 0-{t.step})"
     if left <= 0 or t.step <= t_first[0]:
-        return f"{done} of {steps} updates done"
+        return count
     pace = (t.wall_time - t_first[1]) / (t.step - t_first[0])
-    return f"{done} of {steps} updates done · about {left * pace:.0f} s left"
+    return f"{count} · about {left * pace:.0f} s left"
 
 
 def _run_training(args, live_tui) -> int:

@@ -47,6 +47,7 @@ class DashboardLoop:
         self.source = tui.source if callable(tui.source) else (lambda: tui.source)
         self.meta = {"fps": None, "source": self.source(), "dropped": 0}
         self.frozen = None  # the state shown while paused
+        self.frozen_status = None  # and the header's status of that moment ("N of M updates done")
         self.size = None  # (width, height, terminal generation) of the last frame
         self.next_frame = self.last_repaint = time.monotonic()
 
@@ -123,14 +124,18 @@ class DashboardLoop:
             meta["frame_ms"] = round(self.tui.frame_ms, 2)
 
     def state_to_show(self, now: float):
-        """The snapshot to draw: the frozen one while paused, with the loop's figures."""
+        """The snapshot to draw: the frozen one while paused, with the loop's figures. The
+        run's status line freezes with it, so "N of M updates done" keeps to the frozen step."""
         state = self.store.snapshot()
+        meta = self.meta
         if self.view.paused:
-            self.frozen = self.frozen or state
+            if self.frozen is None:
+                self.frozen, self.frozen_status = state, meta.get("status")
             state = self.frozen
+            meta = dict(meta, status=self.frozen_status)
         else:
             self.frozen = None
-        return state.with_meta(self.meta)
+        return state.with_meta(meta)
 
     def draw(self, state, now: float) -> None:
         """Render, diff against the last frame and write it in one write."""
