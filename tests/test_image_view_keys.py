@@ -121,3 +121,26 @@ def test_image_view_and_vision_panel_name_the_grids_alike():
     image = layout.render_screen(state, handle_key(ViewState(), "v", state), 200, 60, 1000.0, COLOR).text()
     assert "patch grid 1×16×16" in dash and "merged grid 1×8×8" in dash
     assert "merged grid 1×8×8" in image and "patches ·" not in image
+
+
+def test_synthetic_run_image_view_says_it_sends_no_image():
+    """--synthetic never sends an image: the view says so instead of promising one with the taps."""
+    import pyte
+    from vlmrl.utils.tui import layout
+    from vlmrl.utils.tui.frame import FrameEncoder
+    from vlmrl.utils.tui.palette import COLOR
+    from vlmrl.utils.tui.store import Store
+    from vlmrl.utils.tui.synthetic import SyntheticRun
+    from vlmrl.utils.tui.view import ViewState, handle_key
+    store = Store(clock=lambda: 1000.0, started_at=0.0)
+    for ev in SyntheticRun(num_layers=4, num_heads=2, batch=1, gen_tokens=6, seed=1).take(40):
+        store.apply(ev)
+    state = store.snapshot().with_meta({"source": "SYNTHETIC"})
+    assert state.images is None or not state.images.images
+    canvas = layout.render_screen(state, handle_key(ViewState(), "v", state), 200, 40, 1000.0, COLOR)
+    screen = pyte.Screen(200, 40)
+    data = FrameEncoder("truecolor").encode(canvas)
+    pyte.ByteStream(screen).feed(data if isinstance(data, bytes) else data.encode())
+    text = "\n".join(screen.display)
+    assert "a synthetic run sends decode steps, never an image or its attention" in text
+    assert "arrive with the run's taps" not in text

@@ -119,9 +119,10 @@ def _draw(state, iv: ImageView, width: int, height: int, theme) -> Canvas:
     cur = _current(snap, iv)
     if snap is None or (cur is None and not snap.images):
         title_rule(_NoCache, c, 0, f"{TITLE} · attention on the image", theme, "n/a")
-        message(c, 1, "no image yet: the watched sample's image and its attention arrive with the run's taps "
-                      "(--tui or --record, a prompt with an image)", theme)
-        put(c, 1, min(2, height - 1), KEYS, theme.dim, max_width=width - 2)
+        hint = _no_image_hint(state)
+        for y, line in enumerate(hint, 1):
+            message(c, min(y, height - 1), line, theme)
+        put(c, 1, min(len(hint) + 1, height - 1), KEYS, theme.dim, max_width=width - 2)
         return c
     L = int(cur.attention.shape[0]) if cur is not None else 0
     layer = None if iv.layer is None or iv.layer >= max(L, 1) else iv.layer
@@ -137,6 +138,15 @@ def _draw(state, iv: ImageView, width: int, height: int, theme) -> Canvas:
     _history(c, 3 + body, snap, theme)
     put(c, 1, 4 + body, KEYS, theme.dim, max_width=width - 2)
     return c
+
+
+def _no_image_hint(state) -> tuple:
+    """Why there is no image (lines): a synthetic run never sends one; a real run's taps do."""
+    if str(state.meta.get("source") or "").startswith("SYNTHETIC"):
+        return ("no image: a synthetic run sends decode steps, never an image or its attention",
+                "a real run sends them: --tui or --record, an image in the prompt; or --replay")
+    return ("no image yet: the watched sample's image and its attention arrive with the run's taps "
+            "(--tui or --record, a prompt with an image)",)
 
 
 class _NoCache:
