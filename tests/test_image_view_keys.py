@@ -144,3 +144,43 @@ def test_synthetic_run_image_view_says_it_sends_no_image():
     text = "\n".join(screen.display)
     assert "a synthetic run sends decode steps, never an image or its attention" in text
     assert "arrive with the run's taps" not in text
+
+
+def _heat_codes(depth, grey):
+    """The colour codes a terminal of `depth` gets for the four quadrants of a uniform image
+    (grey level `grey`) whose 2×2 merged patches hold 0.1, 0.3, 0.6 and 0.9 of the largest weight."""
+    import re
+
+    import numpy as np
+    from vlmrl.instrument.events import ImageAttention, ImageState
+    from vlmrl.utils.tui import layout, theme
+    from vlmrl.utils.tui.frame import FrameEncoder
+    from vlmrl.utils.tui.store import Store
+    from vlmrl.utils.tui.view import ViewState, handle_key
+    store = Store(clock=lambda: 1000.0, started_at=0.0)
+    store.apply(ImageState(generation=1, grid=(1, 2, 2), size=(64, 64), pixels=np.full((64, 64, 3), grey, np.uint8)))
+    weights = np.array([0.1, 0.3, 0.6, 0.9], np.float16) / 4
+    store.apply(ImageAttention(generation=1, step=0, token_text="red", tokens=4, attention=np.stack([weights] * 2),
+                               image_share=np.array([0.5, 0.5], np.float32)))
+    state = store.snapshot()
+    canvas = layout.render_screen(state, handle_key(ViewState(), "v", state), 120, 40, 1000.0,
+                                  theme.palette_for_depth(depth))
+    cells = [(x, y) for y in range(40) for x in range(120) if canvas.chars[y][x] == "▀"]
+    xs, ys = sorted({x for x, _ in cells}), sorted({y for _, y in cells})
+    codes = []
+    for fy in (0.25, 0.75):
+        for fx in (0.25, 0.75):
+            x, y = xs[int(fx * len(xs))], ys[int(fy * len(ys))]
+            style = canvas.styles[y][x]
+            seq = theme.sgr(style, depth)
+            codes.append(re.sub(r"^\x1b\[0;", "", seq))
+    FrameEncoder(depth).encode(canvas)  # the frame itself encodes at this depth
+    return codes
+
+
+def test_at_256_and_16_colours_each_heat_level_keeps_its_own_colour_code():
+    """tmux's 256 colours (and 16): four heat levels over a grey or dark image are four codes."""
+    for depth in ("256", "16"):
+        for grey in (20, 60, 128, 200):
+            codes = _heat_codes(depth, grey)
+            assert len(set(codes)) == 4, (depth, grey, codes)

@@ -83,12 +83,34 @@ def heat_rgb(levels: np.ndarray) -> np.ndarray:
     return _STOPS[i] * (1 - f) + _STOPS[i + 1] * f
 
 
-def blend(pixels: np.ndarray, levels: Optional[np.ndarray]) -> np.ndarray:
-    """uint8 [h, w, 3]: the image with the heat of `levels` ([h, w] in [0, 1]) laid over it."""
+# Below truecolor the encoder lowers every colour to the nearest of 256 or 16, and half a
+# heat tint over a grey or dark image collapses to one or two codes (at 256 colours 5-7 of
+# the 9 levels stay apart, at 16 colours 1-3). There the heat takes the legend's four levels
+# (quarters of the largest weight, the ░▒▓█ thresholds), each the colour of one HEAT stop,
+# laid on with this much weight: over grey, brownish and bluish images of every brightness
+# the four levels stay four codes at 256 colours with 0.7 or more, and at 16 colours only
+# with the heat alone (0.9 still merges some), so 16 colours draw heat-only cells (`o`
+# shows the image).
+LOW_DEPTH_BLEND = {"256": 0.75, "16": 1.0}
+
+
+def blend(pixels: np.ndarray, levels: Optional[np.ndarray], depth: str = "truecolor") -> np.ndarray:
+    """uint8 [h, w, 3]: the image with the heat of `levels` ([h, w] in [0, 1]) laid over it,
+    as `depth` ("truecolor", "256", "16") keeps the levels apart (LOW_DEPTH_BLEND)."""
     if levels is None:
         return pixels
-    out = (1 - BLEND) * pixels.astype(np.float64) + BLEND * heat_rgb(levels)
+    weight = LOW_DEPTH_BLEND.get(depth)
+    if weight is None:
+        out = (1 - BLEND) * pixels.astype(np.float64) + BLEND * heat_rgb(levels)
+    else:
+        out = (1 - weight) * pixels.astype(np.float64) + weight * _STOPS[quarter(levels)]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def quarter(levels: np.ndarray) -> np.ndarray:
+    """int [..] legend level 0..3 (<.25 <.5 <.75 ≥.75 of the largest weight) of values in [0, 1]."""
+    x = np.clip(np.nan_to_num(np.asarray(levels, np.float64), nan=0.0), 0.0, 1.0)
+    return np.minimum((x * 4).astype(int), 3)
 
 
 def grey_glyphs(pixels: np.ndarray) -> np.ndarray:

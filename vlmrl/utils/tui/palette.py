@@ -89,10 +89,14 @@ def hbar(frac: float, width: int) -> str:
 
 
 class Palette:
-    """Precomputed styles; `.color` is False under NO_COLOR (then glyphs carry meaning)."""
+    """Precomputed styles; `.color` is False under NO_COLOR (then glyphs carry meaning).
+    `.depth` is the terminal's colour depth ("truecolor", "256", "16", "none"): the styles
+    are RGB at every depth (the frame encoder lowers them), but a panel whose colours must
+    stay apart after lowering (the image view's heat) picks them by it."""
 
-    def __init__(self, color: bool = True):
+    def __init__(self, color: bool = True, depth: Optional[str] = None):
         self.color = bool(color)
+        self.depth = depth or ("truecolor" if self.color else "none")
         c = self._fg
         self.plain = Style()
         self.title = Style(fg=c(TITLE), bold=True)
@@ -140,9 +144,14 @@ class Palette:
 
 
 COLOR = Palette(color=True)
+COLOR_256 = Palette(color=True, depth="256")
+COLOR_16 = Palette(color=True, depth="16")
 MONO = Palette(color=False)
 
 
-def palette_for(color: bool) -> Palette:
-    """The shared palette for colour on/off (NO_COLOR or a dumb terminal means off)."""
-    return COLOR if color else MONO
+def palette_for(color: bool, depth: Optional[str] = None) -> Palette:
+    """The shared palette for colour on/off (NO_COLOR or a dumb terminal means off), of the
+    terminal's colour depth when it is known."""
+    if not color:
+        return MONO
+    return {"256": COLOR_256, "16": COLOR_16}.get(depth, COLOR)

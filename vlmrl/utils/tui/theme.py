@@ -148,4 +148,4 @@ def palette_for_depth(depth: str):
     """The panels' palette (`palette.py`) for this depth (`.color` False when depth is none)."""
     from vlmrl.utils.tui import palette
 
-    return palette.palette_for(wants_color(depth))
+    return palette.palette_for(wants_color(depth), depth)

@@ -215,7 +215,7 @@ def _draw_one(c: Canvas, x0: int, y0: int, cols: int, rows: int, ev, grid, pool:
     px = im.resample(ev.pixels, 2 * h, w)
     levels = im.patch_map(im.normalise(grid, top), 2 * h, w, (mh, mw), pool) if heat else None
     if theme.color:
-        out = im.blend(px, levels)
+        out = im.blend(px, levels, getattr(theme, "depth", "truecolor"))
         for r in range(h):
             up, down = out[2 * r], out[2 * r + 1]
             styles = [Style(fg=tuple(int(v) for v in a), bg=tuple(int(v) for v in b)) for a, b in zip(up, down)]
@@ -243,6 +243,11 @@ def _legend(c: Canvas, y: int, values, top: float, pool: int, iv: ImageView, the
     x = put(c, 1, y, "heat ", theme.label)
     if not iv.overlay:
         x = put(c, x, y, "off (o) ", theme.dim)
+    elif theme.color and getattr(theme, "depth", "truecolor") in im.LOW_DEPTH_BLEND:
+        for i, label in enumerate(("<.25", "<.5", "<.75", "≥.75")):  # the four levels drawn
+            x = put(c, x, y, "  ", Style(bg=tuple(int(u) for u in im.heat_rgb(np.asarray(i / 3)))))
+            x = put(c, x, y, label + " ", theme.value)
+        x = put(c, x, y, "of the max ", theme.value)
     elif theme.color:
         for v in np.linspace(0, 1, 12):
             rgb = tuple(int(u) for u in im.heat_rgb(np.asarray(v)))
