@@ -97,3 +97,16 @@ def test_save_refuses_non_finite_arrays_and_writes_nothing(tmp_path):
     opt = (np.int32(3), {"mu": np.array([0.0, np.nan], np.float32)})
     with pytest.raises(checkpoint.CheckpointError, match=r"array opt.1.mu holds NaN"):
         checkpoint.save(str(tmp_path / "c"), 1, {"w": np.ones(2, np.float32)}, opt, np.zeros(2, np.uint32))
+
+
+@pytest.mark.parametrize("state", ["missing", "empty"])
+def test_resume_without_a_checkpoint_says_so_and_starts_at_step_0(tmp_path, state):
+    ckpt = tmp_path / "ckpt"
+    if state == "empty":
+        ckpt.mkdir()
+    proc = train("--steps", "1", "--ckpt", str(ckpt), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = [ln for ln in proc.stdout.splitlines() if "no checkpoint found" in ln]
+    assert said == [f"--resume: no checkpoint found in {ckpt}; starting at step 0"], proc.stdout
+    assert "step    0" in proc.stdout and checkpoint.steps(str(ckpt)) == [1]
+

@@ -68,8 +68,11 @@ def run_training(argv=None, *, bus=None, log: Optional[Callable[[str], None]] = 
         _, counts = compile_cache.enable(args.compile_cache)
     tap = tap_config(args) if args.tui or args.record else None
     trainer = Trainer(args, bus=bus, tap=tap)
-    if args.resume and trainer.restore(args.ckpt):
-        say(f"resumed from {args.ckpt} at step {trainer.step}")
+    if args.resume:  # (resume-or-start: a run with nothing to resume starts, and says so)
+        if trainer.restore(args.ckpt):
+            say(f"resumed from {args.ckpt} at step {trainer.step}")
+        else:
+            say(f"--resume: no checkpoint found in {args.ckpt}; starting at step 0")
     info = trainer.run_info()
     tui = recorder = status = None
     history: List[dict] = []
