@@ -110,3 +110,25 @@ def test_resume_without_a_checkpoint_says_so_and_starts_at_step_0(tmp_path, stat
     assert said == [f"--resume: no checkpoint found in {ckpt}; starting at step 0"], proc.stdout
     assert "step    0" in proc.stdout and checkpoint.steps(str(ckpt)) == [1]
 
+
+def test_a_truncated_data_file_names_the_step_and_the_array_in_one_line(ckpt):
+    path = largest_data_file(ckpt / "2")
+    with open(path, "r+b") as fh:
+        fh.truncate(1000)
+    before = tree_bytes(ckpt)
+    proc = train("--steps", "4", "--ckpt", str(ckpt), "--resume")
+    one_line_exit_2(proc, f"--resume: checkpoint {ckpt}/2: array ", "cannot be read (its data is missing")
+    for internal in ("TensorStore", "pybind11", "slice(", "Exception"):
+        assert internal not in proc.stderr, proc.stderr
+    name = proc.stderr.split(": array ")[1].split()[0]
+    assert name.startswith(("params.", "opt.")) and len(proc.stderr) < 300, proc.stderr
+    assert tree_bytes(ckpt) == before
+
+
+def test_resume_of_another_env_names_the_identity_not_the_shapes(ckpt):
+    before = tree_bytes(ckpt)
+    proc = train("--env", "count", "--steps", "4", "--ckpt", str(ckpt), "--resume")
+    one_line_exit_2(proc, f"--resume: checkpoint in {ckpt} was made with {{'env': 'colors'",
+                    "this run is {'env': 'count'")
+    assert "shape" not in proc.stderr
+    assert tree_bytes(ckpt) == before

@@ -23,7 +23,7 @@ import json
 import os
 import re
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -189,6 +189,14 @@ def _read_meta(path: str, step: int) -> dict:
     return info
 
 
+def step_meta(directory: str, step: int) -> dict:
+    """The run meta saved with `step` (checked as a restore checks it), without reading any
+    array: what a resume compares with its own before it writes anything."""
+    path = os.path.join(directory, str(step))
+    _check_tree(path)
+    return _read_meta(path, step).get("meta", {})
+
+
 def _meta_problem(m, step: int) -> str:
     if not isinstance(m, dict):
         return "not a JSON object"
@@ -278,6 +286,21 @@ def _quiet_closed_loop_reports() -> None:
     sys.unraisablehook = hook
 
 
+def _unreadable(path: str, exc: BaseException, wanted: dict) -> str:
+    """One line for an array orbax could not read: the step directory and the array's name.
+    Tensorstore's text (a dump of its spec) is not for the user; only the array's name is
+    taken from it, where the store is quoted as "<name>/<chunk>" or '<name>/'."""
+    texts, seen = [], exc
+    while seen is not None and len(texts) < 8:
+        texts.append(str(seen))
+        seen = seen.__cause__ or seen.__context__
+    for text in reversed(texts):  # the innermost error names the chunk it was reading
+        for name in wanted:
+            if f'"{name}/' in text or f"'{name}/" in text:
+                return f"checkpoint {path}: array {name} cannot be read (its data is missing, truncated or damaged)"
+    return f"checkpoint {path}: its array data cannot be read (a data file is missing, truncated or damaged)"
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
@@ -285,11 +308,14 @@ def _one_line(exc: BaseException) -> str:
 
 # ---- restore --------------------------------------------------------------------------------
 
-def restore(directory: str, params_template, opt_template, step: Optional[int] = None) -> tuple:
+def restore(directory: str, params_template, opt_template, step: Optional[int] = None,
+            check_meta: Optional[Callable[[dict], None]] = None) -> tuple:
     """(step, params, opt_state, rng, meta) from the newest (or the given) checkpoint step.
 
     The templates (the run's freshly built params and optimizer state, or ShapeDtypeStructs
     with shardings) give the tree, every array's shape and dtype, and where it goes.
+    `check_meta(meta)` runs on the saved run's meta before any array is looked at, so a
+    checkpoint of another run is named as such rather than as a list of shape mismatches.
     Nothing is returned half-restored: any problem is one CheckpointError.
     """
     import orbax.checkpoint as ocp
@@ -304,6 +330,8 @@ def restore(directory: str, params_template, opt_template, step: Optional[int] =
     path = os.path.join(directory, str(step))
     _check_tree(path)
     info = _read_meta(path, step)
+    if check_meta is not None:
+        check_meta(info.get("meta", {}))
     template = {"params": params_template, "opt": opt_template}
     _quiet_closed_loop_reports()
     manager = _manager(directory, None)
@@ -312,7 +340,8 @@ def restore(directory: str, params_template, opt_template, step: Optional[int] =
             metadata = manager.item_metadata(step)["state"]
         except Exception as exc:  # orbax and tensorstore raise many types on a damaged store
             raise CheckpointError(f"checkpoint {path} has unreadable metadata ({_one_line(exc)})") from None
-        problems = fit_problems(_stored(getattr(metadata, "tree", metadata)), _wanted(template))
+        wanted = _wanted(template)
+        problems = fit_problems(_stored(getattr(metadata, "tree", metadata)), wanted)
         if problems:
             raise CheckpointError(f"checkpoint {path} does not fit this model: " + "; ".join(problems[:20])
                                   + (f"; and {len(problems) - 20} more" if len(problems) > 20 else ""))
@@ -320,7 +349,7 @@ def restore(directory: str, params_template, opt_template, step: Optional[int] =
         try:
             restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
         except Exception as exc:
-            raise CheckpointError(f"checkpoint {path} cannot be read ({_one_line(exc)})") from None
+            raise CheckpointError(_unreadable(path, exc, wanted)) from None
     finally:
         manager.close()
     state = restored["state"]

@@ -41,6 +41,11 @@ class Trainer:
             if held is not None and not args.resume:
                 raise UsageError(f"--ckpt {args.ckpt} already holds checkpoints up to step {held}: "
                                  f"pass --resume to continue that run, or pick another directory")
+            if held is not None:  # another run's checkpoints: refuse before its tokenizer is replaced
+                try:
+                    self.same_run(args.ckpt, checkpoint.step_meta(args.ckpt, held))
+                except checkpoint.CheckpointError as exc:
+                    raise UsageError(f"--resume: {exc}") from None
         # the other processes keep their tokenizer copy in a temporary directory
         base = workdir or (args.ckpt if jax.process_index() == 0 else None)
         tok_dir = os.path.join(base, "tokenizer") if base else None
@@ -174,6 +179,12 @@ class Trainer:
         a = self.args
         return {"env": a.env, "seed": a.seed, "model": a.model_dir or a.model, "batch": a.batch, "group": a.group}
 
+    def same_run(self, directory: str, meta: dict) -> None:
+        """UsageError when a checkpoint's saved meta is another run's (checked before its
+        arrays: another env or model differs in shapes too, which would hide the reason)."""
+        if meta and meta != self.meta():
+            raise UsageError(f"--resume: checkpoint in {directory} was made with {meta}, this run is {self.meta()}")
+
     def save(self, directory: str) -> str:
         try:
             return checkpoint.save(directory, self.step, self.params, self.opt_state, self.key, self.meta())
@@ -186,11 +197,10 @@ class Trainer:
         try:
             if checkpoint.latest_step(directory) is None:
                 return False
-            step, params, opt_state, rng, meta = checkpoint.restore(directory, self.params, self.opt_state)
+            step, params, opt_state, rng, meta = checkpoint.restore(directory, self.params, self.opt_state,
+                                                                    check_meta=lambda m: self.same_run(directory, m))
         except (checkpoint.CheckpointError, FileNotFoundError) as exc:
             raise UsageError(f"--resume: {exc}") from None
-        if meta and meta != self.meta():
-            raise UsageError(f"--resume: checkpoint in {directory} was made with {meta}, this run is {self.meta()}")
         if self.sharded:
             params, opt_state = meshlib.put(params, self.layout[1]), meshlib.put(opt_state, self.layout[2])
         self.step, self.params, self.opt_state, self.key = step, params, opt_state, jnp.asarray(rng)
