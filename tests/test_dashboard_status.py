@@ -59,3 +59,54 @@ def test_updates_done_names_the_steps_it_counts():
     assert text.startswith("267 of 400 updates done (steps 0-266)") and "s left" in text
     seen.training = TrainingState(step=399, wall_time=200.0)
     assert _eta(seen, 400, [0, 0.0]) == "400 of 400 updates done (steps 0-399)"
+
+
+HOLD_SCRIPT = """
+from vlmrl.instrument.bus import Bus
+from vlmrl.instrument.events import RunEnd, TrainingState
+from vlmrl.utils.tui.cli import hold_final_screen
+from vlmrl.utils.tui_live import LiveTUI
+bus = Bus()
+tui = LiveTUI(bus=bus, fps=20).start()
+bus.publish(TrainingState(step=5, reward_mean=0.75, reward_std=0.1, kl=0.01, loss=0.2))
+bus.publish(RunEnd(step=5, reason="finished"))
+hold_final_screen(tui)
+tui.stop()
+print("LEFT-AFTER-Q", tui.quit)
+"""
+
+
+def test_after_the_run_ends_the_dashboard_stays_until_q(run_in_pty):
+    """In a terminal (a pty, keys on stdin) the final screen stays, saying q leaves; q ends it
+    without handing over to a plain log (no run goes on)."""
+    import sys
+    t = run_in_pty([sys.executable, "-c", HOLD_SCRIPT])
+    try:
+        assert t.wait_for("finished at step 5 — q leaves"), t.text()
+        assert "reward +0.750" in t.text()
+        t.pump(1.5)
+        assert t.proc.poll() is None and "q leaves" in t.text()  # still up, no key pressed
+        t.send(b"q")
+        assert t.wait_for("LEFT-AFTER-Q True"), t.text()
+        t.proc.wait(20)
+        assert t.proc.returncode == 0 and "plain log follows" not in t.text()
+    finally:
+        t.close()
+
+
+def test_without_a_dashboard_holding_the_final_screen_returns_at_once():
+    """Plain lines (no terminal): nothing to hold, nothing waits for a key."""
+    import io
+    import os
+    from vlmrl.instrument.bus import Bus
+    from vlmrl.utils.tui.cli import hold_final_screen
+    from vlmrl.utils.tui_live import LiveTUI
+    r, w = os.pipe()
+    try:
+        tui = LiveTUI(bus=Bus(), out_fd=w, plain_stream=io.StringIO()).start()
+        assert tui.mode == "plain"
+        hold_final_screen(tui)  # returns: the plain log goes on as before
+        tui.stop()
+    finally:
+        os.close(r)
+        os.close(w)

@@ -79,7 +79,10 @@ def test_live_demo_in_tmux_trains_in_a_child_and_ends_with_a_summary(tmp_path):
     try:
         screen = t.wait_for("status compiling rollout", timeout=300)
         assert "LIVE" in screen and "2×28L" not in screen  # no guessed 2B shape meanwhile
-        screen = t.wait_for("finished at step 1", timeout=600)
+        screen = t.wait_for("finished at step 1 — q leaves", timeout=600)
+        time.sleep(4)  # more than the old 3 s linger: the final screen stays until q
+        assert "q leaves" in t.screen() and "DEMO-EXITED" not in t.screen()
+        t.keys("q")
         screen = t.wait_for("DEMO-EXITED rc=0", timeout=60)
         assert "demo: 2/2 steps on colors, final reward" in screen.replace("\n", "")
         assert str(log) in screen.replace("\n", "")

@@ -28,7 +28,8 @@ from vlmrl.utils.tui.attach import LogFollower, attach_events
 from vlmrl.utils.tui.replay import LogFormatError, ReplayLog
 
 DEMO_STEPS = 60  # colors learns in about this many updates (README: 62 to a 0.9 mean reward)
-LINGER_S = 3.0  # the demo keeps "finished" on screen this long before it prints its summary
+LINGER_S = 3.0  # without a keyboard the demo keeps "finished" on screen this long before its summary
+HOLD_STATUS = "q leaves"  # the header after "finished at step N" while the demo holds the final screen
 CHILD_STOP_S = 30.0  # after SIGINT, how long the training child may take to write its end record
 
 
@@ -232,7 +233,8 @@ def _run_training(args, live_tui) -> int:
            "--seed", str(args.seed), "--record", log, "--quiet"] + (["--force"] if args.force else [])
     print(f"vlmrl demo: {args.steps} PPO steps of the tiny Qwen3-VL on {args.env}. The first step compiles "
           f"(up to a minute; a second run loads the compilation cache), the header then counts the updates and "
-          f"the time left. q leaves the dashboard, Ctrl-C stops the run.", flush=True)
+          f"the time left. q leaves the dashboard, Ctrl-C stops the run; once it ends, the final screen stays "
+          f"until q.", flush=True)
     out = tempfile.TemporaryFile()
     t0 = time.monotonic()
     child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
@@ -241,6 +243,7 @@ def _run_training(args, live_tui) -> int:
     tui.status = f"starting the training process (pid {child.pid}); {_waiting_for(log)}"
     seen, t_first, ended_at, stopping, quiet_since = Follow(), None, None, [], [None]
     deadline = None if args.seconds is None else t0 + args.seconds
+    hold = _stdin_is_tty()  # a keyboard to press q with: the final screen stays until q
 
     def done() -> bool:
         now = time.monotonic()
@@ -248,7 +251,8 @@ def _run_training(args, live_tui) -> int:
             stopping.append(threading.Thread(target=_stop_child, args=(child,), daemon=True))
             stopping[0].start()
         if seen.end is not None:
-            return ended_at is not None and now - ended_at >= (LINGER_S if tui.mode == "dashboard" else 0.0)
+            linger = LINGER_S if tui.mode == "dashboard" and not hold else 0.0
+            return ended_at is not None and now - ended_at >= linger
         if child.poll() is not None:  # ended without an end record (killed): wait for the last lines
             quiet_since[0] = quiet_since[0] or now
             return now - quiet_since[0] >= 1.0
@@ -263,6 +267,9 @@ def _run_training(args, live_tui) -> int:
                 tui.status = _eta(seen, args.steps, t_first)
             if seen.end is not None and ended_at is None:
                 ended_at = time.monotonic()
+                tui.status = HOLD_STATUS if hold else ""  # "finished at step N" says the rest
+        if seen.end is not None and hold:
+            hold_final_screen(tui)
     except KeyboardInterrupt:  # Ctrl-C reached the child too (same terminal): it ends its log
         seen.end = seen.end or RunEnd(step=None, reason="interrupted")
     except (OSError, LogFormatError) as exc:
@@ -280,6 +287,24 @@ def _run_training(args, live_tui) -> int:
         return rc if rc in (1, 2) else 1
     print(_summary(seen, args, log, time.monotonic() - t0), flush=True)
     return 0
+
+
+def _stdin_is_tty() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (ValueError, OSError):  # closed or detached stdin: no keyboard
+        return False
+
+
+def hold_final_screen(tui, poll: float = 0.2) -> None:
+    """The run ended: keep the dashboard and its final state up until the user presses q,
+    saying so in the header ("finished at step N — q leaves"). From now on q ends the viewer:
+    no run goes on to hand the screen to a plain log. Returns at once when no dashboard is
+    drawing (plain lines, or q was pressed already)."""
+    tui.quit_ends = True
+    tui.status = HOLD_STATUS
+    while tui.mode == "dashboard" and not tui.wait(poll):
+        pass
 
 
 def _summary(seen: Follow, args, log: str, wall: float) -> str:

@@ -44,7 +44,8 @@ def run_status(state) -> str:
     end, run = state.run_end, state.run
     if end is not None:
         at = "" if end.step is None else f" at step {fmt_int(end.step)}"
-        return f"{'finished' if end.reason == 'finished' else str(end.reason)}{at}"
+        after = state.meta.get("status")  # what the viewer says after the end ("q leaves")
+        return f"{'finished' if end.reason == 'finished' else str(end.reason)}{at}" + (f" — {after}" if after else "")
     if run is not None and run.status:
         secs = run.status_seconds
         return str(run.status) + ("" if secs is None else f" · {fmt_num(secs, 0)} s")
