@@ -132,3 +132,46 @@ def test_resume_of_another_env_names_the_identity_not_the_shapes(ckpt):
                     "this run is {'env': 'count'")
     assert "shape" not in proc.stderr
     assert tree_bytes(ckpt) == before
+
+
+# ---- orbax's step metadata and our marker: both required, damage is one line ------------
+
+def test_a_garbled_orbax_step_metadata_is_one_line_with_no_absl_lines(ckpt):
+    (ckpt / "2" / "_CHECKPOINT_METADATA").write_bytes(b"garbage\n")
+    before = tree_bytes(ckpt)
+    proc = train("--steps", "4", "--ckpt", str(ckpt), "--resume")
+    one_line_exit_2(proc, f"--resume: checkpoint {ckpt}/2 is damaged", "_CHECKPOINT_METADATA is not a JSON object")
+    assert "absl" not in proc.stderr and "resumed" not in proc.stdout
+    assert tree_bytes(ckpt) == before
+
+
+@pytest.mark.parametrize("damage", ["missing", "a list", "older step"])
+def test_orbax_step_metadata_is_required_of_every_step(tmp_path, capfd, damage):
+    params, opt = {"w": np.ones(3, np.float32)}, {"m": np.zeros(3, np.float32)}
+    for step in (1, 2):
+        checkpoint.save(str(tmp_path), step, params, opt, np.zeros(2, np.uint32))
+    target = tmp_path / ("1" if damage == "older step" else "2") / "_CHECKPOINT_METADATA"
+    if damage == "missing":
+        target.unlink()
+    else:
+        target.write_text("[1, 2]" if damage == "a list" else "{garbled")
+    capfd.readouterr()
+    with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint {target.parent} is damaged"):
+        checkpoint.restore(str(tmp_path), params, opt)
+    with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint {target.parent} is damaged"):
+        checkpoint.save(str(tmp_path), 3, params, opt, np.zeros(2, np.uint32))
+    assert checkpoint.steps(str(tmp_path)) == [1, 2]  # nothing saved, nothing pruned
+    assert "absl" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("marker", [b"garbage", b'{"format": "other"}', b"", b"[" * 10_000],
+                         ids=["garbage", "other-json", "empty", "deep"])
+def test_a_garbled_marker_is_refused_in_one_line(ckpt, marker):
+    (ckpt / checkpoint.MARKER).write_bytes(marker)
+    before = tree_bytes(ckpt)
+    with pytest.raises(checkpoint.CheckpointError, match=f"marker {ckpt}/{checkpoint.MARKER} "):
+        checkpoint.latest_step(str(ckpt))
+    if marker == b"garbage":  # and through the CLI: one line, nothing written
+        proc = train("--steps", "4", "--ckpt", str(ckpt), "--resume")
+        one_line_exit_2(proc, f"--ckpt: checkpoint directory marker {ckpt}/{checkpoint.MARKER} is not the vlmrl marker")
+    assert tree_bytes(ckpt) == before
