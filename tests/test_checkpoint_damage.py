@@ -175,3 +175,20 @@ def test_a_garbled_marker_is_refused_in_one_line(ckpt, marker):
         proc = train("--steps", "4", "--ckpt", str(ckpt), "--resume")
         one_line_exit_2(proc, f"--ckpt: checkpoint directory marker {ckpt}/{checkpoint.MARKER} is not the vlmrl marker")
     assert tree_bytes(ckpt) == before
+
+
+# ---- what a plain run says ------------------------------------------------------------------
+
+def test_a_plain_mesh_run_names_its_devices_first_and_each_saved_checkpoint(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO, "PYTHONUNBUFFERED": "1",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = subprocess.run([sys.executable, "-m", "vlmrl.core.train", *SMALL, "--steps", "2", "--ckpt_every", "1",
+                           "--ckpt", str(ckpt), "--mesh", "data=2,fsdp=2"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "devices 4 · data 2 fsdp 2 · cpu · tiny-rl on colors · 2 updates", lines[:3]
+    saved = [ln for ln in lines if ln.startswith("checkpoint of step")]
+    assert saved == [f"checkpoint of step {n} saved in {ckpt}/{n}" for n in (1, 2)], proc.stdout
+    assert checkpoint.steps(str(ckpt)) == [1, 2]

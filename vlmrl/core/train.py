@@ -22,6 +22,7 @@ from vlmrl.core.trainer import Trainer
 from vlmrl.instrument.bus import Bus, default_bus
 from vlmrl.instrument.record import Recorder, RecordError
 from vlmrl.instrument.taps import TapConfig
+from vlmrl.utils.tui.panels.common import fmt_scale
 from vlmrl.utils.tui_live import LiveTUI
 
 
@@ -30,6 +31,13 @@ def tap_config(args: Args) -> TapConfig:
     layer = layer_or_mean(args.matrix_layer, "--matrix_layer")
     return TapConfig(enabled=True, matrix_layer=-1 if layer is None else layer,
                      matrix_head=layer_or_mean(args.matrix_head, "--matrix_head"))
+
+
+def run_line(info, args: Args) -> str:
+    """The first plain line: what trains on which devices, in the dashboard header's words,
+    e.g. "devices 4 · data 2 fsdp 2 · cpu · tiny-rl on colors · 200 updates"."""
+    updates = f"{args.steps} update" + ("s" if args.steps != 1 else "")
+    return f"devices {fmt_scale(info) or info.device_count} · {info.device_kind} · {info.model_name} on {args.env} · {updates}"
 
 
 def check_finite(m: dict, ckpt: Optional[str]) -> None:
@@ -68,12 +76,13 @@ def run_training(argv=None, *, bus=None, log: Optional[Callable[[str], None]] = 
         _, counts = compile_cache.enable(args.compile_cache)
     tap = tap_config(args) if args.tui or args.record else None
     trainer = Trainer(args, bus=bus, tap=tap)
+    info = trainer.run_info()
+    say(run_line(info, args))
     if args.resume:  # (resume-or-start: a run with nothing to resume starts, and says so)
         if trainer.restore(args.ckpt):
             say(f"resumed from {args.ckpt} at step {trainer.step}")
         else:
             say(f"--resume: no checkpoint found in {args.ckpt}; starting at step 0")
-    info = trainer.run_info()
     tui = recorder = status = None
     history: List[dict] = []
     reason = "failed"
@@ -107,9 +116,10 @@ def run_training(argv=None, *, bus=None, log: Optional[Callable[[str], None]] = 
             if on_update is not None:
                 on_update(m)
             if args.ckpt and (trainer.step % args.ckpt_every == 0 or trainer.step == args.steps):
-                trainer.save(args.ckpt)
+                say(f"checkpoint of step {trainer.step} saved in {trainer.save(args.ckpt)}")
         if args.ckpt and history and trainer.step % args.ckpt_every and trainer.step != args.steps:
-            trainer.save(args.ckpt)  # stopped early: keep what was learned
+            # stopped early: keep what was learned
+            say(f"checkpoint of step {trainer.step} saved in {trainer.save(args.ckpt)}")
         reason = "finished" if trainer.step >= args.steps else "stopped"
     except KeyboardInterrupt:
         reason = "interrupted"
