@@ -5,6 +5,7 @@ Pure functions of their arguments; `panels/image.py` draws what they return.
 """
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -91,7 +92,7 @@ def heat_rgb(levels: np.ndarray) -> np.ndarray:
 # the four levels stay four codes at 256 colours with 0.7 or more, and at 16 colours only
 # with the heat alone (0.9 still merges some), so 16 colours draw heat-only cells (`o`
 # shows the image).
-LOW_DEPTH_BLEND = {"256": 0.75, "16": 1.0}
+LOW_DEPTH_BLEND = MappingProxyType({"256": 0.75, "16": 1.0})
 
 
 def blend(pixels: np.ndarray, levels: Optional[np.ndarray], depth: str = "truecolor") -> np.ndarray:
