@@ -189,3 +189,47 @@ def test_bench_taps_mesh_splits_the_cpu_itself_and_reports_the_gather():
     assert result["callback_errors"] == 0 and result["emit_callbacks"] > 0
     assert 0 < result["bytes_per_emit"]["128"] < 65536
     assert "rematerialization" not in proc.stderr  # the payload is replicated before its one callback
+
+
+REMAT = "Involuntary full rematerialization"
+# A host callback on a data-sharded slice: XLA must move it to device 0 and warns (the control
+# that shows this child's stderr carries XLA's partitioner warnings at all)
+CONTROL = """
+import jax, jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from vlmrl.core import mesh as meshlib
+from vlmrl.instrument import tap_callback
+x = jax.device_put(jnp.arange(64.0).reshape(16, 4), NamedSharding(meshlib.make_mesh((4, 1, 1)), P("data")))
+def f(x):
+    tap_callback.emit(lambda a: None, jnp.concatenate([x[1:7].reshape(-1), jnp.ones(3)]))
+    return x.sum()
+jax.jit(f).lower(x).compile()
+"""
+
+
+def _four_devices(argv, **kw):
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # XLA's default level prints its warnings
+    return subprocess.run([sys.executable, *argv], env=env, cwd=REPO, capture_output=True, text=True, timeout=900,
+                          stdin=subprocess.DEVNULL, **kw)
+
+
+def test_a_childs_stderr_carries_xlas_rematerialization_warning():
+    """The control for the test below: its check would pass vacuously if the warning never
+    reached the child's stderr (a log level, a changed message)."""
+    control = _four_devices(["-c", CONTROL])
+    assert control.returncode == 0 and REMAT in control.stderr, control.stderr[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["data=4", "data=2,fsdp=2", "fsdp=4", "fsdp=2,tensor=2"])
+def test_a_tapped_run_on_a_mesh_compiles_without_full_rematerialization(spec, tmp_path):
+    """The user's command (colors, so an image in every prompt, taps on through --record): XLA
+    compiles the sampler, scorer and update without resharding anything by replicating it."""
+    log = tmp_path / "run.jsonl"
+    proc = _four_devices(["-m", "vlmrl.core.train", "--env", "colors", "--steps", "1", "--mesh", spec,
+                          "--record", str(log), "--no_compile_cache", "--quiet"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert REMAT not in proc.stderr, [line[:400] for line in proc.stderr.splitlines() if REMAT in line]
+    kinds = [json.loads(line).get("kind") for line in log.read_text().splitlines()]
+    assert kinds.count("image_attention") >= 1 and kinds.count("decode") >= 1  # the image taps were compiled in

@@ -342,11 +342,13 @@ class Sampler:
         # to the host once, from one device: one event per emitted step for the whole mesh
         gather = None if self.mesh is None else functools.partial(meshlib.constrain,
                                                                    shardings=meshlib.replicated(self.mesh))
+        whole = gather or taps_lib.same  # the image taps' gather reads a replicated slice of the watched row
         # static bound on the image tokens the image view's taps gather (0: no image)
         img = None if img_cells is None else (  # the image view's part of an emit (taps.image_attention)
             taps_lib.image_slots(img_cells.shape[0], self.model_config.text.num_hidden_layers), img_cells)
         if tap is not None:
-            payload = taps_lib.prefill_payload(tap, aux, logits[:, -1], t_used, tok, lp, ent, cache.length, img)
+            payload = taps_lib.prefill_payload(tap, aux, logits[:, -1], t_used, tok, lp, ent, cache.length, img,
+                                               whole=whole)
             taps_lib.emit(host.on_prefill, payload if gather is None else gather(payload))
         buf_t = jnp.full((B, n_bucket), cfg.pad_id, jnp.int32).at[:, 0].set(tok)
         buf_lp = jnp.zeros((B, n_bucket), jnp.float32).at[:, 0].set(lp)
@@ -370,7 +372,7 @@ class Sampler:
             if tap is not None:
                 length = cache.length
                 taps_lib.gated_emit(host.on_decode, i, stride, lambda: taps_lib.decode_payload(
-                    tap, aux, logits, t_used, new, lp, ent, alive, i, length, img), gather=gather)
+                    tap, aux, logits, t_used, new, lp, ent, alive, i, length, img, whole), gather=gather)
             col = lax.dynamic_update_slice
             buf_t = col(buf_t, new[:, None], (0, i))
             buf_lp = col(buf_lp, jnp.where(alive, lp, 0.0)[:, None], (0, i))

@@ -147,7 +147,12 @@ def image_slots(tokens: int, layers: int) -> int:
     return max(0, min(int(tokens), IMAGE_ATTN_TOKENS, IMAGE_ATTN_BYTES // (2 * max(int(layers), 1))))
 
 
-def image_attention(aux: dict, watch: int, slots: int, cells):
+def same(x):
+    """The identity: `whole` on one device, where nothing is sharded."""
+    return x
+
+
+def image_attention(aux: dict, watch: int, slots: int, cells, whole: Callable = same):
     """(float16 [L, slots], float32 [L]) for the image view, on device: per layer, the mean
     over heads of the watched row's newest query on its image, summed into `slots` cells,
     and its share on all the row's image tokens.
@@ -155,9 +160,15 @@ def image_attention(aux: dict, watch: int, slots: int, cells):
     cells: int32 [n] (traced), the cell of each of the row's first n image tokens in sequence
     order (the host pools f x f merged patches into one cell when the image has more tokens
     than `slots`: `core.image_context.pool_cells`); a cell of `slots` or more is dropped.
-    `slots` is static (`image_slots`)."""
-    vis = aux["key_vision"][watch]  # [T]
-    rows = jnp.stack([p[watch].astype(jnp.float32).mean(axis=0) for p in aux["attn_rows"]])  # [L, T]
+    `slots` is static (`image_slots`). whole: a sharded program's constraint that replicates
+    an array (identity on one device). The watched row's slices go through it before the
+    gather of its image tokens and the segment sum: left to itself, GSPMD split that gather
+    over the mesh and on data=4 could only reach its chosen split by an "involuntary full
+    rematerialization" (XLA's warning). Replicated, the gather and the sum are local and
+    the row's [L, T] is the only thing moved (a slice of one data shard)."""
+    vis = whole(aux["key_vision"][watch])  # [T]
+    rows = whole(jnp.stack([p[watch].astype(jnp.float32).mean(axis=0) for p in aux["attn_rows"]]))  # [L, T]
+    cells = whole(cells)
     n = cells.shape[0]
     idx = jnp.nonzero(vis, size=n, fill_value=0)[0]
     seg = jnp.where(jnp.arange(n) < vis.sum(), jnp.clip(cells, 0, slots), slots)
@@ -166,13 +177,13 @@ def image_attention(aux: dict, watch: int, slots: int, cells):
 
 
 def decode_payload(tap: TapConfig, aux: dict, logits_bv, temperature, token_b, logprob_b, entropy_b, alive_b, step,
-                   cache_len, image=None):
+                   cache_len, image=None, whole: Callable = same):
     """The reduced arrays one emitted decode step sends to the host (built inside the cond).
 
     logits_bv: [B, V] raw logits and temperature the scalar the token was drawn with;
     logprob_b the sampled token's log-probability under softmax(logits / temperature);
     alive_b: bool [B] rows that had not finished before this step. image: None, or the image
-    view's (slots, cells) (`image_attention`). Only the first
+    view's (slots, cells) (`image_attention`, which also takes `whole`). Only the first
     `tap.max_rows` rows travel. The top-k probabilities reuse the sampled token's logprob
     for the normaliser (log Z = z[token] - logprob), so an emit makes one pass over the
     vocabulary (the block maxima of top_k_exact), not three.
@@ -193,7 +204,8 @@ def decode_payload(tap: TapConfig, aux: dict, logits_bv, temperature, token_b, l
     if row is not None:
         out["attn_row"] = row.astype(jnp.float16)  # [T]
     if tap.image_attention and image is not None and image[0] > 0 and aux.get("attn_rows") is not None:
-        out["img_attn"], out["img_share"] = image_attention(aux, min(tap.watch_row, token_b.shape[0] - 1), *image)
+        out["img_attn"], out["img_share"] = image_attention(aux, min(tap.watch_row, token_b.shape[0] - 1),
+                                                             *image, whole=whole)
     return out
 
 
@@ -298,11 +310,11 @@ def matrix_of(tap: TapConfig, probs, watch: int):
 
 
 def prefill_payload(tap: TapConfig, aux: dict, logits_bv, temperature, token_b, logprob_b, entropy_b, cache_len,
-                    image=None):
+                    image=None, whole: Callable = same):
     """Payload of the prefill emit: the decode fields for token 0, plus the pooled matrix."""
     alive = jnp.ones(token_b.shape, bool)
     out = {"packed": pack_payload(decode_payload(tap, aux, logits_bv, temperature, token_b, logprob_b, entropy_b,
-                                                 alive, 0, cache_len, image))}
+                                                 alive, 0, cache_len, image, whole))}
     if tap.matrix_layer is not None and "attn_probs" in aux:
         w = min(tap.watch_row, token_b.shape[0] - 1)
         m = matrix_of(tap, aux["attn_probs"], w)
