@@ -118,6 +118,44 @@ def taps() -> dict:
     return out
 
 
+def image_taps() -> dict:
+    """The image view's taps on a data=4 mesh beside one device (4 rows, an image in each):
+    callbacks per call, the ImageAttention events, and the jaxprs with taps off and on."""
+    from conftest import make_prompt
+
+    from vlmrl.core import mesh as meshlib
+    from vlmrl.instrument.bus import Bus
+    from vlmrl.instrument.events import ImageAttention
+    from vlmrl.instrument.tap_callback import CALLBACK_PRIMITIVES
+    from vlmrl.instrument.taps import TapConfig
+
+    mesh = meshlib.make_mesh((4, 1, 1))
+    prompts, pixels, grids = [], [], []
+    for i in range(4):
+        ids, pv, grid = make_prompt(152000, [("text", 3 + i), ("image", (1, 4, 6)), ("text", 4)], seed=i)
+        prompts.append(ids), pixels.append(pv), grids.append(grid)
+    kw = dict(prompts=prompts, pixel_values=np.concatenate(pixels), image_grid_thw=np.concatenate(grids),
+              max_new_tokens=6, temperature=1.0, key=jax.random.PRNGKey(2))
+    out = {"devices": jax.device_count()}
+    for name, m in (("one", None), ("mesh", mesh)):
+        bus = Bus()
+        sub = bus.subscribe("check")
+        s = _tiny_sampler(m, TapConfig(enabled=True), bus)
+        s.host.stride = 1
+        gen = s.generate(**kw)
+        jax.effects_barrier()
+        events = [e for e in sub.drain() if isinstance(e, ImageAttention)]
+        out[name] = {"callbacks": s.host.callbacks, "decode_callbacks": s.host.decode_callbacks,
+                     "tokens": gen.tokens.tolist(), "steps": [e.step for e in events],
+                     "attention": [np.asarray(e.attention, np.float32).tolist() for e in events],
+                     "share": [np.asarray(e.image_share, np.float32).tolist() for e in events]}
+    jaxprs = {k: str(_tiny_sampler(mesh, tap, Bus() if tap else None).jaxpr(**kw))
+              for k, tap in (("off", TapConfig(enabled=False)), ("plain", None), ("on", TapConfig(enabled=True)))}
+    out["jaxpr_off_equals_plain"] = jaxprs["off"] == jaxprs["plain"]
+    out["jaxpr_callbacks"] = {k: sum(j.count(p) for p in CALLBACK_PRIMITIVES) for k, j in jaxprs.items()}
+    return out
+
+
 def _update_jaxpr(mesh) -> dict:
     """The PPO update without its taps, sharded on `mesh`: host callbacks in its jaxpr and
     its sharding constraints (a toy policy: logits = embedding of the ids through one kernel)."""
@@ -146,7 +184,7 @@ def _update_jaxpr(mesh) -> dict:
 
 def main() -> None:
     name, args = sys.argv[1], sys.argv[2:]
-    out = {"placement": placement, "train": train, "taps": taps}[name](*args)
+    out = {"placement": placement, "train": train, "taps": taps, "image_taps": image_taps}[name](*args)
     print(json.dumps(out, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else float(o)))
 
 

@@ -178,6 +178,20 @@ def test_taps_on_a_mesh_send_one_event_stream_and_off_is_off():
 
 
 @pytest.mark.slow
+def test_image_taps_on_a_data_4_mesh_keep_one_callback_per_emit_and_off_is_off():
+    """The image view's part rides in the same one callback per emitted step on a data=4 mesh
+    (its watched row replicated before its gather) and carries what one device carries."""
+    out = run_devices(4, "image_taps")
+    one, mesh = out["one"], out["mesh"]
+    assert mesh["callbacks"] == one["callbacks"] == 6 and mesh["decode_callbacks"] == one["decode_callbacks"] == 5
+    assert mesh["tokens"] == one["tokens"] and sorted(mesh["steps"]) == sorted(one["steps"]) == list(range(6))
+    np.testing.assert_allclose(np.array(mesh["attention"]), np.array(one["attention"]), atol=1e-3)  # float16 cells
+    np.testing.assert_allclose(np.array(mesh["share"]), np.array(one["share"]), atol=1e-5)
+    assert out["jaxpr_off_equals_plain"] and out["jaxpr_callbacks"]["off"] == out["jaxpr_callbacks"]["plain"] == 0
+    assert out["jaxpr_callbacks"]["on"] > 0
+
+
+@pytest.mark.slow
 def test_bench_taps_mesh_splits_the_cpu_itself_and_reports_the_gather():
     env = dict(os.environ, PYTHONPATH=REPO)  # conftest's XLA_FLAGS asks for 1 device: the script replaces it
     proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench_taps.py"), "--mesh", "data=2,fsdp=2",
