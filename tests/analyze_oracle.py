@@ -198,7 +198,10 @@ def oracle(path, window=8, mass=0.9, max_bins=256):
     return {
         "schema": "vlmrl-analyze/1",
         "source": {"lines": raw.count(b"\n"), "events": len(events), "garbage_lines": rstats.garbage,
-                   "truncated_lines": rstats.truncated, "first_error": rstats.first_error},
+                   "truncated_lines": rstats.truncated, "first_error": rstats.first_error,
+                   "runs": sum(line.startswith(b'{"vlmrl_log":') for line in raw.split(b"\n")),
+                   "run_first_line": 1 + max(i for i, line in enumerate(raw.split(b"\n"))
+                                             if line.startswith(b'{"vlmrl_log":'))},
         "parameters": {"density_mass": mass, "diagonal_window": window, "max_bins": max_bins},
         "run": {
             "model": info.model_name,

@@ -308,3 +308,40 @@ def test_evolution_columns_sit_at_their_updates_with_gaps_left_empty():
     edges, grid = _bin_columns([{"bin": 0}, {"bin": 1}, {"bin": 4}], 2, [[0.1], [0.2], [0.3]], 1)
     assert edges.tolist() == [-0.5, 1.5, 3.5, 7.5, 9.5]  # updates 0-1, 2-3, (4-7 empty), 8-9
     assert np.isnan(grid[0, 2]) and grid[0, [0, 1, 3]].tolist() == [0.1, 0.2, 0.3]
+
+
+@pytest.mark.slow
+def test_a_log_of_two_appended_runs_says_so_and_reports_the_last_run_only(tmp_path):
+    """`--record` twice onto one file (the second run appends); the analysis is of the last
+    run, and equals the oracle over that run's lines alone."""
+    path = tmp_path / "two.jsonl"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT}
+    for flags in (["--env", "colors", "--steps", "2", "--seed", "3"], ["--env", "count", "--steps", "3", "--seed", "4"]):
+        res = subprocess.run([sys.executable, "-m", "vlmrl.core.train", *flags, "--batch", "2", "--group", "2",
+                              "--minibatches", "1", "--quiet", "--record", str(path)], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+    lines = path.read_bytes().split(b"\n")
+    starts = [i for i, line in enumerate(lines) if line.startswith(b'{"vlmrl_log":')]
+    assert len(starts) == 2 and starts[0] == 0
+    last = tmp_path / "last.jsonl"
+    last.write_bytes(b"\n".join(lines[starts[-1]:]))
+
+    res = run_cli(str(path), "--out", str(tmp_path / "out"), "--no-figures")
+    assert res.returncode == 0, res.stderr
+    assert f"the log holds 2 runs (appended by --record); analysed the last, from line {starts[-1] + 1}" in res.stderr
+    report = json.load(open(tmp_path / "out" / "report.json"))
+    assert report["source"]["runs"] == 2 and report["source"]["run_first_line"] == starts[-1] + 1
+    # directly from the last run's lines: its updates, its device line (header), its end
+    own = [json.loads(line) for line in lines[starts[-1]:] if line.strip()]
+    steps = [d["step"] for d in own if d.get("kind") == "training"]
+    assert report["run"]["updates"] == {"count": 3, "first": steps[0], "last": steps[-1]} and steps == [0, 1, 2]
+    end = [d for d in own if d.get("kind") == "run_end"]
+    assert len(end) == 1 and report["run"]["end"] == {k: end[0][k] for k in ("reason", "step", "seconds")}
+    assert report["run"]["shape"]["max_cache"] == own[0]["run_info"]["max_cache"]
+    # and every number equals the oracle over those lines alone; only the file's own counts differ
+    want = oracle(str(last))
+    for key in ("lines", "events", "runs", "run_first_line"):
+        report["source"].pop(key), want["source"].pop(key)
+    assert report["run"].pop("bytes")["by_kind"] == want["run"].pop("bytes")["by_kind"]
+    assert assert_same(report, want) > 100

@@ -18,6 +18,7 @@ from vlmrl.analyze import rowstats
 from vlmrl.analyze.logstream import LogStream, Progress
 from vlmrl.analyze.report import Analysis
 from vlmrl.errors import UsageError
+from vlmrl.instrument.events import RunInfo
 from vlmrl.instrument.log_read import LogFormatError
 
 
@@ -59,15 +60,29 @@ def write_atomic(path: str, data: bytes) -> None:
 
 def analyze(path: str, window: int = rowstats.DIAGONAL_WINDOW, mass: float = rowstats.DENSITY_MASS,
             progress: Optional[Progress] = None) -> tuple:
-    """(report dict, Analysis) of one log, read as a stream."""
+    """(report dict, Analysis) of one log, read as a stream.
+
+    A log that `--record` appended runs to holds several runs, each from its header line:
+    the analysis is of the LAST run only (a new header starts the sums afresh), and the
+    report's source says how many runs the file holds and the line the analysed one starts
+    at, so runs are never silently merged."""
     stream = LogStream(path, progress=progress)
     analysis = Analysis(stream.header, window=window, mass=mass)
+    run = 1
     for event, nbytes in stream:
+        if stream.runs != run:  # an appended run's header line came: start again from it
+            run = stream.runs
+            header = stream.from_header and isinstance(event, RunInfo)
+            analysis = Analysis({"run_info": event} if header else None, window=window, mass=mass)
+            if header:
+                continue
         analysis.add(event, nbytes)
+    if stream.runs != run:  # the log ends with a header (or a garbled one): an empty last run
+        analysis = Analysis(None, window=window, mass=mass)
     st = stream.stats
     source = {"path": os.path.abspath(path), "bytes": stream.size, "lines": stream.lines, "events": st.events,
               "garbage": st.garbage, "truncated": st.truncated, "first_error": st.first_error,
-              "skipped_bytes": stream.garbage_bytes}
+              "skipped_bytes": stream.garbage_bytes, "runs": stream.runs, "run_first_line": stream.run_line}
     return analysis.report(source), analysis
 
 
@@ -130,6 +145,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"vlmrl.analyze: internal error ({type(exc).__name__}: {exc}), please report it with the log",
               file=sys.stderr)
         return 2
-    print(f"vlmrl.analyze: {report['source']['events']} events -> {os.path.join(args.out, 'index.html')}",
-          file=sys.stderr)
+    src = report["source"]
+    runs = "" if src["runs"] == 1 else \
+        f"the log holds {src['runs']} runs (appended by --record); analysed the last, from line {src['run_first_line']}: "
+    print(f"vlmrl.analyze: {runs}{src['events']} events -> {os.path.join(args.out, 'index.html')}", file=sys.stderr)
     return 0

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Iterator, Optional, TextIO
 
-from vlmrl.instrument.log_read import LINE_MAX, ReadStats, open_log, parse_line, read_header, read_lines
+from vlmrl.instrument.log_read import HEADER_PREFIX, LINE_MAX, ReadStats, open_log, parse_line, read_header, read_lines
 
 
 class Progress:
@@ -55,6 +55,11 @@ class LogStream:
 
     Raises LogFormatError (a one-line message) when the file is not a readable vlmrl log,
     FileNotFoundError when there is none.
+
+    `--record` onto an existing log appends a run: its own header line, then its events.
+    `runs` counts the header lines read so far (the first line's included) and `run_line`
+    is the line number of the newest; `from_header` says whether the event just yielded is
+    that header's RunInfo.
     """
 
     def __init__(self, path: str, progress: Optional[Progress] = None, max_line: int = LINE_MAX):
@@ -76,6 +81,7 @@ class LogStream:
         if self.header.get("bad_run_info"):
             self.stats.note_garbage(1, self.header["bad_run_info"])
         self.bytes_read = self._fh.tell()
+        self.runs, self.run_line, self.from_header = 1, 1, False
 
     def __iter__(self) -> Iterator[tuple]:
         try:
@@ -94,7 +100,11 @@ class LogStream:
                     self.stats.truncated += 1  # the writer died inside this line
                     self.garbage_bytes += n
                     continue
+                header = line.startswith(HEADER_PREFIX)  # (the recorder writes its key first)
+                if header:
+                    self.runs, self.run_line = self.runs + 1, self.lines
                 event = parse_line(line, self.lines, self.stats)
+                self.from_header = header
                 if event is None:
                     self.garbage_bytes += n
                     continue

@@ -39,7 +39,11 @@ def _run_section(r: dict) -> str:
     run = r["run"]
     shape = run["shape"] or {}
     cap = run["capture"]
-    rows = [("model", run["model"]), ("layers \u00d7 heads", f"{shape.get('num_layers')} \u00d7 {shape.get('num_heads')}"),
+    src = r["source"]
+    runs = src.get("runs", 1)
+    rows = [("runs in the log", runs if runs == 1 else
+             f"{runs} (appended by --record): this page is of the last, from line {src.get('run_first_line')}"),
+            ("model", run["model"]), ("layers \u00d7 heads", f"{shape.get('num_layers')} \u00d7 {shape.get('num_heads')}"),
             ("updates", f"{run['updates']['count']} ({run['updates']['first']}..{run['updates']['last']})"),
             ("events", r["source"]["events"]), ("log bytes", run["bytes"]["file"]),
             ("garbage / truncated lines", f"{r['source']['garbage_lines']} / {r['source']['truncated_lines']}"),

@@ -180,7 +180,9 @@ def build(a, source: dict) -> dict:
         "schema": SCHEMA,
         "source": {"path": source["path"], "lines": source["lines"], "events": source["events"],
                    "garbage_lines": source["garbage"], "truncated_lines": source["truncated"],
-                   "first_error": source["first_error"]},
+                   "first_error": source["first_error"],
+                   # header lines in the file (--record appends runs); only the last run is analysed
+                   "runs": source.get("runs", 1), "run_first_line": source.get("run_first_line", 1)},
         "parameters": {"density_mass": a.mass, "diagonal_window": a.window, "max_bins": a.max_bins},
         "definitions": rowstats.DEFINITIONS,
         "not_recorded": NOT_RECORDED,
