@@ -11,8 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
-from subprocess_checks import one_line_exit_2
+from conftest import REPO, one_line_exit_2
 from vlmrl.core import checkpoint
 
 SMALL = ["--env", "colors", "--batch", "2", "--group", "2", "--minibatches", "1", "--seed", "3"]
