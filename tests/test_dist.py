@@ -81,7 +81,7 @@ def test_two_processes_of_two_devices_train_like_one_process_and_only_process_0_
     runs = tmp_path / "runs"
     runs.mkdir()
     flags = [*SMALL, "--steps", "3", "--record", str(runs / "run.jsonl"), "--ckpt", str(tmp_path / "ckpt"),
-             "--ckpt_every", "2", "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2"]
+             "--ckpt_every", "2", "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--resume"]
     procs = []
     try:
         for i in (0, 1):
@@ -101,8 +101,13 @@ def test_two_processes_of_two_devices_train_like_one_process_and_only_process_0_
                             capture_output=True, text=True, timeout=900)
     assert single.returncode == 0, single.stderr[-3000:]
 
-    # process 0 prints the progress, process 1 nothing of it; one log, one header
+    # process 0 prints the progress, process 1 no line of ours (gloo prints its own); one log, one header
     assert len(_steps(outs[0][0])) == 3 and _steps(outs[1][0]) == []
+    assert not [ln for ln in outs[1][0].splitlines() if ln.startswith(("devices", "--resume", "checkpoint of", "comp"))]
+    # process 0 alone says where it runs and that --resume found nothing (resume-or-start)
+    ours = [ln for ln in outs[0][0].splitlines() if not ln.startswith("[Gloo]") and "[Gloo]" not in ln]
+    assert ours[0].startswith("devices 4 · data 4 · 2 procs · cpu · "), ours[:3]
+    assert outs[0][0].count("--resume: no checkpoint found in") == 1
     assert sorted(os.listdir(runs)) == ["run.jsonl"]
     headers = _events(runs / "run.jsonl", "header")
     assert len(headers) == 1 and headers[0]["process_index"] == 0
