@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlmrl.core import distributed
+from vlmrl.core.tree_paths import key_parts
 
 MARKER = "vlmrl-checkpoints.json"
 MARKER_CONTENT = {"format": "vlmrl orbax checkpoints", "version": 1}
@@ -261,13 +262,7 @@ def _meta_problem(m, step: int) -> str:
 
 def _name(path) -> str:
     """orbax's name of a leaf: its keys joined with dots."""
-    parts = []
-    for k in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-    return ".".join(parts)
+    return ".".join(key_parts(path))
 
 
 def _wanted(template) -> dict:

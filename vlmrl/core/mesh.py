@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vlmrl.core.cli import MESH_AXES as AXES, mesh_axes
+from vlmrl.core.tree_paths import key_parts
 from vlmrl.errors import UsageError
 
 # Dense layers split over `tensor`: column-parallel ones on their output dimension, row-
@@ -94,11 +95,8 @@ def check_rows(rows: int, mesh_or_shape, what: str) -> None:
 
 def _names(path) -> Tuple[str, ...]:
     """Key names along a pytree path (dict keys, attribute names), less nnx's trailing `value`."""
-    out = []
-    for k in path:
-        name = getattr(k, "key", getattr(k, "name", getattr(k, "idx", None)))
-        out.append(str(name))
-    return tuple(out[:-1] if out and out[-1] == "value" else out)
+    out = key_parts(path)
+    return out[:-1] if out and out[-1] == "value" else out
 
 
 def param_spec(names: Sequence[str], shape: Sequence[int], fsdp: int, tensor: int) -> P:

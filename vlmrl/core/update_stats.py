@@ -21,6 +21,7 @@ from typing import Callable, Tuple
 import jax
 import jax.numpy as jnp
 
+from vlmrl.core.tree_paths import key_parts
 from vlmrl.instrument.events import UPDATE_OTHER_ROWS as OTHER_ROWS, UPDATE_SEGMENTS as SEGMENTS
 
 _TEXT = re.compile(r"model/language_model/layers/(\d+)/(.*)")
@@ -30,13 +31,7 @@ _DEEPSTACK = re.compile(r"model/visual/deepstack_merger_list/(\d+)/")
 
 def path_name(path) -> str:
     """'model/language_model/layers/0/self_attn/q_proj/kernel' for a tree key path."""
-    parts = []
-    for k in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-    return "/".join(p for p in parts if p != "value")
+    return "/".join(p for p in key_parts(path) if p != "value")
 
 
 @dataclasses.dataclass(frozen=True)
