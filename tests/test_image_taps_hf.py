@@ -13,15 +13,13 @@ V = 152000
 GRIDS = ((1, 4, 6), (1, 4, 4))  # two images: merged grids 1x2x3 and 1x2x2
 
 
-def test_image_attention_events_equal_hf_output_attentions(hf_tiny):
-    import torch
-
+def tapped_run(hf_tiny, n_new):
+    """A real tiny checkpoint sampled with taps on at stride 1 over a prompt with both images:
+    (hf model, prompt ids, pixel rows, grids, SampleOutput, events)."""
     from vlmrl.core.sampling import Sampler, SamplingConfig
     from vlmrl.instrument.bus import Bus
-    from vlmrl.instrument.image_tap import downsample
     from vlmrl.instrument.taps import TapConfig
     from vlmrl.models.qwen3vl import load_hf_checkpoint
-    from vlmrl.models.qwen3vl.processor import unpatchify
 
     hf, path = hf_tiny
     model = load_hf_checkpoint(path)[0]
@@ -31,9 +29,18 @@ def test_image_attention_events_equal_hf_output_attentions(hf_tiny):
     s.host.stride = 1
     ids, pv, grid = make_prompt(V, [("text", 3), ("image", GRIDS[0]), ("text", 2), ("image", GRIDS[1]),
                                     ("text", 4)], seed=5)
-    n_new = 6
     out = s.generate(prompts=[ids], pixel_values=pv, image_grid_thw=grid, max_new_tokens=n_new)
-    events = sub.drain()
+    return hf, ids, pv, grid, out, sub.drain()
+
+
+def test_image_attention_events_equal_hf_output_attentions(hf_tiny):
+    import torch
+
+    from vlmrl.instrument.image_tap import downsample
+    from vlmrl.models.qwen3vl.processor import unpatchify
+
+    n_new = 6
+    hf, ids, pv, grid, out, events = tapped_run(hf_tiny, n_new)
     att = sorted((e for e in events if e.kind == "image_attention"), key=lambda e: e.step)
     images = sorted((e for e in events if e.kind == "image"), key=lambda e: e.index)
     assert [e.step for e in att] == list(range(n_new))
@@ -74,23 +81,11 @@ def test_pooled_image_attention_equals_hf_summed_over_each_cells_patches(hf_tiny
     is HF's attention summed over the merged patches it covers."""
     import torch
 
-    from vlmrl.core.sampling import Sampler, SamplingConfig
     from vlmrl.instrument import taps
-    from vlmrl.instrument.bus import Bus
-    from vlmrl.instrument.taps import TapConfig
-    from vlmrl.models.qwen3vl import load_hf_checkpoint
 
     monkeypatch.setattr(taps, "IMAGE_ATTN_BYTES", 16)  # 2 layers x 2 bytes: 4 cells
-    hf, path = hf_tiny
-    model = load_hf_checkpoint(path)[0]
-    bus = Bus(capacity=10_000)
-    sub = bus.subscribe("test")
-    s = Sampler(model, SamplingConfig(stop_ids=(), pad_id=0), tap=TapConfig(enabled=True), bus=bus)
-    s.host.stride = 1
-    ids, pv, grid = make_prompt(V, [("text", 3), ("image", GRIDS[0]), ("text", 2), ("image", GRIDS[1]),
-                                    ("text", 4)], seed=5)
-    out = s.generate(prompts=[ids], pixel_values=pv, image_grid_thw=grid, max_new_tokens=3)
-    att = sorted((e for e in sub.drain() if e.kind == "image_attention"), key=lambda e: e.step)
+    hf, ids, pv, grid, out, events = tapped_run(hf_tiny, 3)
+    att = sorted((e for e in events if e.kind == "image_attention"), key=lambda e: e.step)
     assert att and all(e.pool == 2 and e.attention.shape == (2, 3) and e.tokens == 10 for e in att)
 
     full = np.concatenate([ids, out.tokens[0, :-1]])
