@@ -80,6 +80,21 @@ def _tiny_sampler(mesh, tap=None, bus=None):
     return s
 
 
+def _tapped_generate(mesh, kw: dict, kind):
+    """The tiny sampler with taps on at stride 1 on `mesh` (None: one device): (sampler,
+    its output, the events of type `kind` it published)."""
+    from vlmrl.instrument.bus import Bus
+    from vlmrl.instrument.taps import TapConfig
+
+    bus = Bus()
+    sub = bus.subscribe("check")
+    s = _tiny_sampler(mesh, TapConfig(enabled=True), bus)
+    s.host.stride = 1
+    gen = s.generate(**kw)
+    jax.effects_barrier()
+    return s, gen, [e for e in sub.drain() if isinstance(e, kind)]
+
+
 def taps() -> dict:
     """The sampler's taps on a data=2,fsdp=2 mesh beside the same sampler on one device:
     callbacks per call, events, bytes per emit, and the jaxprs and HLO with taps off."""
@@ -94,13 +109,7 @@ def taps() -> dict:
     kw = dict(prompts=prompts, max_new_tokens=8, temperature=1.0, key=jax.random.PRNGKey(5))
     out = {"devices": jax.device_count()}
     for name, m in (("one", None), ("mesh", mesh)):
-        bus = Bus()
-        sub = bus.subscribe("check")
-        s = _tiny_sampler(m, TapConfig(enabled=True), bus)
-        s.host.stride = 1
-        gen = s.generate(**kw)
-        jax.effects_barrier()
-        events = [e for e in sub.drain() if isinstance(e, DecodeState)]
+        s, gen, events = _tapped_generate(m, kw, DecodeState)
         out[name] = {"callbacks": s.host.callbacks, "decode_callbacks": s.host.decode_callbacks,
                      "bytes": s.host.last_bytes, "tokens": gen.tokens.tolist(),
                      "events": sorted([e.step, e.seq_index, e.token_id, round(float(e.token_prob), 5)]
@@ -138,13 +147,7 @@ def image_taps() -> dict:
               max_new_tokens=6, temperature=1.0, key=jax.random.PRNGKey(2))
     out = {"devices": jax.device_count()}
     for name, m in (("one", None), ("mesh", mesh)):
-        bus = Bus()
-        sub = bus.subscribe("check")
-        s = _tiny_sampler(m, TapConfig(enabled=True), bus)
-        s.host.stride = 1
-        gen = s.generate(**kw)
-        jax.effects_barrier()
-        events = [e for e in sub.drain() if isinstance(e, ImageAttention)]
+        s, gen, events = _tapped_generate(m, kw, ImageAttention)
         out[name] = {"callbacks": s.host.callbacks, "decode_callbacks": s.host.decode_callbacks,
                      "tokens": gen.tokens.tolist(), "steps": [e.step for e in events],
                      "attention": [np.asarray(e.attention, np.float32).tolist() for e in events],
