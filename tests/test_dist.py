@@ -141,21 +141,27 @@ def test_two_processes_of_two_devices_train_like_one_process_and_only_process_0_
         assert np.isclose(again[0][k], two[2][k], rtol=RTOL, atol=ATOL), (k, again[0][k], two[2][k])
 
 
-def test_a_peer_that_never_answers_is_one_line_not_a_hang(tmp_path):
-    """Process 1 of 2 with nobody listening at the coordinator: a UsageError naming the
-    address once the (here shortened) join timeout passes."""
+def _initialize_in_a_child(port: int, process_id: int):
+    """`distributed.initialize` of process `process_id` of 2 at 127.0.0.1:`port` in a child
+    with a 3 s join timeout; a UsageError prints "ERR <its line>" and exits 2."""
     code = f"""
 import sys
 from vlmrl.core import distributed
 from vlmrl.errors import UsageError
 try:
-    distributed.initialize("127.0.0.1:{_free_port()}", 2, 1, timeout_s=3)
+    distributed.initialize("127.0.0.1:{port}", 2, {process_id}, timeout_s=3)
 except UsageError as exc:
     print("ERR", exc)
     sys.exit(2)
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(1), capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(1), capture_output=True, text=True,
                           timeout=120)
+
+
+def test_a_peer_that_never_answers_is_one_line_not_a_hang(tmp_path):
+    """Process 1 of 2 with nobody listening at the coordinator: a UsageError naming the
+    address once the (here shortened) join timeout passes."""
+    proc = _initialize_in_a_child(_free_port(), 1)
     assert proc.returncode == 2, (proc.stdout, proc.stderr[-2000:])
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ERR")]
     assert len(lines) == 1 and "cannot join 127.0.0.1:" in lines[0] and "as process 1 of 2" in lines[0], proc.stdout
@@ -166,18 +172,7 @@ def test_a_coordinator_port_already_taken_is_one_line():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        code = f"""
-import sys
-from vlmrl.core import distributed
-from vlmrl.errors import UsageError
-try:
-    distributed.initialize("127.0.0.1:{port}", 2, 0, timeout_s=3)
-except UsageError as exc:
-    print("ERR", exc)
-    sys.exit(2)
-"""
-        proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(1), capture_output=True, text=True,
-                              timeout=120)
+        proc = _initialize_in_a_child(port, 0)
     assert proc.returncode == 2, (proc.stdout, proc.stderr[-2000:])
     assert f"port {port} is not free here" in proc.stdout, proc.stdout
 
