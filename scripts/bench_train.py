@@ -72,7 +72,6 @@ def update_inputs(tr):
     """(apply_fn, prompt_len, vision inputs of a minibatch, update batch) from one rollout of `tr`."""
     import jax
     import numpy as np
-    from flax import nnx
 
     from vlmrl.core import ppo, rollout
 
@@ -80,11 +79,7 @@ def update_inputs(tr):
     ro = rollout.collect(tr.sampler, tr.env, tr.codec, tr.config, seed=a.seed, step=0, batch=a.batch, group=a.group,
                          max_new_tokens=tr.max_new, temperature=a.temperature, key=jax.random.PRNGKey(7))
 
-    def apply_fn(params, b):  # as the trainer's
-        pv = b["pixel_values"]
-        return nnx.merge(tr.graphdef, params).forward(b["ids"], b["attn_mask"], b["position_ids"],
-                                                      pixel_values=pv.reshape(-1, pv.shape[-1]),
-                                                      vinputs=b["vinputs"])[0]
+    apply_fn = rollout.logits_fn(tr.graphdef)  # as the trainer's
 
     R = ro.ids.shape[0]
     batch = rollout.to_device({"ids": ro.ids, "attn_mask": ro.attn_mask, "position_ids": ro.position_ids,

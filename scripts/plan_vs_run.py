@@ -117,12 +117,7 @@ def main(argv=None) -> int:
     model = Qwen3VL(config, dtype=dtype, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model)
 
-    def apply_fn(params, b):
-        pv = b["pixel_values"]
-        logits, _, _ = nnx.merge(graphdef, params).forward(b["ids"], b["attn_mask"], b["position_ids"],
-                                                           pixel_values=pv.reshape(-1, pv.shape[-1]),
-                                                           vinputs=b["vinputs"])
-        return logits
+    apply_fn = rollout.logits_fn(graphdef)
 
     pcfg = ppo.PPOConfig(minibatches=a.minibatches, epochs=1)
     optimizer = pcfg.optimizer()

@@ -33,12 +33,7 @@ def setup():
     graphdef, params = nnx.split(model)
     R = ro.ids.shape[0]
 
-    def apply_fn(p, b):
-        pv = b["pixel_values"]
-        logits, _, _ = nnx.merge(graphdef, p).forward(b["ids"], b["attn_mask"], b["position_ids"],
-                                                       pixel_values=pv.reshape(-1, pv.shape[-1]),
-                                                       vinputs=b["vinputs"])
-        return logits
+    apply_fn = rollout.logits_fn(graphdef)
 
     batch = rollout.to_device({"ids": ro.ids, "attn_mask": ro.attn_mask, "position_ids": ro.position_ids,
                                "pixel_values": ro.pixel_values, "completion_mask": ro.completion_mask})

@@ -53,6 +53,19 @@ def tiny_config(codec: TextCodec) -> Qwen3VLConfig:
         vision_end_token_id=codec.token_id("<|vision_end|>"), name="tiny-rl")
 
 
+def logits_fn(graphdef):
+    """`apply_fn(params, batch) -> logits` of the policy `graphdef` over a rollout batch (ids,
+    attn_mask, position_ids, pixel_values, vinputs): what the scorer and the PPO update call."""
+    def apply_fn(params, b):
+        pv = b["pixel_values"]
+        logits, _, _ = nnx.merge(graphdef, params).forward(b["ids"], b["attn_mask"], b["position_ids"],
+                                                           pixel_values=pv.reshape(-1, pv.shape[-1]),
+                                                           vinputs=b["vinputs"])
+        return logits
+
+    return apply_fn
+
+
 def init_model(config: Qwen3VLConfig, seed: int, dtype=jnp.float32):
     """A fresh Qwen3VL with HF-style init: weight matrices N(0, 0.02), norm scales 1, biases 0.
 

@@ -106,14 +106,8 @@ class Trainer:
 
     # ---- jitted pieces -------------------------------------------------------------------------
     def _build(self, ro) -> None:
-        graphdef, R = self.graphdef, ro.ids.shape[0]
-
-        def apply_fn(params, b):
-            pv = b["pixel_values"]
-            logits, _, _ = nnx.merge(graphdef, params).forward(
-                b["ids"], b["attn_mask"], b["position_ids"], pixel_values=pv.reshape(-1, pv.shape[-1]),
-                vinputs=b["vinputs"])
-            return logits
+        R = ro.ids.shape[0]
+        apply_fn = rollout.logits_fn(self.graphdef)
 
         mb_rows = R // self.ppo_cfg.minibatches
         score = ppo.make_scorer(apply_fn, ro.prompt_len, rollout.vision_inputs(ro.grid, R, self.config.vision))
