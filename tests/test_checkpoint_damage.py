@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, one_line_exit_2
-from vlmrl.core import checkpoint
+from vlmrl.core import checkpoint, checkpoint_dir
 
 SMALL = ["--env", "colors", "--batch", "2", "--group", "2", "--minibatches", "1", "--seed", "3"]
 
@@ -34,7 +34,7 @@ def good_run(tmp_path_factory):
     ckpt = tmp_path_factory.mktemp("good") / "ckpt"
     proc = train("--steps", "2", "--ckpt_every", "1", "--ckpt", str(ckpt))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert checkpoint.steps(str(ckpt)) == [1, 2]
+    assert checkpoint_dir.steps(str(ckpt)) == [1, 2]
     return ckpt
 
 
@@ -51,10 +51,15 @@ def largest_data_file(step_dir) -> str:
 
 
 def test_resume_from_a_checkpoint_holding_nan_is_one_line_and_writes_nothing(ckpt):
-    path = largest_data_file(ckpt / "2")
-    with open(path, "r+b") as fh:  # 17 junk bytes in the middle of the largest data file
-        fh.seek(os.path.getsize(path) // 2 // 4 * 4)
-        fh.write(b"\xff" * 17)
+    import tensorstore as ts
+
+    # Junk bytes at a fixed offset of a data file land wherever orbax's (thread-ordered) file
+    # layout put something: a float the restore reads, or bytes it never reads, so the run
+    # sometimes resumed on a checkpoint as good as before. A NaN written into the store's
+    # token embedding is damage every restore reads.
+    spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": f"file://{ckpt / '2'}/state/"},
+            "path": "params.model.language_model.embed_tokens.embedding.value"}
+    ts.open(spec).result()[3, 1].write(np.float32(np.nan)).result()
     before = tree_bytes(ckpt)
     proc = train("--steps", "4", "--ckpt_every", "1", "--ckpt", str(ckpt), "--resume")
     # where the junk lands decides what it decodes to: NaN (refused at restore) or absurd
@@ -84,7 +89,7 @@ def test_an_update_gone_non_finite_stops_the_run_and_keeps_the_good_checkpoints(
     proc = train("--steps", "5", "--ckpt_every", "1", "--ckpt", str(ckpt), "--resume", "--lr", "1e38")
     one_line_exit_2(proc, "update 2 gave a non-finite loss nan", "stopped without saving")
     assert "resumed from" in proc.stdout
-    assert tree_bytes(ckpt) == before and checkpoint.steps(str(ckpt)) == [1, 2]
+    assert tree_bytes(ckpt) == before and checkpoint_dir.steps(str(ckpt)) == [1, 2]
 
 
 def test_save_refuses_non_finite_arrays_and_writes_nothing(tmp_path):
@@ -107,7 +112,7 @@ def test_resume_without_a_checkpoint_says_so_and_starts_at_step_0(tmp_path, stat
     assert proc.returncode == 0, proc.stderr[-3000:]
     said = [ln for ln in proc.stdout.splitlines() if "no checkpoint found" in ln]
     assert said == [f"--resume: no checkpoint found in {ckpt}; starting at step 0"], proc.stdout
-    assert "step    0" in proc.stdout and checkpoint.steps(str(ckpt)) == [1]
+    assert "step    0" in proc.stdout and checkpoint_dir.steps(str(ckpt)) == [1]
 
 
 def test_a_truncated_data_file_names_the_step_and_the_array_in_one_line(ckpt):
@@ -159,20 +164,20 @@ def test_orbax_step_metadata_is_required_of_every_step(tmp_path, capfd, damage):
         checkpoint.restore(str(tmp_path), params, opt)
     with pytest.raises(checkpoint.CheckpointError, match=f"checkpoint {target.parent} is damaged"):
         checkpoint.save(str(tmp_path), 3, params, opt, np.zeros(2, np.uint32))
-    assert checkpoint.steps(str(tmp_path)) == [1, 2]  # nothing saved, nothing pruned
+    assert checkpoint_dir.steps(str(tmp_path)) == [1, 2]  # nothing saved, nothing pruned
     assert "absl" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("marker", [b"garbage", b'{"format": "other"}', b"", b"[" * 10_000],
                          ids=["garbage", "other-json", "empty", "deep"])
 def test_a_garbled_marker_is_refused_in_one_line(ckpt, marker):
-    (ckpt / checkpoint.MARKER).write_bytes(marker)
+    (ckpt / checkpoint_dir.MARKER).write_bytes(marker)
     before = tree_bytes(ckpt)
-    with pytest.raises(checkpoint.CheckpointError, match=f"marker {ckpt}/{checkpoint.MARKER} "):
-        checkpoint.latest_step(str(ckpt))
+    with pytest.raises(checkpoint.CheckpointError, match=f"marker {ckpt}/{checkpoint_dir.MARKER} "):
+        checkpoint_dir.latest_step(str(ckpt))
     if marker == b"garbage":  # and through the CLI: one line, nothing written
         proc = train("--steps", "4", "--ckpt", str(ckpt), "--resume")
-        one_line_exit_2(proc, f"--ckpt: checkpoint directory marker {ckpt}/{checkpoint.MARKER} is not the vlmrl marker")
+        one_line_exit_2(proc, f"--ckpt: checkpoint directory marker {ckpt}/{checkpoint_dir.MARKER} is not the vlmrl marker")
     assert tree_bytes(ckpt) == before
 
 
@@ -190,4 +195,4 @@ def test_a_plain_mesh_run_names_its_devices_first_and_each_saved_checkpoint(tmp_
     assert lines[0] == "devices 4 · data 2 fsdp 2 · cpu · tiny-rl on colors · 2 updates", lines[:3]
     saved = [ln for ln in lines if ln.startswith("checkpoint of step")]
     assert saved == [f"checkpoint of step {n} saved in {ckpt}/{n}" for n in (1, 2)], proc.stdout
-    assert checkpoint.steps(str(ckpt)) == [1, 2]
+    assert checkpoint_dir.steps(str(ckpt)) == [1, 2]
