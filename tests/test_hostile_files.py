@@ -191,7 +191,7 @@ def test_oversized_orbax_metadata_is_refused_before_orbax_reads_it(tmp_path, mon
 
 
 def test_a_foreign_directory_is_neither_read_nor_written(tmp_path):
-    from vlmrl.core import checkpoint
+    from vlmrl.core import checkpoint, checkpoint_dir
 
     (tmp_path / "1").mkdir()
     (tmp_path / "1" / "notes.txt").write_text("mine")
@@ -205,7 +205,7 @@ def test_a_foreign_directory_is_neither_read_nor_written(tmp_path):
     (tmp_path / "1").rmdir()
     (tmp_path / "latest.json").write_text("{}")
     with pytest.raises(checkpoint.CheckpointError, match="older .npz format"):
-        checkpoint.latest_step(str(tmp_path))
+        checkpoint_dir.latest_step(str(tmp_path))
 
 
 def test_hf_index_entries_outside_the_directory_are_refused(tmp_path):
@@ -248,13 +248,13 @@ def test_config_json_that_is_not_json_is_a_checkpoint_error(tmp_path):
 def test_a_save_killed_midway_leaves_the_previous_step_restorable(tmp_path):
     """Orbax writes a step under a temporary name and renames it when done: what a killed
     save leaves behind is not a step, and the newest finished one restores."""
-    from vlmrl.core import checkpoint
+    from vlmrl.core import checkpoint, checkpoint_dir
 
     _small_checkpoint(tmp_path)
     partial = tmp_path / "2.orbax-checkpoint-tmp-1795937461"
     (partial / "state").mkdir(parents=True)
     (partial / "state" / "_METADATA").write_text("{trunc")
-    assert checkpoint.steps(str(tmp_path)) == [1]
+    assert checkpoint_dir.steps(str(tmp_path)) == [1]
     step, params, *_ = checkpoint.restore(str(tmp_path), {"w": np.ones((2, 3), np.float32)},
                                           {"m": np.ones(3, np.float32)})
     assert step == 1 and not np.asarray(params["w"]).any()

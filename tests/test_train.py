@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlmrl.core import checkpoint
+from vlmrl.core import checkpoint, checkpoint_dir
 
 from conftest import tree_equal
 
@@ -63,8 +63,8 @@ def test_checkpoint_round_trip_is_exact_and_keeps_the_newest_two(tmp_path):
     for step in (1, 2, 3):
         checkpoint.save(str(tmp_path), step, params, opt, np.array([0, 42], np.uint32), {"seed": 1})
     files = sorted(os.listdir(tmp_path))
-    assert files == ["2", "3", checkpoint.MARKER]  # keeps 2; orbax's temporary directories are gone
-    assert checkpoint.steps(str(tmp_path)) == [2, 3] and checkpoint.latest_step(str(tmp_path)) == 3
+    assert files == ["2", "3", checkpoint_dir.MARKER]  # keeps 2; orbax's temporary directories are gone
+    assert checkpoint_dir.steps(str(tmp_path)) == [2, 3] and checkpoint_dir.latest_step(str(tmp_path)) == 3
     zeros = ({"a": np.zeros((2, 3), np.float32), "b": [np.zeros(2, np.float32)]},
              (np.int32(0), {"mu": np.zeros((2, 3), np.float32)}))
     step, p, o, rng, meta = checkpoint.restore(str(tmp_path), *zeros)
@@ -78,7 +78,7 @@ def test_checkpoint_round_trip_is_exact_and_keeps_the_newest_two(tmp_path):
                            zeros[1])
     with pytest.raises(ValueError, match=r"missing params.c.0; unexpected params.b.0"):
         checkpoint.restore(str(tmp_path), {"a": zeros[0]["a"], "c": [np.zeros(2, np.float32)]}, zeros[1])
-    assert checkpoint.latest_step(str(tmp_path / "none")) is None
+    assert checkpoint_dir.latest_step(str(tmp_path / "none")) is None
 
 
 @pytest.mark.slow
@@ -124,7 +124,7 @@ def test_resume_continues_the_same_curve_and_events_flow(tmp_path):
     for ln, m in zip(lines, straight):
         want = f"reward {m['reward/mean']:.3f}±{m['reward/std']:.3f}  loss {m['loss/total']:+.4f}"
         assert want in ln
-    assert checkpoint.latest_step(ckpt) == 4
+    assert checkpoint_dir.latest_step(ckpt) == 4
 
 
 @pytest.mark.slow

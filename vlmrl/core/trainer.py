@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vlmrl.core import checkpoint, distributed, mesh as meshlib, ppo, rollout, telemetry
+from vlmrl.core import checkpoint, checkpoint_dir, distributed, mesh as meshlib, ppo, rollout, telemetry
 from vlmrl.core.cli import Args, UsageError, resolved_dtype
 from vlmrl.core.sampling import Sampler
 from vlmrl.envs.shapes import make_env
@@ -35,7 +35,7 @@ class Trainer:
         if args.ckpt:  # before the tokenizer is written there: never write into someone else's directory
             try:
                 checkpoint.claim(args.ckpt)
-                held = checkpoint.latest_step(args.ckpt)
+                held = checkpoint_dir.latest_step(args.ckpt)
             except checkpoint.CheckpointError as exc:
                 raise UsageError(f"--ckpt: {exc}") from None
             if held is not None and not args.resume:
@@ -189,7 +189,7 @@ class Trainer:
         """Load the newest checkpoint in `directory` onto this run's shardings (the mesh may
         differ from the one that saved it); False when there is none."""
         try:
-            if checkpoint.latest_step(directory) is None:
+            if checkpoint_dir.latest_step(directory) is None:
                 return False
             step, params, opt_state, rng, meta = checkpoint.restore(directory, self.params, self.opt_state,
                                                                     check_meta=lambda m: self.same_run(directory, m))
